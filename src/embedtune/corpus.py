@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import sys
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -27,7 +29,7 @@ class CorpusConfig:
     path: Optional[str] = None        # folder (files) or file (jsonl, parquet, beir corpus.jsonl); unused by hpo
     text_field: str = "text"          # JSONL/Parquet field with the document text
     title_field: Optional[str] = "title"  # JSONL/Parquet field with a title (null: none)
-    id_field: Optional[str] = None    # JSONL/Parquet field with a document id (null: file + line number)
+    id_field: Optional[str] = None    # JSONL/Parquet field with a document id (null: the record's position)
     chunk_tokens: int = 200           # passage length bound in base-model tokens (title not counted)
     chunk_overlap: int = 32           # tokens shared by consecutive chunks of one document
     min_chars: int = 20               # passages shorter than this after cleaning are dropped
@@ -43,13 +45,20 @@ class Document:
     source: str   # file (relative to the corpus root) or built-in corpus name
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b\ufeff]")
+@functools.cache
+def _invisible() -> tuple[re.Pattern, re.Pattern]:
+    """Control characters (Unicode Cc, become spaces) and format characters (Cf: zero-width, BOM, ...)."""
+    def char_class(category: str) -> re.Pattern:
+        chars = (chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == category)
+        return re.compile("[" + "".join(re.escape(c) for c in chars) + "]")
+    return char_class("Cc"), char_class("Cf")
 
 
 def clean_text(text: str) -> str:
-    """NFKC, no control or zero-width characters, runs of whitespace collapsed to one space."""
-    text = unicodedata.normalize("NFKC", text)
-    return " ".join(_CONTROL.sub(" ", text).split())
+    """NFKC, no control or format (zero-width) characters, runs of whitespace collapsed to one space."""
+    control, invisible = _invisible()
+    text = invisible.sub("", control.sub(" ", unicodedata.normalize("NFKC", text)))
+    return " ".join(text.split())
 
 
 def _html_to_text(raw: str) -> tuple[str, str]:
@@ -191,18 +200,37 @@ def passage_id(source: str, doc_id: str, chunk: int) -> str:
     return hashlib.sha1(f"{source}\x00{doc_id}\x00{chunk}".encode("utf-8")).hexdigest()[:16]
 
 
-def chunk_spans(offsets: list[tuple[int, int]], size: int, overlap: int) -> list[tuple[int, int, int]]:
-    """(char start, char end, n tokens) of windows of at most `size` tokens, `overlap` tokens apart."""
-    if not offsets:
+def chunk_spans(offsets: list[tuple[int, int]], size: int, overlap: int,
+                words: list[int] | None = None) -> list[tuple[int, int, int]]:
+    """(char start, char end, n tokens) of windows of at most `size` tokens, about `overlap` tokens apart.
+
+    With `words` (the word index of each token), window edges move to word starts so no word is cut,
+    unless a single word is longer than the window.
+    """
+    n = len(offsets)
+    if n == 0:
         return []
-    step = max(1, size - overlap)
+
+    def word_start(i: int) -> bool:
+        return words is None or i == 0 or i >= n or words[i] is None or words[i] != words[i - 1]
+
     spans, start = [], 0
     while True:
-        end = min(start + size, len(offsets))
+        end = min(start + size, n)
+        if end < n and not word_start(end):
+            edge = end - 1
+            while edge > start + 1 and not word_start(edge):
+                edge -= 1
+            if word_start(edge):
+                end = edge  # end before the word that would be cut
         spans.append((offsets[start][0], offsets[end - 1][1], end - start))
-        if end == len(offsets):
+        if end == n:
             return spans
-        start += step
+        nxt = max(start + 1, end - overlap)
+        # start on a word: the last word start in (start, nxt], else the first in (nxt, end], else cut
+        before = [i for i in range(nxt, start, -1) if word_start(i)]
+        after = [i for i in range(nxt + 1, end + 1) if word_start(i)]
+        start = before[0] if before else after[0] if after else nxt
 
 
 def chunk_documents(docs: list[Document], tokenizer, cfg: CorpusConfig) -> list[dict]:
@@ -216,8 +244,9 @@ def chunk_documents(docs: list[Document], tokenizer, cfg: CorpusConfig) -> list[
         part = docs[i:i + batch]
         enc = tokenizer([d.text for d in part], add_special_tokens=False, return_offsets_mapping=True,
                         truncation=False, verbose=False)
-        for doc, offsets in zip(part, enc["offset_mapping"]):
-            for n, (start, end, n_tokens) in enumerate(chunk_spans(offsets, cfg.chunk_tokens, cfg.chunk_overlap)):
+        for j, (doc, offsets) in enumerate(zip(part, enc["offset_mapping"])):
+            spans = chunk_spans(offsets, cfg.chunk_tokens, cfg.chunk_overlap, enc.word_ids(j))
+            for n, (start, end, n_tokens) in enumerate(spans):
                 text = doc.text[start:end].strip()
                 if len(text) < cfg.min_chars:
                     continue

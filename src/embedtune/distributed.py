@@ -19,7 +19,10 @@ def _env_int(*names: str) -> Optional[int]:
     for name in names:
         value = os.environ.get(name)
         if value not in (None, ""):
-            return int(value)
+            try:
+                return int(value)
+            except ValueError as e:
+                raise EmbedtuneError(f"environment variable {name}={value!r} is not an integer") from e
     return None
 
 
@@ -43,7 +46,11 @@ def shard_of_worker(cfg: ShardConfig) -> tuple[int, int]:
         if index is None or count is None:
             raise EmbedtuneError("set both shard.index and shard.count, or neither")
     elif _env_int("SLURM_ARRAY_TASK_COUNT") is not None:
-        index = _env_int("SLURM_ARRAY_TASK_ID") - (_env_int("SLURM_ARRAY_TASK_MIN") or 0)
+        task = _env_int("SLURM_ARRAY_TASK_ID")
+        if task is None:
+            raise EmbedtuneError("SLURM_ARRAY_TASK_COUNT is set but SLURM_ARRAY_TASK_ID is not")
+        # --array=0-6:2 runs tasks 0, 2, 4, 6: shards 0..3
+        index = (task - (_env_int("SLURM_ARRAY_TASK_MIN") or 0)) // (_env_int("SLURM_ARRAY_TASK_STEP") or 1)
         count = _env_int("SLURM_ARRAY_TASK_COUNT")
         # several ranks inside one array task split that task's shard further
         index, count = index * world_size() + rank(), count * world_size()

@@ -60,6 +60,8 @@ class EmbeddingCache:
                 self.vectors = vectors
 
     def encode(self, encoder, texts: list[str], kind: str, batch_size: int = 128, desc: str = "encode") -> torch.Tensor:
+        if not texts:
+            return torch.empty(0, 0)
         keys = [_key(kind, t) for t in texts]
         missing = sorted({k: i for i, k in enumerate(keys) if k not in self.index}.values())
         if missing:

@@ -9,6 +9,7 @@ import torch
 
 from embedtune.beir import RetrievalSet
 from embedtune.encode import EmbeddingCache
+from embedtune.errors import EmbedtuneError
 from embedtune.mine import search
 
 METRICS = ["nDCG@10", "R@1", "R@10", "R@100", "MRR@10", "MAP@100"]
@@ -36,6 +37,8 @@ def trec_metrics(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, in
     run count as 0)."""
     import pytrec_eval
 
+    if not qrels:
+        raise EmbedtuneError("no judged queries to evaluate")
     measures = {"ndcg_cut.10", "recall.1,10,100", "map_cut.100"}
     per_query = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
     top10 = {q: dict(sorted(docs.items(), key=lambda x: -x[1])[:10]) for q, docs in run.items()}

@@ -62,8 +62,8 @@ def split_of(doc_key: str, cfg: FilterConfig) -> str:
 
 def split_pairs(queries: list[dict], doc_of: dict[str, str], cfg: FilterConfig) -> dict[str, list[dict]]:
     """Pairs per split, assigned by the passage's document (source + doc_id)."""
-    if not 0 <= cfg.dev_fraction + cfg.test_fraction < 1:
-        raise EmbedtuneError("filter.dev_fraction + filter.test_fraction must be in [0, 1)")
+    if min(cfg.dev_fraction, cfg.test_fraction) < 0 or cfg.dev_fraction + cfg.test_fraction >= 1:
+        raise EmbedtuneError("filter.dev_fraction and filter.test_fraction must be >= 0 with a sum below 1")
     splits = {s: [] for s in SPLITS}
     for q in queries:
         doc = doc_of.get(q["passage_id"])

@@ -39,8 +39,12 @@ def obo_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "data" / "hp.obo"
 
 
+_ESCAPES = {"n": "\n", "t": "\t"}
+
+
 def _unescape(s: str) -> str:
-    return re.sub(r"\\(.)", r"\1", s).strip()
+    """OBO escapes: \\n and \\t are whitespace, any other \\X is X."""
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), s).strip()
 
 
 def read_obo(path: Path) -> tuple[str, list[Term]]:

@@ -34,6 +34,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     except OSError as e:
+        if e.filename not in (str(tmp), str(path)) and Path(e.filename or "") != tmp:
+            raise  # an error about another file, raised inside the caller's block
         raise EmbedtuneError(f"cannot write {path}: {e.strerror}") from e
     finally:
         tmp.unlink(missing_ok=True)

@@ -24,7 +24,7 @@ class ModelConfig:
     pooling: str = "auto"             # mean | cls | auto (the model's sentence-transformers setting, else mean)
     normalize: bool = True            # L2-normalise embeddings (cosine similarity)
     query_max_length: int = 32        # tokens per query
-    passage_max_length: int = 128     # tokens per passage (title + text)
+    passage_max_length: int = 256     # tokens per passage (title + text)
     query_prefix: str = ""            # prepended to every query, e.g. "query: " for E5 models
     passage_prefix: str = ""          # prepended to every passage, e.g. "passage: "
 
@@ -69,9 +69,14 @@ class Encoder(nn.Module):
     def load(cls, cfg: ModelConfig, path: Optional[str] = None, fingerprint: str = "") -> "Encoder":
         """The base model of `cfg`, or a saved encoder folder at `path` (its own settings win)."""
         if path is not None:
-            saved = json.loads((Path(path) / ENCODER_CONFIG).read_text())
+            settings = Path(path) / ENCODER_CONFIG
+            if not settings.exists():
+                raise EmbedtuneError(f"{path} is not a saved embedtune encoder (no {ENCODER_CONFIG}); "
+                                     "point at checkpoints/step-<n>/encoder")
+            saved = json.loads(settings.read_text())
             cfg = ModelConfig(**saved["model"])
             source, pooling = str(path), saved["pooling"]
+            fingerprint = fingerprint or saved.get("fingerprint", "")
         else:
             source = resolve_model(cfg.name).path
             pooling = cfg.pooling
@@ -84,7 +89,8 @@ class Encoder(nn.Module):
             backbone = AutoModel.from_pretrained(source, use_safetensors=True)
         except OSError as e:
             raise EmbedtuneError(f"cannot load model '{source}': {e}") from e
-        return cls(backbone, tokenizer, cfg, pooling, fingerprint or f"{cfg.name}:{pooling}")
+        encoder = cls(backbone, tokenizer, cfg, pooling, fingerprint or f"{cfg.name}:{pooling}")
+        return encoder.eval()  # inference by default; the training loop switches dropout on itself
 
     def apply_lora(self, peft_cfg: PeftConfig) -> None:
         from peft import LoraConfig, get_peft_model
@@ -99,6 +105,8 @@ class Encoder(nn.Module):
         self.backbone = get_peft_model(self.backbone, lora)
 
     def tokenize(self, texts: list[str], kind: str) -> dict[str, torch.Tensor]:
+        if kind not in ("query", "passage"):
+            raise ValueError(f"kind must be 'query' or 'passage', not {kind!r}")
         if kind == "query":
             prefix, max_length = self.cfg.query_prefix, self.cfg.query_max_length
         else:

@@ -60,7 +60,8 @@ def prepare(cfg) -> dict:
         from embedtune.hpo import load_terms, write_beir
 
         release, terms = load_terms()
-        extra["benchmark"] = write_beir(run.benchmarks / "hpo", terms, release)
+        # a corpus slice (corpus.max_documents) gets the matching slice of the labelled set
+        extra["benchmark"] = write_beir(run.benchmarks / "hpo", terms[:cfg.corpus.max_documents], release)
     counts = {"documents": len(docs), "passages": len(passages)}
     print(f"prepare: {len(docs):,} documents -> {len(passages):,} passages")
     return stage.finish(counts, files=files, **extra)
@@ -250,6 +251,8 @@ def model_card(cfg, run: RunFolder, inputs: dict) -> str:
             f"```python\nfrom sentence_transformers import SentenceTransformer\n"
             f"model = SentenceTransformer(\"path/to/this/folder\")\n"
             f"q = model.encode([\"...\"], prompt_name=\"query\")\np = model.encode([\"...\"], prompt_name=\"passage\")\n```\n\n"
+            f"Queries and passages are read up to {cfg.model.passage_max_length} tokens "
+            f"(training cut queries at {cfg.model.query_max_length}).\n\n"
             f"## Evaluation\n\n{table}\n"
             f"## Training\n\nInfoNCE (temperature {cfg.loss.temperature}), batch {cfg.train.batch_size}, "
             f"{cfg.train.hard_negatives} hard negative(s) per query, lr {cfg.train.lr}, "

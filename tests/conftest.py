@@ -1,0 +1,73 @@
+"""Shared fixtures. Each fixture is self-contained; add new ones below with their own section header."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+# ---------------------------------------------------------------- tiny_model_dir: a 2-layer, 32-wide BERT
+
+TINY_HIDDEN = 32  # embedding width of the tiny BERT (tests compare shapes against it)
+
+_SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+_CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789")
+_PUNCT = list(".,:;!?'\"()-/")
+_WORDS = ["query", "passage", "the", "a", "of", "and", "in", "is", "gene", "protein", "heart", "lung",
+          "kidney", "liver", "brain", "blood", "cell", "disease", "fever", "pain", "cat", "dog", "fish",
+          "bird", "red", "blue", "green", "music", "river", "mountain", "city", "train", "apple", "bread"]
+
+
+def tiny_vocab() -> list[str]:
+    """A WordPiece vocab that tokenizes any lower-case ASCII text (whole words, else characters)."""
+    tokens = _SPECIAL + _PUNCT + _CHARS + ["##" + c for c in _CHARS] + _WORDS
+    return list(dict.fromkeys(tokens))  # "a" is both a character and a word
+
+
+def build_tiny_model(folder: Path, seed: int = 0) -> Path:
+    """A random BertModel (2 layers, hidden 32, 2 heads, intermediate 64) + its tokenizer, saved in `folder`."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = tiny_vocab()
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    # from_pretrained on a folder with only vocab.txt works across transformers 4.x and 5.x constructors
+    tokenizer = BertTokenizerFast.from_pretrained(str(folder), do_lower_case=True, model_max_length=512)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=TINY_HIDDEN, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
+                        pad_token_id=0)
+    with torch.random.fork_rng():  # leave the global RNG of the session as it was
+        torch.manual_seed(seed)
+        model = BertModel(config)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    assert (folder / "model.safetensors").exists()
+    assert len(tokenizer) == config.vocab_size
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A folder with a tiny random BERT (safetensors) and its WordPiece tokenizer; load it with
+    `Encoder.load(ModelConfig(name=str(tiny_model_dir), pooling="mean"))`. Read-only: copy it to change it."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_bert") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir_other(tmp_path_factory) -> Path:
+    """Like `tiny_model_dir` but with other random weights (seed 1): a second, different tiny encoder."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_bert_other") / "model", seed=1)
+
+
+# ---------------------------------------------------------------- torch_one_thread
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One intra-op thread for the module's tests: tiny models gain nothing from more, and on a shared
+    2-core machine busy-waiting OpenMP threads make each op wait for a time slice (100x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,88 @@
+"""The CLI as users meet it: Hydra help, overrides, and clear one-line errors for bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def embedtune(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "embedtune.cli", *args]
+    env = {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+
+
+def test_usage_lists_stages(tmp_path):
+    result = embedtune(cwd=tmp_path)
+    assert result.returncode == 2
+    for stage in ("prepare", "generate", "filter", "mine", "train", "eval", "export", "run"):
+        assert f"  {stage} " in result.stderr
+
+
+def test_stage_help_lists_config_groups(tmp_path):
+    result = embedtune("train", "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for group in ("corpus: ", "generator: ", "peft: lora, none", "logger: none, wandb", "debug: tiny"):
+        assert group in result.stdout
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    result = embedtune("prepare", "train.learning_rate=1", cwd=tmp_path)
+    assert_clean_error(result, "learning_rate")
+
+
+def test_wrong_type_is_named(tmp_path):
+    result = embedtune("prepare", "train.batch_size=many", cwd=tmp_path)
+    assert_clean_error(result, "batch_size")
+
+
+@pytest.fixture
+def run_args(tmp_path):
+    return [f"paths.runs={tmp_path / 'runs'}", "run_name=bad"]
+
+
+def no_stage_output(tmp_path: Path) -> bool:
+    return not (tmp_path / "runs" / "bad" / "passages" / "manifest.json").exists()
+
+
+def test_missing_corpus_path(tmp_path, run_args):
+    result = embedtune("prepare", "corpus=jsonl", f"corpus.path={tmp_path / 'nope.jsonl'}", *run_args, cwd=tmp_path)
+    assert_clean_error(result, "nope.jsonl", "does not exist")
+    assert no_stage_output(tmp_path)
+
+
+def test_empty_corpus_folder(tmp_path, run_args):
+    (tmp_path / "docs").mkdir()
+    result = embedtune("prepare", "corpus=files", f"corpus.path={tmp_path / 'docs'}", *run_args, cwd=tmp_path)
+    assert_clean_error(result, "docs", "no files")
+    assert no_stage_output(tmp_path)
+
+
+def test_invalid_jsonl_line_is_named(tmp_path, run_args):
+    path = tmp_path / "docs.jsonl"
+    path.write_text(json.dumps({"text": "fine " * 10}) + "\n" + '{"text": "broken\n')
+    result = embedtune("prepare", "corpus=jsonl", f"corpus.path={path}", *run_args, cwd=tmp_path)
+    assert_clean_error(result, "docs.jsonl:2", "invalid JSON")
+    assert no_stage_output(tmp_path)
+
+
+def test_wrong_field_name_is_named(tmp_path, run_args):
+    path = tmp_path / "docs.jsonl"
+    path.write_text(json.dumps({"body": "some text " * 10}) + "\n")
+    result = embedtune("prepare", "corpus=jsonl", f"corpus.path={path}", *run_args, cwd=tmp_path)
+    assert_clean_error(result, "docs.jsonl:1", "'text'", "body", "corpus.text_field")
+    assert no_stage_output(tmp_path)
+
+
+def test_later_stage_before_earlier_one(tmp_path, run_args):
+    result = embedtune("mine", *run_args, cwd=tmp_path)
+    assert_clean_error(result, "manifest.json", "run the stage that writes it first")

@@ -1,0 +1,82 @@
+"""evaluate.py: trec metrics on a toy run checked by hand, and the markdown report table."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from embedtune.evaluate import METRICS, markdown_table, trec_metrics, use_bf16
+
+# q1: relevant d1 (grade 1) at rank 2 and d2 (grade 2) at rank 4
+# q2: its only relevant document, d5, at rank 11 (inserted first, so the run's dict order is not its rank)
+# q3: judged but absent from the run; q5: retrieved, but nothing relevant; q4: in the run but unjudged
+RUN = {
+    "q1": {"d3": 0.9, "d1": 0.8, "d4": 0.7, "d2": 0.6},
+    "q2": {"d5": 0.05, **{f"x{i}": 1.0 - i / 20 for i in range(10)}, "x10": 0.01},
+    "q5": {"d10": 0.5, "d11": 0.4},
+    "q4": {"d1": 0.9},
+}
+QRELS = {
+    "q1": {"d1": 1, "d2": 2, "d7": 0},
+    "q2": {"d5": 1},
+    "q3": {"d8": 1},
+    "q5": {"d9": 1},
+}
+
+
+def log2(x: float) -> float:
+    return math.log(x, 2)
+
+
+def test_trec_metrics_match_hand_computed_values():
+    m = trec_metrics(RUN, QRELS)
+    # trec_eval's nDCG uses the grade as the gain: DCG = 1/log2(3) + 2/log2(5), ideal = 2/log2(2) + 1/log2(3)
+    ndcg_q1 = (1 / log2(3) + 2 / log2(5)) / (2 / log2(2) + 1 / log2(3))
+    expected = {
+        "nDCG@10": ndcg_q1 / 4,           # q2's hit is at rank 11; q3 and q5 score 0
+        "R@1": 0.0,
+        "R@10": 1.0 / 4,                  # q1 only
+        "R@100": 2.0 / 4,                 # q1 and q2
+        "MRR@10": 0.5 / 4,                # q1's first hit at rank 2; q2's at 11 is past the cut
+        "MAP@100": (0.5 * (1 / 2 + 2 / 4) + 1 / 11) / 4,
+    }
+    assert set(m) == set(METRICS)
+    for key, value in expected.items():
+        assert m[key] == pytest.approx(value, abs=1e-4), key
+
+
+def test_trec_metrics_perfect_run_scores_one():
+    run = {"q1": {"d2": 0.9, "d1": 0.8, "d3": 0.1}, "q2": {"d5": 0.7, "d6": 0.2}}
+    qrels = {"q1": {"d1": 1, "d2": 2}, "q2": {"d5": 1}}
+    m = trec_metrics(run, qrels)
+    assert m["nDCG@10"] == pytest.approx(1.0)
+    assert m["MRR@10"] == pytest.approx(1.0)
+    assert m["MAP@100"] == pytest.approx(1.0)
+    assert m["R@10"] == pytest.approx(1.0)
+    assert m["R@1"] == pytest.approx((1 / 2 + 1) / 2)  # q1 has two relevant documents
+
+
+def test_trec_metrics_ignore_unjudged_queries():
+    with_extra = trec_metrics(RUN, QRELS)
+    without = trec_metrics({q: docs for q, docs in RUN.items() if q != "q4"}, QRELS)
+    assert with_extra == without
+
+
+def test_markdown_table_has_a_row_per_model_and_a_delta_row():
+    base = {"queries": 1234, **{k: 0.5 for k in METRICS}}
+    tuned = {"queries": 1234, **{k: 0.5 for k in METRICS}, "nDCG@10": 0.625, "R@1": 0.25}
+    table = markdown_table({"hpo": {"base": base, "tuned": tuned}, "synthetic": {"base": base}})
+    lines = table.strip().splitlines()
+    assert lines[0] == "| set | model | queries | " + " | ".join(METRICS) + " |"
+    assert len(lines) == 2 + 3 + 1  # header, hpo: base, tuned, delta; synthetic: base only
+    assert "| hpo | base | 1,234 | 0.500 |" in table
+    delta = [line for line in lines if "tuned - base" in line]
+    assert len(delta) == 1 and delta[0].startswith("| hpo |")
+    cells = [c.strip() for c in delta[0].strip("|").split("|")]
+    assert cells[3:] == ["+0.125", "-0.250", "+0.000", "+0.000", "+0.000", "+0.000"]
+
+
+def test_use_bf16_honours_explicit_precision():
+    assert use_bf16("bf16") is True
+    assert use_bf16("fp32") is False

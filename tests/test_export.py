@@ -1,0 +1,71 @@
+"""export.py: the sentence-transformers folder reproduces the encoder; a failed parity check writes nothing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from embedtune.errors import EmbedtuneError
+from embedtune.export import ExportConfig, export_model
+from embedtune.model import Encoder, ModelConfig
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+TEXTS = ["the heart of a cat", "blue river", "protein and gene in the cell of the liver", "fish"]
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tiny_model_dir, tmp_path_factory):
+    """A saved encoder folder (as train writes it) with prefixes, so prompts must survive the export."""
+    cfg = ModelConfig(name=str(tiny_model_dir), pooling="mean", query_prefix="query: ", passage_prefix="passage: ")
+    folder = tmp_path_factory.mktemp("export") / "encoder"
+    Encoder.load(cfg).save(folder)
+    return folder
+
+
+def ours(encoder_dir, kind: str) -> torch.Tensor:
+    encoder = Encoder.load(None, path=str(encoder_dir)).eval()
+    with torch.no_grad():
+        return encoder(encoder.tokenize(TEXTS, kind))
+
+
+def test_export_model_writes_a_sentence_transformers_folder_with_parity(encoder_dir, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    out = tmp_path / "model"
+    result = export_model(encoder_dir, out, TEXTS, ExportConfig(), card="# tiny card\n")
+    assert result["texts_checked"] == len(TEXTS)
+    assert 0.0 <= result["max_abs_diff"] <= 1e-4
+    assert (out / "README.md").read_text(encoding="utf-8") == "# tiny card\n"
+    assert not (tmp_path / ".model.tmp").exists()
+
+    st = SentenceTransformer(str(out), device="cpu")
+    for kind in ("passage", "query"):
+        theirs = st.encode(TEXTS, prompt_name=kind, convert_to_tensor=True).float().cpu()
+        assert theirs.shape == (len(TEXTS), 32)
+        assert torch.allclose(theirs, ours(encoder_dir, kind), atol=1e-5), kind
+    assert torch.allclose(theirs.norm(dim=-1), torch.ones(len(TEXTS)), atol=1e-5)  # Normalize module kept
+
+
+def test_export_model_with_cls_pooling(tiny_model_dir, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    encoder_dir = tmp_path / "encoder"
+    Encoder.load(ModelConfig(name=str(tiny_model_dir), pooling="cls")).save(encoder_dir)
+    export_model(encoder_dir, tmp_path / "model", TEXTS, ExportConfig(), card="")
+    theirs = SentenceTransformer(str(tmp_path / "model"), device="cpu").encode(
+        TEXTS, prompt_name="passage", convert_to_tensor=True).float().cpu()
+    assert torch.allclose(theirs, ours(encoder_dir, "passage"), atol=1e-5)
+
+
+def test_failed_parity_raises_and_leaves_the_existing_output_untouched(encoder_dir, tmp_path):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "previous.txt").write_text("earlier export")
+    with pytest.raises(EmbedtuneError, match="max_abs_diff"):
+        export_model(encoder_dir, out, TEXTS, ExportConfig(max_abs_diff=-1.0), card="")
+    assert sorted(p.name for p in out.iterdir()) == ["previous.txt"]
+    assert (out / "previous.txt").read_text() == "earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary folder left behind
+
+

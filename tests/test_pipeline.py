@@ -1,0 +1,97 @@
+"""End to end: `embedtune run` on a small slice of the built-in demo (real generator, real MiniLM)."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+RUN = ["debug=tiny", "run_name=e2e"]
+
+
+def embedtune(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", "embedtune.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=900, env=env)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    started = time.time()
+    result = embedtune("run", *RUN, f"paths.runs={root}", cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "e2e", result, time.time() - started
+
+
+def test_every_stage_writes_its_manifest(demo_run):
+    run, _, _ = demo_run
+    for folder in ("passages", "queries", "pairs", "negatives", "checkpoints", "eval", "model"):
+        manifest = json.loads((run / folder / "manifest.json").read_text())
+        assert manifest["key"] and manifest["wall_time_s"] >= 0
+    passages = json.loads((run / "passages" / "manifest.json").read_text())
+    assert passages["counts"]["passages"] == 300
+    queries = json.loads((run / "queries" / "manifest.json").read_text())
+    assert queries["counts"]["queries"] == 24
+    assert (run / "config.run.yaml").exists()
+
+
+def test_report_compares_base_and_tuned_on_human_and_synthetic_queries(demo_run):
+    run, result, _ = demo_run
+    report = (run / "eval" / "report.md").read_text()
+    for row in ("| hpo (test, human) | base |", "| hpo (test, human) | tuned |", "| synthetic (held-out) | base |"):
+        assert row in report
+        assert row in result.stdout
+    results = json.loads((run / "eval" / "report.json").read_text())
+    hpo = results["hpo (test, human)"]
+    assert 0 < hpo["base"]["nDCG@10"] <= 1 and hpo["base"]["queries"] > 10
+    assert (run / "eval" / "metrics.png").stat().st_size > 1000
+
+
+def test_splits_do_not_share_documents(demo_run):
+    import pyarrow.parquet as pq
+
+    run, _, _ = demo_run
+    doc = {r["id"]: r["doc_id"] for r in pq.read_table(run / "passages" / "part-00000.parquet").to_pylist()}
+    docs = {s: {doc[r["passage_id"]] for r in pq.read_table(run / "pairs" / f"{s}.parquet").to_pylist()}
+            for s in ("train", "dev", "test")}
+    assert not docs["train"] & docs["test"] and not docs["train"] & docs["dev"] and not docs["dev"] & docs["test"]
+
+
+def test_export_matches_trained_encoder(demo_run):
+    from sentence_transformers import SentenceTransformer
+
+    from embedtune.model import Encoder
+
+    run, _, _ = demo_run
+    final = json.loads((run / "checkpoints" / "manifest.json").read_text())["final"]
+    encoder = Encoder.load(None, path=str(run / "checkpoints" / final / "encoder"))
+    exported = SentenceTransformer(str(run / "model"), device="cpu")
+    texts = ["Abnormality of the heart valves", "Short stature. A height below the third centile."]
+    with torch.no_grad():
+        ours = encoder.eval()(encoder.tokenize(texts, "passage"))
+    theirs = exported.encode(texts, prompt_name="passage", convert_to_tensor=True)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert "| hpo (test, human) | tuned |" in (run / "model" / "README.md").read_text()
+
+
+def test_rerun_skips_every_stage(demo_run):
+    run, _, first_seconds = demo_run
+    result = embedtune("run", *RUN, f"paths.runs={run.parent}", cwd=run.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for stage in ("prepare", "filter", "mine", "train", "eval", "export"):
+        assert f"{stage}: up to date" in result.stdout
+    assert "generate: shard" not in result.stdout
+
+
+def test_config_change_reruns_from_the_changed_stage(demo_run):
+    run, _, _ = demo_run
+    before = json.loads((run / "negatives" / "manifest.json").read_text())["key"]
+    result = embedtune("mine", *RUN, f"paths.runs={run.parent}", "mining.num_negatives=1", cwd=run.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    after = json.loads((run / "negatives" / "manifest.json").read_text())
+    assert after["key"] != before and "mine: up to date" not in result.stdout
+    assert after["counts"]["negatives"] <= after["counts"]["queries"]
