@@ -86,3 +86,14 @@ def test_wrong_field_name_is_named(tmp_path, run_args):
 def test_later_stage_before_earlier_one(tmp_path, run_args):
     result = embedtune("mine", *run_args, cwd=tmp_path)
     assert_clean_error(result, "manifest.json", "run the stage that writes it first")
+
+
+def test_multirun_gives_each_point_its_own_run_folder(tmp_path):
+    result = embedtune("prepare", "-m", "debug=tiny", "corpus.chunk_tokens=16,64", "corpus.chunk_overlap=4",
+                       "run_name=c${corpus.chunk_tokens}",
+                       f"paths.runs={tmp_path / 'runs'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    counts = {n: json.loads((tmp_path / "runs" / f"c{n}" / "passages" / "manifest.json").read_text())["counts"]
+              for n in (16, 64)}
+    assert counts[16]["documents"] == counts[64]["documents"] == 300
+    assert counts[16]["passages"] > counts[64]["passages"]  # smaller chunks, more passages

@@ -77,7 +77,7 @@ def main() -> None:
         sys.exit(0 if len(sys.argv) >= 2 and sys.argv[1] in ("-h", "--help") else 2)
     stage = sys.argv.pop(1)
     sys.argv[0] = f"embedtune {stage}"
-    sys.argv.insert(1, f"hydra.job.name={stage}")
+    sys.argv.append(f"hydra.job.name={stage}")  # after any flags: argparse wants overrides in one run
     _hydra_main(stage)
 
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from embedtune.errors import EmbedtuneError
-from embedtune.io import read_json, read_rows, read_stage_table, write_json, write_parquet
+from embedtune.io import atomic_path, read_rows, read_stage_table, write_json, write_parquet
 from embedtune.manifest import MANIFEST, Stage, load_manifest
 
 PASSAGE_FILE_ROWS = 100_000
@@ -210,8 +210,6 @@ def evaluate(cfg) -> dict:
     report = (f"# embedtune eval: {cfg.run_name}\n\nBase model `{cfg.model.name}` vs tuned "
               f"(`{train_manifest['final']}`). Metrics by trec_eval (pytrec_eval), mean over queries.\n\n"
               f"{table}\n" + "".join(f"![{p}]({p})\n" for p in plots))
-    from embedtune.io import atomic_path
-
     with atomic_path(run.eval / "report.md") as tmp:
         tmp.write_text(report, encoding="utf-8")
     write_json(results, run.eval / "report.json")

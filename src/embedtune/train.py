@@ -6,12 +6,11 @@ train -> train_step; checkpointing is called explicitly in the loop. Batches are
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -21,7 +20,7 @@ from tqdm import tqdm
 from embedtune.errors import EmbedtuneError
 from embedtune.io import write_json
 from embedtune.loss import LossConfig, info_nce, passage_hash
-from embedtune.model import Encoder, ModelConfig, PeftConfig, passage_text
+from embedtune.model import Encoder, ModelConfig, PeftConfig
 from embedtune.tracking import LoggerConfig, Tracker
 
 
@@ -37,7 +36,7 @@ class TrainConfig:
     grad_clip: float = 1.0            # max global grad norm
     mixed_precision: str = "bf16"     # no | bf16 | fp16 (fp16 on GPU only); bf16 autocast also helps on CPU
     seed: int = 42                    # data order, hard-negative choice and dropout
-    log_every: int = 10               # steps between logged metrics
+    log_every: int = 5                # steps between logged metrics (the loss is their mean)
     save_every: Optional[int] = None  # steps between checkpoints (the last step is always saved)
     keep_checkpoints: int = 2         # older checkpoints are deleted
 
@@ -144,7 +143,8 @@ def run_training(model_cfg: ModelConfig, peft_cfg: PeftConfig, loss_cfg: LossCon
     encoder, optimizer, scheduler = accelerator.prepare(encoder, optimizer, scheduler)
     tracker = Tracker(logger_cfg, out_dir, run_name, config_dict, enabled=accelerator.is_main_process)
     encoder.train()
-    started, pairs_done, last = time.time(), 0, None
+    started, pairs_done = time.time(), 0
+    loss_sum, loss_steps = torch.zeros((), device=accelerator.device), 0  # mean loss since the last log
     bar = tqdm(range(total), desc="train", unit="step", disable=not accelerator.is_main_process)
     for step in bar:
         batch = data.batch(step)
@@ -158,12 +158,16 @@ def run_training(model_cfg: ModelConfig, peft_cfg: PeftConfig, loss_cfg: LossCon
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         pairs_done += len(batch["queries"])
-        if step % cfg.log_every == 0 or step == total - 1:
-            loss_value = loss.item()  # a sync point: only on logging steps
+        loss_sum += loss.detach()
+        loss_steps += 1
+        if (step + 1) % cfg.log_every == 0 or step == total - 1:
+            loss_value = loss_sum.item() / loss_steps  # a sync point: only on logging steps
+            loss_sum.zero_()
+            loss_steps = 0
             elapsed = time.time() - started
             tracker.log({"train/loss": loss_value, "train/lr": scheduler.get_last_lr()[0],
                          "train/grad_norm": float(grad_norm), "train/pairs_per_s": pairs_done / elapsed,
-                         "train/epoch": step / data.steps_per_epoch}, step)
+                         "train/epoch": (step + 1) / data.steps_per_epoch}, step + 1)
             bar.set_postfix(loss=f"{loss_value:.3f}")
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
             save_checkpoint(accelerator, encoder, out_dir, step + 1, cfg.keep_checkpoints)

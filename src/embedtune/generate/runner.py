@@ -16,7 +16,7 @@ from typing import Optional
 from embedtune.distributed import ShardConfig, shard_of_worker
 from embedtune.errors import EmbedtuneError
 from embedtune.generate.backends import BackendConfig, make_backend
-from embedtune.generate.prompts import PromptConfig, clean_query, render
+from embedtune.generate.prompts import TEMPLATES, PromptConfig, clean_query, render
 from embedtune.io import atomic_path, read_parquet, read_stage_table, write_parquet
 from embedtune.manifest import Stage
 
@@ -53,7 +53,6 @@ def generate_shard(passages: list[dict], cfg: GeneratorConfig, index: int, count
         raise EmbedtuneError("generator.queries_per_template > 1 needs generator.temperature > 0 "
                              "(greedy decoding repeats the same query)")
     for template in cfg.prompt.templates:
-        from embedtune.generate.prompts import TEMPLATES
         if template not in TEMPLATES:
             raise EmbedtuneError(f"generator.prompt.templates: unknown template '{template}' "
                                  f"(known: {', '.join(TEMPLATES)})")
