@@ -71,3 +71,23 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- tiny_lm_dir: a 2-layer, 32-wide Llama
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory) -> Path:
+    """A tiny random causal LM (LlamaForCausalLM, safetensors) with the tiny WordPiece tokenizer; no chat
+    template, so prompts are flattened. Greedy decoding is deterministic."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = build_tiny_model(tmp_path_factory.mktemp("tiny_lm") / "model", seed=0)
+    (folder / "model.safetensors").unlink()
+    (folder / "config.json").unlink()
+    config = LlamaConfig(vocab_size=len(tiny_vocab()), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                         pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    return folder

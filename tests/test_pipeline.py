@@ -95,3 +95,22 @@ def test_config_change_reruns_from_the_changed_stage(demo_run):
     after = json.loads((run / "negatives" / "manifest.json").read_text())
     assert after["key"] != before and "mine: up to date" not in result.stdout
     assert after["counts"]["negatives"] <= after["counts"]["queries"]
+
+
+def test_force_reruns_an_up_to_date_stage(demo_run):
+    run, _, _ = demo_run
+    result = embedtune("filter", *RUN, f"paths.runs={run.parent}", "force=true", cwd=run.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "filter: kept" in result.stdout and "up to date" not in result.stdout
+
+
+def test_eval_reports_any_beir_set_given(demo_run):
+    run, _, _ = demo_run
+    extra = f"eval.beir=[{{name: extra-set, path: {run / 'benchmarks' / 'hpo'}, split: dev}}]"
+    result = embedtune("eval", *RUN, f"paths.runs={run.parent}", extra, cwd=run.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((run / "eval" / "report.json").read_text())
+    assert set(results["extra-set"]) == {"base", "tuned"}
+    dev_queries = len((run / "benchmarks" / "hpo" / "qrels" / "dev.tsv").read_text().splitlines()) - 1
+    assert 0 < results["extra-set"]["base"]["queries"] <= dev_queries
+    assert "| extra-set | tuned |" in (run / "eval" / "report.md").read_text()

@@ -76,7 +76,7 @@ class TransformersBackend:
                 idx = order[start:start + self.cfg.batch_size]
                 torch.manual_seed(seed + start)  # sampling depends only on the batch's position
                 enc = self.tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
-                                     add_special_tokens=not self.chat).to(self.device)
+                                     add_special_tokens=not self.chat, return_token_type_ids=False).to(self.device)
                 tokens = self.model.generate(**enc, **options)
                 if not self.seq2seq:
                     tokens = tokens[:, enc["input_ids"].shape[1]:]

@@ -1,0 +1,112 @@
+"""generate: prompts, output cleaning, the transformers backend, and the sharded runner with merge."""
+
+import json
+
+import pytest
+
+from embedtune.errors import EmbedtuneError
+from embedtune.generate.prompts import FewShot, PromptConfig, clean_query, flatten, render
+from embedtune.generate.runner import GeneratorConfig, read_queries, run_generate, select_passages
+from embedtune.io import write_parquet
+from embedtune.manifest import Stage
+
+
+def test_render_fills_domain_and_cuts_long_passages_at_a_word():
+    cfg = PromptConfig(domain="cardiology", passage_max_chars=40,
+                       examples=[FewShot(passage="Fast heart beat.", query="tachycardia")])
+    messages = render("keyword", "Title", "word " * 50, cfg)
+    assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+    assert "cardiology" in messages[-1]["content"] and messages[1]["content"] == "tachycardia"
+    text = messages[-1]["content"].split("Text: ", 1)[1]
+    assert text.startswith("Title. word") and text.endswith(" ...") and len(text) <= 45
+    flat = flatten(messages)
+    assert flat.endswith("\nQuery:") and "Query: tachycardia\n\n" in flat
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ('"Enlarged heart"\nExplanation: ...', "Enlarged heart"),
+    ("Query: small kidneys", "small kidneys"),
+    ("\n\n1. short   stature  ", "short stature"),
+    ("- fever in children", "fever in children"),
+    ("   ", ""),
+])
+def test_clean_query(raw, expected):
+    assert clean_query(raw) == expected
+
+
+def test_select_passages_is_a_stable_sample():
+    ids = [f"p{i}" for i in range(100)]
+    cfg = GeneratorConfig(max_passages=10)
+    chosen = select_passages(ids, cfg)
+    assert len(chosen) == 10 and chosen == select_passages(list(reversed(ids)), cfg)
+    assert select_passages(ids[:50] + ["new"] + ids[50:], cfg) - chosen <= {"new"}
+    assert select_passages(ids, GeneratorConfig(max_passages=None)) == set(ids)
+
+
+@pytest.fixture
+def passages_dir(tmp_path):
+    folder = tmp_path / "passages"
+    rows = [{"id": f"{i:016x}", "doc_id": str(i), "title": f"Term {i}", "text": "the heart and the blood " * 3,
+             "source": "s", "n_tokens": 12} for i in range(12)]
+    write_parquet(rows, folder / "part-00000.parquet")
+    Stage("prepare", folder, {}, {}).finish({"passages": 12}, files=["part-00000.parquet"])
+    return folder
+
+
+def config(tiny_lm_dir, **kw) -> GeneratorConfig:
+    return GeneratorConfig(model=str(tiny_lm_dir), dtype="float32", max_new_tokens=4, batch_size=5,
+                           max_passages=None, **kw)
+
+
+def test_shards_merge_to_the_single_process_result(tiny_lm_dir, passages_dir, tmp_path):
+    manifest = json.loads((passages_dir / "manifest.json").read_text())
+    single = run_generate(config(tiny_lm_dir), passages_dir, tmp_path / "one", manifest)
+    assert single["counts"]["queries"] == 12
+    cfg0, cfg1 = config(tiny_lm_dir), config(tiny_lm_dir)
+    cfg0.shard.index, cfg0.shard.count = 0, 2
+    cfg1.shard.index, cfg1.shard.count = 1, 2
+    out = tmp_path / "two"
+    assert run_generate(cfg0, passages_dir, out, manifest) is None  # shard 1 missing: no manifest yet
+    assert not (out / "manifest.json").exists()
+    with pytest.raises(EmbedtuneError, match="generation is not complete"):
+        read_queries(out)
+    merged = run_generate(cfg1, passages_dir, out, manifest)
+    assert merged["counts"]["queries"] == 12
+    rows = lambda folder: sorted((q["passage_id"], q["query_id"], q["text"]) for q in read_queries(folder))
+    assert rows(out) == rows(tmp_path / "one")
+
+
+def test_rerun_skips_finished_shards_and_config_change_regenerates(tiny_lm_dir, passages_dir, tmp_path):
+    manifest = json.loads((passages_dir / "manifest.json").read_text())
+    out = tmp_path / "q"
+    cfg = config(tiny_lm_dir)
+    cfg.shard.index, cfg.shard.count = 0, 2
+    run_generate(cfg, passages_dir, out, manifest)
+    shard = out / "shard-0-of-2.parquet"
+    stamp = shard.stat().st_mtime_ns
+    run_generate(cfg, passages_dir, out, manifest)
+    assert shard.stat().st_mtime_ns == stamp  # done: not regenerated
+    cfg.max_new_tokens = 5
+    run_generate(cfg, passages_dir, out, manifest)
+    assert shard.stat().st_mtime_ns != stamp  # another key: regenerated
+
+
+def test_several_queries_per_passage_need_sampling(tiny_lm_dir, passages_dir, tmp_path):
+    manifest = json.loads((passages_dir / "manifest.json").read_text())
+    with pytest.raises(EmbedtuneError, match="temperature"):
+        run_generate(config(tiny_lm_dir, queries_per_template=2), passages_dir, tmp_path / "q", manifest)
+    sampled = config(tiny_lm_dir, queries_per_template=2, temperature=1.0)
+    sampled.prompt.templates = ["keyword", "question"]
+    result = run_generate(sampled, passages_dir, tmp_path / "q", manifest)
+    queries = read_queries(tmp_path / "q")
+    assert result["counts"]["queries"] == len(queries) == 12 * 2 * 2
+    assert {q["prompt"] for q in queries} == {"keyword", "question"}
+    assert len({q["query_id"] for q in queries}) == len(queries)
+
+
+def test_unknown_template_is_named(tiny_lm_dir, passages_dir, tmp_path):
+    manifest = json.loads((passages_dir / "manifest.json").read_text())
+    cfg = config(tiny_lm_dir)
+    cfg.prompt.templates = ["haiku"]
+    with pytest.raises(EmbedtuneError, match="haiku"):
+        run_generate(cfg, passages_dir, tmp_path / "q", manifest)
