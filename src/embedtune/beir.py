@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from embedtune.errors import EmbedtuneError
+from embedtune.io import iter_jsonl
 from embedtune.model import passage_text
 
 
@@ -21,18 +21,11 @@ class RetrievalSet:
 def _jsonl(path: Path, required: tuple[str, ...]):
     if not path.exists():
         raise EmbedtuneError(f"missing BEIR file {path}")
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise EmbedtuneError(f"{path}:{lineno}: invalid JSON ({e.msg})") from e
-            for key in required:
-                if key not in record:
-                    raise EmbedtuneError(f"{path}:{lineno}: missing field '{key}'")
-            yield record
+    for lineno, record in iter_jsonl(path):
+        for key in required:
+            if key not in record:
+                raise EmbedtuneError(f"{path}:{lineno}: missing field '{key}'")
+        yield record
 
 
 def read_qrels(path: Path) -> dict[str, dict[str, int]]:

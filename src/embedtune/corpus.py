@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import sys
 import re
 import unicodedata
@@ -15,6 +14,7 @@ from typing import Iterator, Optional
 from tqdm import tqdm
 
 from embedtune.errors import EmbedtuneError
+from embedtune.io import iter_jsonl
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 HTML_SUFFIXES = (".html", ".htm")
@@ -122,17 +122,8 @@ def _field(record: dict, name: str, where: str, required: bool) -> str:
 
 
 def _records_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
-    with open(path, encoding="utf-8-sig", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise EmbedtuneError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
-            if not isinstance(record, dict):
-                raise EmbedtuneError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            yield f"{path}:{lineno}", record
+    for lineno, record in iter_jsonl(path):
+        yield f"{path}:{lineno}", record
 
 
 def _records_parquet(path: Path, cfg: CorpusConfig) -> Iterator[tuple[str, dict]]:

@@ -82,3 +82,19 @@ def read_stage_table(folder: str | os.PathLike, columns: list[str] | None = None
     folder = Path(folder)
     manifest = read_json(folder / "manifest.json")
     return pa.concat_tables([read_parquet(folder / name, columns) for name in manifest["files"]])
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; a bad line is an error naming file:line."""
+    path = Path(path)
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise EmbedtuneError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
+            if not isinstance(record, dict):
+                raise EmbedtuneError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+            yield lineno, record
