@@ -14,7 +14,7 @@ from embedtune.errors import EmbedtuneError
 
 @dataclass
 class BackendConfig:
-    backend: str = "transformers"     # transformers (local, CPU or GPU)
+    backend: str = "transformers"     # transformers (local, CPU or GPU) | vllm (GPU) | openai (HTTP endpoint)
     model: str = "smollm2-135m"       # built-in alias, local folder, .gguf file or hub id
     gguf_file: Optional[str] = None   # GGUF file inside `model` (aliases set it themselves)
     dtype: str = "bfloat16"           # weights and activations: bfloat16 (2-3x faster on recent CPUs) or float32
@@ -23,6 +23,13 @@ class BackendConfig:
     max_new_tokens: int = 24          # longest completion
     temperature: float = 0.0          # 0 = greedy decoding
     top_p: float = 0.95               # nucleus sampling when temperature > 0
+    api_base: Optional[str] = None    # openai: server URL up to /v1 (e.g. http://127.0.0.1:8000/v1)
+    api_key_env: Optional[str] = "OPENAI_API_KEY"  # openai: NAME of the env var holding the key (never the key)
+    concurrency: int = 8              # openai: requests in flight at once
+    max_retries: int = 5              # openai: retries on 429/5xx/timeouts/malformed bodies
+    timeout_s: float = 60.0           # openai: per-request timeout
+    backoff_s: float = 1.0            # openai: first retry delay, doubled each retry (with jitter)
+    backoff_max_s: float = 30.0       # openai: longest retry delay
 
 
 class TransformersBackend:
@@ -86,7 +93,40 @@ class TransformersBackend:
         return out
 
 
+class VLLMBackend:
+    """vLLM on GPU nodes (optional dependency); the same prompts and sampling settings as the others."""
+
+    def __init__(self, cfg: BackendConfig):
+        try:
+            from vllm import LLM, SamplingParams
+        except ImportError as e:
+            raise EmbedtuneError("generator.backend=vllm needs the vllm package on a GPU machine: "
+                                 "pip install vllm (or use generator.backend=transformers)") from e
+        resolved = resolve_model(cfg.model)
+        gguf = cfg.gguf_file or resolved.gguf_file
+        model = f"{resolved.path}/{gguf}" if gguf else resolved.path
+        self.llm = LLM(model=model, dtype=cfg.dtype, seed=0)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.chat = getattr(self.tokenizer, "chat_template", None) is not None
+        self.params = SamplingParams
+        self.cfg, self.name = cfg, cfg.model
+
+    def format(self, messages: list[dict[str, str]]) -> str:
+        return TransformersBackend.format(self, messages)
+
+    def generate(self, prompts: list[str], seed: int = 0) -> list[str]:
+        params = self.params(max_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
+                             top_p=self.cfg.top_p if self.cfg.temperature > 0 else 1.0, seed=seed)
+        return [out.outputs[0].text for out in self.llm.generate(prompts, params)]
+
+
 def make_backend(cfg: BackendConfig):
     if cfg.backend == "transformers":
         return TransformersBackend(cfg)
-    raise EmbedtuneError(f"generator.backend={cfg.backend} is not available; use transformers")
+    if cfg.backend == "vllm":
+        return VLLMBackend(cfg)
+    if cfg.backend == "openai":
+        from embedtune.generate.openai_backend import OpenAIBackend
+
+        return OpenAIBackend(cfg)
+    raise EmbedtuneError(f"generator.backend={cfg.backend} is not one of transformers, vllm, openai")

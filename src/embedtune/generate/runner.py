@@ -59,7 +59,10 @@ def generate_shard(passages: list[dict], cfg: GeneratorConfig, index: int, count
     backend = make_backend(cfg)
     jobs = [(p, t, k) for p in mine for t in cfg.prompt.templates for k in range(cfg.queries_per_template)]
     prompts = [backend.format(render(t, p["title"], p["text"], cfg.prompt)) for p, t, _ in jobs]
-    outputs = backend.generate(prompts, seed=cfg.seed + index)
+    try:
+        outputs = backend.generate(prompts, seed=cfg.seed + index)
+    except EmbedtuneError as e:
+        raise EmbedtuneError(f"generate: shard {shard_name(index, count)} failed, finished shards are kept: {e}") from e
     rows = []
     for (p, t, k), raw in zip(jobs, outputs):
         qid = hashlib.sha1(f"{p['id']}\x00{t}\x00{k}".encode()).hexdigest()[:16]
@@ -71,7 +74,9 @@ def generate_shard(passages: list[dict], cfg: GeneratorConfig, index: int, count
 def run_generate(cfg: GeneratorConfig, passages_dir: Path, out_dir: Path, passages_manifest: dict,
                  force: bool = False) -> Optional[dict]:
     """Write this worker's shard (unless done), then merge if every shard is there; returns the manifest."""
-    config = {k: v for k, v in cfg.__dict__.items() if k not in ("shard", "batch_size", "device")}
+    operational = ("shard", "batch_size", "device", "concurrency", "max_retries", "timeout_s", "backoff_s",
+                   "backoff_max_s", "api_key_env")
+    config = {k: v for k, v in cfg.__dict__.items() if k not in operational}
     stage = Stage("generate", out_dir, config, {"passages": passages_manifest})
     index, count = shard_of_worker(cfg.shard)
     if stage.is_done() and not force:

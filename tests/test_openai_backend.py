@@ -1,0 +1,157 @@
+"""The openai backend against a real HTTP server on 127.0.0.1 that answers with a real (tiny) model."""
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from embedtune.errors import EmbedtuneError
+from embedtune.generate.backends import BackendConfig, TransformersBackend
+from embedtune.generate.runner import GeneratorConfig, read_queries, run_generate
+from embedtune.io import write_parquet
+from embedtune.manifest import Stage
+
+SECRET = "sk-test-0123456789abcdef"
+
+
+class ChatServer:
+    """POST /v1/chat/completions -> the tiny LM's greedy completion; `faults` are served first, in order:
+    an HTTP status (429, 500), "malformed" JSON, a "truncated" body, or "slow" (past the client timeout)."""
+
+    def __init__(self, model_dir, faults=()):
+        self.backend = TransformersBackend(BackendConfig(model=str(model_dir), dtype="float32", max_new_tokens=4,
+                                                         batch_size=1))
+        self.faults, self.requests, self.lock = list(faults), [], threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.requests.append({"auth": self.headers.get("Authorization"), "body": body})
+                    fault = server.faults.pop(0) if server.faults else None
+                if isinstance(fault, int):
+                    return self.reply(fault, b'{"error": "busy"}')
+                if fault == "malformed":
+                    return self.reply(200, b'{"choices": [')
+                if fault == "truncated":
+                    return self.reply(200, b'{"choices": [{"message": {"content": "x"}}]}', length=200)
+                if fault == "slow":
+                    time.sleep(1.5)
+                with server.lock:
+                    prompt = server.backend.format(body["messages"])
+                    text = server.backend.generate([prompt])[0]
+                answer = {"choices": [{"message": {"role": "assistant", "content": text}}]}
+                self.reply(200, json.dumps(answer).encode())
+
+            def reply(self, status, payload, length=None):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(length or len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def passages_dir(tmp_path):
+    folder = tmp_path / "passages"
+    rows = [{"id": f"{i:016x}", "doc_id": str(i), "title": f"Term {i}", "text": "the heart and the blood " * 3,
+             "source": "s", "n_tokens": 12} for i in range(6)]
+    write_parquet(rows, folder / "part-00000.parquet")
+    Stage("prepare", folder, {}, {}).finish({"passages": 6}, files=["part-00000.parquet"])
+    return folder
+
+
+def openai_config(server, **kw):
+    defaults = dict(backend="openai", model="tiny", api_base=server.url, max_new_tokens=4, max_passages=None,
+                    api_key_env="EMBEDTUNE_TEST_KEY", concurrency=3, backoff_s=0.01, backoff_max_s=0.05,
+                    timeout_s=1.0)
+    defaults.update(kw)
+    return GeneratorConfig(**defaults)
+
+
+def run(cfg, passages_dir, out):
+    return run_generate(cfg, passages_dir, out, json.loads((passages_dir / "manifest.json").read_text()))
+
+
+def rows(folder):
+    return sorted((q["passage_id"], q["query_id"], q["text"]) for q in read_queries(folder))
+
+
+def test_same_queries_as_the_local_backend_and_key_only_in_the_header(tiny_lm_dir, passages_dir, tmp_path,
+                                                                       monkeypatch):
+    monkeypatch.setenv("EMBEDTUNE_TEST_KEY", SECRET)
+    server = ChatServer(tiny_lm_dir)
+    try:
+        manifest = run(openai_config(server), passages_dir, tmp_path / "remote")
+    finally:
+        server.close()
+    local = GeneratorConfig(model=str(tiny_lm_dir), dtype="float32", max_new_tokens=4, batch_size=1,
+                            max_passages=None)
+    run(local, passages_dir, tmp_path / "local")
+    assert manifest["counts"]["queries"] == 6
+    assert rows(tmp_path / "remote") == rows(tmp_path / "local")
+    assert {r["auth"] for r in server.requests} == {f"Bearer {SECRET}"}
+    for path in (tmp_path / "remote").rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_retries_through_429_500_malformed_truncated_and_slow_answers(tiny_lm_dir, passages_dir, tmp_path):
+    server = ChatServer(tiny_lm_dir, faults=[429, 500, "malformed", "truncated", "slow", 503])
+    try:
+        manifest = run(openai_config(server), passages_dir, tmp_path / "q")
+    finally:
+        server.close()
+    assert manifest["counts"]["queries"] == 6 and manifest["counts"]["empty"] == 0
+    assert len(server.requests) == 6 + 6  # every fault cost one retry
+
+
+def test_gives_up_with_a_clear_error_and_keeps_finished_shards(tiny_lm_dir, passages_dir, tmp_path):
+    out = tmp_path / "q"
+    server = ChatServer(tiny_lm_dir)
+    try:
+        first = openai_config(server)
+        first.shard.index, first.shard.count = 0, 2
+        run(first, passages_dir, out)
+        server.faults = [500] * 100
+        second = openai_config(server, max_retries=2)
+        second.shard.index, second.shard.count = 1, 2
+        with pytest.raises(EmbedtuneError, match=r"shard-1-of-2.*gave up after 3 attempts \(HTTP 500\)"):
+            run(second, passages_dir, out)
+    finally:
+        server.close()
+    assert (out / "shard-0-of-2.parquet").exists() and (out / "shard-0-of-2.done").exists()
+    assert not (out / "shard-1-of-2.parquet").exists()
+
+
+def test_missing_api_base_is_named():
+    from embedtune.generate.backends import make_backend
+
+    with pytest.raises(EmbedtuneError, match="api_base"):
+        make_backend(BackendConfig(backend="openai"))
+
+
+def test_vllm_missing_is_a_clear_error():
+    """vllm is not installed on CPU machines; the message must say what to do."""
+    from embedtune.generate.backends import make_backend
+
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
+    with pytest.raises(EmbedtuneError, match="pip install vllm"):
+        make_backend(BackendConfig(backend="vllm"))
