@@ -110,3 +110,32 @@ def test_unknown_template_is_named(tiny_lm_dir, passages_dir, tmp_path):
     cfg.prompt.templates = ["haiku"]
     with pytest.raises(EmbedtuneError, match="haiku"):
         run_generate(cfg, passages_dir, tmp_path / "q", manifest)
+
+
+def test_two_processes_under_accelerate_launch_match_one_process(tiny_lm_dir, passages_dir, tmp_path):
+    """Ranks take their shard from the launcher's RANK/WORLD_SIZE; the merged rows equal one process's."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    for name in ("one", "two"):
+        shutil.copytree(passages_dir, tmp_path / "runs" / name / "passages")
+    args = [f"paths.runs={tmp_path / 'runs'}", f"generator.model={tiny_lm_dir}", "generator.dtype=float32",
+            "generator.max_new_tokens=4", "generator.batch_size=1", "generator.max_passages=null", "logger=none"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    one = subprocess.run([sys.executable, "-m", "embedtune.cli", "generate", "run_name=one", *args],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--main_process_port", "29533", "-m", "embedtune.cli", "generate",
+              "run_name=two", *args]
+    two = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    out = tmp_path / "runs" / "two" / "queries"
+    assert sorted(p.name for p in out.glob("shard-*.parquet")) == ["shard-0-of-2.parquet", "shard-1-of-2.parquet"]
+    assert rows_of(out) == rows_of(tmp_path / "runs" / "one" / "queries") and len(rows_of(out)) == 12
+
+
+def rows_of(folder):
+    return sorted((q["passage_id"], q["query_id"], q["text"]) for q in read_queries(folder))
