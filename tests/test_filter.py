@@ -6,9 +6,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+import torch
 
 from embedtune.errors import EmbedtuneError
-from embedtune.filter import FilterConfig, filter_queries, split_pairs, write_splits
+from embedtune.filter import (FilterConfig, copy_overlap, filter_queries, roundtrip_ranks, split_pairs,
+                              write_splits)
 from embedtune.io import read_rows
 
 
@@ -35,7 +37,7 @@ def test_filter_queries_counts_each_reason():
         q("two words"),                                      # exactly min_words: kept
     ]
     kept, dropped = filter_queries(queries, FilterConfig(min_words=2, max_words=24))
-    assert dropped == {"empty": 2, "too_short": 1, "too_long": 1, "duplicate": 2}
+    assert dropped == {"empty": 2, "too_short": 1, "too_long": 1, "copy": 0, "duplicate": 2, "near_duplicate": 0}
     assert texts(kept) == [" ".join(["word"] * 24), "what causes renal cysts?", "what causes renal stones?",
                            "two words"]
     assert len(kept) + sum(dropped.values()) == len(queries)
@@ -50,9 +52,9 @@ def test_filter_queries_keeps_the_first_of_duplicates_and_the_rows_themselves():
 
 def test_filter_queries_dedup_off_keeps_duplicates():
     queries = [q("Is it genetic?"), q("is it genetic")]
-    kept, dropped = filter_queries(queries, FilterConfig(dedup=False))
+    kept, dropped = filter_queries(queries, FilterConfig(dedup=False, near_dedup=False))
     assert texts(kept) == texts(queries)
-    assert dropped == {"empty": 0, "too_short": 0, "too_long": 0, "duplicate": 0}
+    assert dropped == {"empty": 0, "too_short": 0, "too_long": 0, "copy": 0, "duplicate": 0, "near_duplicate": 0}
 
 
 def test_filter_queries_length_filters_apply_before_dedup():
@@ -60,7 +62,7 @@ def test_filter_queries_length_filters_apply_before_dedup():
     kept, dropped = filter_queries([q("genetic"), q("genetic"), q("genetic cause")],
                                    FilterConfig(min_words=2))
     assert texts(kept) == ["genetic cause"]
-    assert dropped == {"empty": 0, "too_short": 2, "too_long": 0, "duplicate": 0}
+    assert dropped == {"empty": 0, "too_short": 2, "too_long": 0, "copy": 0, "duplicate": 0, "near_duplicate": 0}
 
 
 def test_filter_queries_keeps_non_latin_words_apart():
@@ -99,7 +101,7 @@ def test_split_pairs_rows_have_the_pair_schema():
     queries, doc_of = corpus(n_docs=1, chunks_per_doc=1, queries_per_chunk=1)
     splits = split_pairs(queries, doc_of, FilterConfig(dev_fraction=0, test_fraction=0))
     assert splits == {"train": [{"query_id": "doc0-chunk0-q0", "query": "query 0 on doc0-chunk0",
-                                 "passage_id": "doc0-chunk0"}], "dev": [], "test": []}
+                                 "passage_id": "doc0-chunk0", "roundtrip_rank": None}], "dev": [], "test": []}
 
 
 def test_split_pairs_fractions_are_roughly_honoured():
@@ -146,3 +148,28 @@ def test_write_splits_writes_one_parquet_per_split(tmp_path: Path):
         assert read_rows(tmp_path / "pairs" / f"{name}.parquet") == splits[name]
     assert sorted(p.name for p in (tmp_path / "pairs").iterdir()) == ["dev.parquet", "test.parquet",
                                                                        "train.parquet"]
+
+
+def test_near_duplicates_share_their_set_of_words():
+    queries = [q("enlarged heart"), q("Heart, enlarged"), q("enlarged heart muscle")]
+    kept, dropped = filter_queries(queries, FilterConfig())
+    assert texts(kept) == ["enlarged heart", "enlarged heart muscle"] and dropped["near_duplicate"] == 1
+
+
+def test_copy_filter_drops_long_verbatim_spans_but_keeps_short_title_like_queries():
+    passage = "Patchy sclerosis of the 1st metacarpal. Uneven increase in bone density within the first metacarpal."
+    queries = [q("Patchy sclerosis of the 1st metacarpal. Uneven increase in bone density"),  # a copied span
+               q("patchy sclerosis of the 1st metacarpal"),                                 # title-like: kept
+               q("uneven bone density in the thumb bone of the hand")]                       # paraphrase: kept
+    kept, dropped = filter_queries(queries, FilterConfig(copy_min_words=8), {queries[0]["passage_id"]: passage})
+    assert dropped["copy"] == 1 and texts(kept) == [queries[1]["text"], queries[2]["text"]]
+    assert copy_overlap(queries[0]["text"], passage) == 1.0 and copy_overlap(queries[2]["text"], passage) < 0.3
+    kept, dropped = filter_queries(queries, FilterConfig(copy_max_overlap=None), {queries[0]["passage_id"]: passage})
+    assert dropped["copy"] == 0
+
+
+def test_roundtrip_ranks_count_passages_scoring_above_the_own_one():
+    passages = torch.eye(4)
+    queries = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.9, 0.1, 0.0, 0.0], [0.0, 0.2, 0.5, 0.9]])
+    ranks = roundtrip_ranks(queries, passages, torch.tensor([0, 1, 2]), chunk=2)
+    assert ranks == [1, 2, 2]

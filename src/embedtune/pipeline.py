@@ -77,22 +77,50 @@ def generate(cfg) -> dict | None:
 def filter_and_split(cfg) -> dict:
     from embedtune.filter import filter_queries, split_pairs, write_splits
     from embedtune.generate.runner import read_queries
+    from embedtune.model import passage_text
 
     run = RunFolder(cfg)
-    stage = Stage("filter", run.pairs, cfg.filter, {"queries": load_manifest(run.queries)})
+    config = [cfg.filter, cfg.model if cfg.filter.roundtrip_top_k else None]
+    stage = Stage("filter", run.pairs, config, {"queries": load_manifest(run.queries)})
     if _skip(stage, cfg.force):
         return load_manifest(run.pairs)
     queries = read_queries(run.queries)
-    kept, dropped = filter_queries(queries, cfg.filter)
-    table = read_stage_table(run.passages, ["id", "source", "doc_id"]).to_pylist()
-    doc_of = {p["id"]: f"{p['source']}\x00{p['doc_id']}" for p in table}
+    passages = _passages(run)
+    texts = {p["id"]: passage_text(p["title"], p["text"]) for p in passages}
+    kept, dropped = filter_queries(queries, cfg.filter, texts)
+    if cfg.filter.roundtrip_top_k:
+        kept, dropped["roundtrip"] = roundtrip(cfg, run, kept, passages, texts)
+    doc_of = {p["id"]: f"{p['source']}\x00{p['doc_id']}" for p in passages}
     splits = split_pairs(kept, doc_of, cfg.filter)
     write_splits(splits, run.pairs)
     counts = {"generated": len(queries), "kept": len(kept), "dropped": dropped,
               **{s: len(rows) for s, rows in splits.items()}}
-    print(f"filter: kept {len(kept):,} of {len(queries):,} queries (dropped {dropped}); "
+    print(f"filter: kept {len(kept):,} of {len(queries):,} queries ({len(kept) / max(1, len(queries)):.0%}); dropped "
+          + ", ".join(f"{k} {v:,}" for k, v in dropped.items()) + "; "
           + ", ".join(f"{s} {len(r):,}" for s, r in splits.items()))
     return stage.finish(counts, files=[f"{s}.parquet" for s in splits])
+
+
+def roundtrip(cfg, run: RunFolder, queries: list[dict], passages: list[dict], texts: dict[str, str]):
+    """Queries whose own passage the base model ranks in the top `filter.roundtrip_top_k`, each with its rank."""
+    import torch
+
+    from embedtune.encode import EmbeddingCache
+    from embedtune.evaluate import autocast
+    from embedtune.filter import roundtrip_ranks
+    from embedtune.model import Encoder
+
+    encoder, cache = Encoder.load(cfg.model), EmbeddingCache(run.cache, base_fingerprint(cfg))
+    with autocast(cfg.eval.precision):
+        passage_emb = cache.encode(encoder, [texts[p["id"]] for p in passages], "passage", cfg.mining.batch_size,
+                                   desc="filter: passages")
+        query_emb = cache.encode(encoder, [q["text"] for q in queries], "query", cfg.mining.batch_size,
+                                 desc="filter: queries")
+    row_of = {p["id"]: n for n, p in enumerate(passages)}
+    positives = torch.tensor([row_of[q["passage_id"]] for q in queries], dtype=torch.long)
+    ranks = roundtrip_ranks(query_emb, passage_emb, positives) if queries else []
+    kept = [{**q, "roundtrip_rank": r} for q, r in zip(queries, ranks) if r <= cfg.filter.roundtrip_top_k]
+    return kept, len(queries) - len(kept)
 
 
 def _passages(run: RunFolder) -> list[dict]:
