@@ -101,7 +101,8 @@ def test_split_pairs_rows_have_the_pair_schema():
     queries, doc_of = corpus(n_docs=1, chunks_per_doc=1, queries_per_chunk=1)
     splits = split_pairs(queries, doc_of, FilterConfig(dev_fraction=0, test_fraction=0))
     assert splits == {"train": [{"query_id": "doc0-chunk0-q0", "query": "query 0 on doc0-chunk0",
-                                 "passage_id": "doc0-chunk0", "roundtrip_rank": None}], "dev": [], "test": []}
+                                 "passage_id": "doc0-chunk0", "roundtrip_rank": None,
+                                 "judge_score": None}], "dev": [], "test": []}
 
 
 def test_split_pairs_fractions_are_roughly_honoured():

@@ -20,9 +20,10 @@ class ChatServer:
     """POST /v1/chat/completions -> the tiny LM's greedy completion; `faults` are served first, in order:
     an HTTP status (429, 500), "malformed" JSON, a "truncated" body, or "slow" (past the client timeout)."""
 
-    def __init__(self, model_dir, faults=()):
+    def __init__(self, model_dir, faults=(), answer=None):
         self.backend = TransformersBackend(BackendConfig(model=str(model_dir), dtype="float32", max_new_tokens=4,
                                                          batch_size=1))
+        self.answer = answer  # optional: messages -> reply text, in place of the model (a scripted judge)
         self.faults, self.requests, self.lock = list(faults), [], threading.Lock()
         server = self
 
@@ -44,8 +45,10 @@ class ChatServer:
                 if fault == "slow":
                     time.sleep(1.5)
                 with server.lock:
-                    prompt = server.backend.format(body["messages"])
-                    text = server.backend.generate([prompt])[0]
+                    if server.answer is not None:
+                        text = server.answer(body["messages"])
+                    else:
+                        text = server.backend.generate([server.backend.format(body["messages"])])[0]
                 answer = {"choices": [{"message": {"role": "assistant", "content": text}}]}
                 self.reply(200, json.dumps(answer).encode())
 
@@ -155,3 +158,23 @@ def test_vllm_missing_is_a_clear_error():
         pytest.skip("vllm is installed here")
     with pytest.raises(EmbedtuneError, match="pip install vllm"):
         make_backend(BackendConfig(backend="vllm"))
+
+
+def test_llm_judge_scores_through_any_backend(tiny_lm_dir):
+    from embedtune.judge import JudgeConfig, judge_queries, parse_score
+
+    def judge(messages):
+        prompt = messages[-1]["content"]
+        query = prompt.split("Query: ", 1)[1].split("\n", 1)[0]
+        return {"enlarged heart": "4", "big heart": "Score: 5/5", "kidney stones": "1"}.get(query, "no idea")
+
+    server = ChatServer(tiny_lm_dir, answer=judge)
+    try:
+        cfg = JudgeConfig(backend="openai", model="judge", api_base=server.url, backoff_s=0.01)
+        queries = [{"passage_id": "p", "text": t} for t in ("enlarged heart", "big heart", "kidney stones", "odd")]
+        scores = judge_queries(queries, {"p": "Cardiomegaly. An enlarged heart."}, cfg)
+    finally:
+        server.close()
+    assert scores == [4, 5, 1, 0]
+    assert "Cardiomegaly" in server.requests[0]["body"]["messages"][0]["content"]
+    assert parse_score("I'd say 3.") == 3 and parse_score("") == 0 and parse_score("9") == 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -16,6 +16,7 @@ import torch
 
 from embedtune.errors import EmbedtuneError
 from embedtune.io import write_parquet
+from embedtune.judge import JudgeConfig
 
 SPLITS = ("train", "dev", "test")
 
@@ -29,6 +30,7 @@ class FilterConfig:
     dedup: bool = True           # drop a query whose normalised text was already kept
     near_dedup: bool = True      # drop a query with the same set of words as a kept one ("heart, enlarged")
     roundtrip_top_k: Optional[int] = None  # keep only queries whose passage the base model ranks in the top k
+    judge: JudgeConfig = field(default_factory=JudgeConfig)  # optional LLM judge (judge.enabled=true)
     dev_fraction: float = 0.05   # share of documents held out for model selection
     test_fraction: float = 0.1   # share of documents held out for the synthetic test set
     seed: int = 0                # changes which documents are held out
@@ -108,7 +110,8 @@ def split_pairs(queries: list[dict], doc_of: dict[str, str], cfg: FilterConfig) 
             raise EmbedtuneError(f"query {q['query_id']} names passage {q['passage_id']}, which is not in "
                                  "passages/: rerun generate after prepare (force=true)")
         splits[split_of(doc, cfg)].append({"query_id": q["query_id"], "query": q["text"],
-                                           "passage_id": q["passage_id"], "roundtrip_rank": q.get("roundtrip_rank")})
+                                           "passage_id": q["passage_id"], "roundtrip_rank": q.get("roundtrip_rank"),
+                                           "judge_score": q.get("judge_score")})
     return splits
 
 
@@ -116,6 +119,6 @@ def write_splits(splits: dict[str, list[dict]], out_dir: Path) -> None:
     import pyarrow as pa
 
     schema = pa.schema([("query_id", pa.string()), ("query", pa.string()), ("passage_id", pa.string()),
-                        ("roundtrip_rank", pa.int64())])
+                        ("roundtrip_rank", pa.int64()), ("judge_score", pa.int64())])
     for name, rows in splits.items():
         write_parquet(rows, Path(out_dir) / f"{name}.parquet", schema=schema)

@@ -90,6 +90,13 @@ def filter_and_split(cfg) -> dict:
     kept, dropped = filter_queries(queries, cfg.filter, texts)
     if cfg.filter.roundtrip_top_k:
         kept, dropped["roundtrip"] = roundtrip(cfg, run, kept, passages, texts)
+    if cfg.filter.judge.enabled:
+        from embedtune.judge import judge_queries
+
+        scores = judge_queries(kept, texts, cfg.filter.judge)
+        judged = [{**q, "judge_score": s} for q, s in zip(kept, scores)]
+        kept = [q for q in judged if q["judge_score"] >= cfg.filter.judge.min_score]
+        dropped["judge"] = len(judged) - len(kept)
     doc_of = {p["id"]: f"{p['source']}\x00{p['doc_id']}" for p in passages}
     splits = split_pairs(kept, doc_of, cfg.filter)
     write_splits(splits, run.pairs)
