@@ -162,7 +162,8 @@ def test_copy_filter_drops_long_verbatim_spans_but_keeps_short_title_like_querie
     queries = [q("Patchy sclerosis of the 1st metacarpal. Uneven increase in bone density"),  # a copied span
                q("patchy sclerosis of the 1st metacarpal"),                                 # title-like: kept
                q("uneven bone density in the thumb bone of the hand")]                       # paraphrase: kept
-    kept, dropped = filter_queries(queries, FilterConfig(copy_min_words=8), {queries[0]["passage_id"]: passage})
+    kept, dropped = filter_queries(queries, FilterConfig(copy_max_overlap=0.8, copy_min_words=8),
+                                   {queries[0]["passage_id"]: passage})
     assert dropped["copy"] == 1 and texts(kept) == [queries[1]["text"], queries[2]["text"]]
     assert copy_overlap(queries[0]["text"], passage) == 1.0 and copy_overlap(queries[2]["text"], passage) < 0.3
     kept, dropped = filter_queries(queries, FilterConfig(copy_max_overlap=None), {queries[0]["passage_id"]: passage})

@@ -114,3 +114,17 @@ def test_eval_reports_any_beir_set_given(demo_run):
     dev_queries = len((run / "benchmarks" / "hpo" / "qrels" / "dev.tsv").read_text().splitlines()) - 1
     assert 0 < results["extra-set"]["base"]["queries"] <= dev_queries
     assert "| extra-set | tuned |" in (run / "eval" / "report.md").read_text()
+
+
+def test_roundtrip_filter_keeps_queries_whose_passage_ranks_high(demo_run):
+    import pyarrow.parquet as pq
+
+    run, _, _ = demo_run
+    result = embedtune("filter", *RUN, f"paths.runs={run.parent}", "filter.roundtrip_top_k=3", cwd=run.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads((run / "pairs" / "manifest.json").read_text())
+    assert "roundtrip" in manifest["counts"]["dropped"] and "roundtrip" in result.stdout
+    ranks = [r["roundtrip_rank"] for s in ("train", "dev", "test")
+             for r in pq.read_table(run / "pairs" / f"{s}.parquet").to_pylist()]
+    assert ranks and all(1 <= r <= 3 for r in ranks)
+    assert len(ranks) == manifest["counts"]["kept"]

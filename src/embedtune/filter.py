@@ -25,7 +25,7 @@ SPLITS = ("train", "dev", "test")
 class FilterConfig:
     min_words: int = 2           # shorter queries are dropped
     max_words: int = 24          # longer queries are dropped (usually a copied passage or a rambling answer)
-    copy_max_overlap: Optional[float] = 0.8  # drop queries whose word trigrams are mostly in the passage (null: off)
+    copy_max_overlap: Optional[float] = None  # e.g. 0.8: drop queries whose word trigrams are mostly in the passage
     copy_min_words: int = 6      # ... counting only queries at least this long (short title-like queries stay)
     dedup: bool = True           # drop a query whose normalised text was already kept
     near_dedup: bool = True      # drop a query with the same set of words as a kept one ("heart, enlarged")
