@@ -139,3 +139,30 @@ def test_two_processes_under_accelerate_launch_match_one_process(tiny_lm_dir, pa
 
 def rows_of(folder):
     return sorted((q["passage_id"], q["query_id"], q["text"]) for q in read_queries(folder))
+
+
+def test_seq2seq_generators_work_too(tiny_model_dir, tmp_path):
+    """An encoder-decoder (a tiny random T5) goes through the same backend: no prompt echo to strip."""
+    import shutil
+
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from embedtune.generate.backends import BackendConfig, TransformersBackend
+
+    folder = tmp_path / "t5"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "model.safetensors").unlink()
+    (folder / "config.json").unlink()
+    vocab = len((folder / "vocab.txt").read_text().split())
+    config = T5Config(vocab_size=vocab, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
+                      pad_token_id=0, eos_token_id=3, decoder_start_token_id=0)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        T5ForConditionalGeneration(config).save_pretrained(folder, safe_serialization=True)
+    backend = TransformersBackend(BackendConfig(model=str(folder), dtype="float32", max_new_tokens=5, batch_size=2))
+    assert backend.seq2seq
+    prompts = [backend.format(render("keyword", "Heart", "the heart and the blood", PromptConfig()))] * 3
+    out = backend.generate(prompts)
+    assert len(out) == 3 and out[0] == out[1] == out[2]  # greedy: same prompt, same answer
+    assert "Text:" not in out[0]  # the encoder's input is not part of a seq2seq output

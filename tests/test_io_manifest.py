@@ -195,3 +195,15 @@ def test_read_stage_table_errors(tmp_path: Path):
     Stage("prepare", tmp_path, Cfg(), {}).finish({}, files=["part-00000.parquet"])
     with pytest.raises(EmbedtuneError, match="part-00000.parquet"):
         read_stage_table(tmp_path)  # the manifest lists a file that is gone
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from embedtune.io import write_json
+
+    write_json({"a": 1}, tmp_path / "x.json")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o666 & ~mask

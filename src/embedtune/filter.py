@@ -29,7 +29,7 @@ class FilterConfig:
     copy_min_words: int = 6      # ... counting only queries at least this long (short title-like queries stay)
     dedup: bool = True           # drop a query whose normalised text was already kept
     near_dedup: bool = True      # drop a query with the same set of words as a kept one ("heart, enlarged")
-    roundtrip_top_k: Optional[int] = None  # keep only queries whose passage the base model ranks in the top k
+    roundtrip_top_k: Optional[int] = 10  # keep only queries whose passage the base model ranks in the top k
     judge: JudgeConfig = field(default_factory=JudgeConfig)  # optional LLM judge (judge.enabled=true)
     dev_fraction: float = 0.05   # share of documents held out for model selection
     test_fraction: float = 0.1   # share of documents held out for the synthetic test set

@@ -7,6 +7,7 @@ the whole file or none, and an earlier version stays intact until the new one is
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -17,6 +18,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedtune.errors import EmbedtuneError
+
+
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -32,6 +40,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except OSError as e:
         if e.filename not in (str(tmp), str(path)) and Path(e.filename or "") != tmp:

@@ -1,7 +1,8 @@
 """Stage manifests: what a stage read, under which config, and what it wrote.
 
-A stage's `key` hashes its config section(s) and the keys of the manifests it read, so a change anywhere
-upstream changes every key downstream. A stage whose manifest holds the same key is skipped.
+A stage's `key` hashes its config section(s) and the run ids of the manifests it read, so a change (or a
+forced rerun) anywhere upstream changes every key downstream. A stage whose manifest holds the same key is
+skipped.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ class Stage:
     def __init__(self, name: str, folder: Path, config: object, inputs: dict[str, dict]):
         self.name = name
         self.folder = Path(folder)
-        self.inputs = {k: m["key"] for k, m in inputs.items()}
+        # an input's run_id changes whenever that stage really ran (also when forced), so everything
+        # downstream of a rerun stage reruns too, even if the rerun's config was the same
+        self.inputs = {k: m.get("run_id", m["key"]) for k, m in inputs.items()}
         self.key = fingerprint(name, config, self.inputs)
         self.started = time.time()
 
@@ -54,6 +57,7 @@ class Stage:
         manifest = {
             "stage": self.name,
             "key": self.key,
+            "run_id": fingerprint(self.key, time.time_ns()),
             "inputs": self.inputs,
             "counts": counts,
             "embedtune_version": __version__,

@@ -75,7 +75,7 @@ def generate(cfg) -> dict | None:
 
 
 def filter_and_split(cfg) -> dict:
-    from embedtune.filter import filter_queries, split_pairs, write_splits
+    from embedtune.filter import filter_queries, split_of, split_pairs, write_splits
     from embedtune.generate.runner import read_queries
     from embedtune.model import passage_text
 
@@ -88,8 +88,15 @@ def filter_and_split(cfg) -> dict:
     passages = _passages(run)
     texts = {p["id"]: passage_text(p["title"], p["text"]) for p in passages}
     kept, dropped = filter_queries(queries, cfg.filter, texts)
+    doc_of = {p["id"]: f"{p['source']}\x00{p['doc_id']}" for p in passages}
+    unknown = [q["passage_id"] for q in kept if q["passage_id"] not in doc_of]
+    if unknown:
+        raise EmbedtuneError(f"{len(unknown)} queries name passages that are not in passages/ (e.g. {unknown[0]}): "
+                             "rerun generate after prepare (force=true)")
     if cfg.filter.roundtrip_top_k:
-        kept, dropped["roundtrip"] = roundtrip(cfg, run, kept, passages, texts)
+        # held-out test queries are not filtered by the base model: that would bias the base-vs-tuned test
+        held_out = {q["query_id"] for q in kept if split_of(doc_of[q["passage_id"]], cfg.filter) == "test"}
+        kept, dropped["roundtrip"] = roundtrip(cfg, run, kept, passages, texts, held_out)
     if cfg.filter.judge.enabled:
         from embedtune.judge import judge_queries
 
@@ -97,7 +104,6 @@ def filter_and_split(cfg) -> dict:
         judged = [{**q, "judge_score": s} for q, s in zip(kept, scores)]
         kept = [q for q in judged if q["judge_score"] >= cfg.filter.judge.min_score]
         dropped["judge"] = len(judged) - len(kept)
-    doc_of = {p["id"]: f"{p['source']}\x00{p['doc_id']}" for p in passages}
     splits = split_pairs(kept, doc_of, cfg.filter)
     write_splits(splits, run.pairs)
     counts = {"generated": len(queries), "kept": len(kept), "dropped": dropped,
@@ -108,8 +114,10 @@ def filter_and_split(cfg) -> dict:
     return stage.finish(counts, files=[f"{s}.parquet" for s in splits])
 
 
-def roundtrip(cfg, run: RunFolder, queries: list[dict], passages: list[dict], texts: dict[str, str]):
-    """Queries whose own passage the base model ranks in the top `filter.roundtrip_top_k`, each with its rank."""
+def roundtrip(cfg, run: RunFolder, queries: list[dict], passages: list[dict], texts: dict[str, str],
+              exempt: set[str]):
+    """Queries whose own passage the base model ranks in the top `filter.roundtrip_top_k` (or whose id is in
+    `exempt`), each with its rank; and how many were dropped."""
     import torch
 
     from embedtune.encode import EmbeddingCache
@@ -126,7 +134,8 @@ def roundtrip(cfg, run: RunFolder, queries: list[dict], passages: list[dict], te
     row_of = {p["id"]: n for n, p in enumerate(passages)}
     positives = torch.tensor([row_of[q["passage_id"]] for q in queries], dtype=torch.long)
     ranks = roundtrip_ranks(query_emb, passage_emb, positives) if queries else []
-    kept = [{**q, "roundtrip_rank": r} for q, r in zip(queries, ranks) if r <= cfg.filter.roundtrip_top_k]
+    kept = [{**q, "roundtrip_rank": r} for q, r in zip(queries, ranks)
+            if r <= cfg.filter.roundtrip_top_k or q["query_id"] in exempt]
     return kept, len(queries) - len(kept)
 
 
@@ -232,7 +241,7 @@ def evaluate(cfg) -> dict:
     sets = _eval_sets(cfg, run)
     models = {"base": (lambda: Encoder.load(cfg.model), base_fingerprint(cfg)),
               "tuned": (lambda: Encoder.load(cfg.model, path=str(final_encoder_dir(run))),
-                        "tuned:" + train_manifest["key"])}
+                        "tuned:" + train_manifest["run_id"])}
     results: dict[str, dict] = {s.name: {} for s in sets}
     for label, (load, fp) in models.items():
         encoder, cache = load(), EmbeddingCache(run.cache, fp)
