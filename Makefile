@@ -28,3 +28,4 @@ test: install
 
 bench: install
 	$(BIN)/python bench/encode.py
+	$(BIN)/python bench/generate.py

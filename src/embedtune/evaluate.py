@@ -27,7 +27,7 @@ class EvalConfig:
     beir: list[BeirSetConfig] = field(default_factory=list)  # extra human-labelled sets to report on
     builtin_split: str = "test"      # split of the corpus's built-in labelled set (hpo: dev or test)
     synthetic: bool = True           # also report on the held-out synthetic queries (pairs/test)
-    batch_size: int = 128            # texts per encoding batch
+    batch_size: int = 32             # texts per encoding batch (small batches of length-sorted texts are fastest on CPU: bench/encode.py)
     precision: str = "auto"          # auto (bf16 where the CPU/GPU has it) | bf16 | fp32, for both models
     max_queries: int = 0             # evaluate at most this many queries per set (0: all)
 
