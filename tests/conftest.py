@@ -91,3 +91,17 @@ def tiny_lm_dir(tmp_path_factory) -> Path:
         torch.manual_seed(3)
         LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+# ---------------------------------------------------------------- write_passages: a finished prepare stage
+
+def write_passages(folder: Path, n: int) -> Path:
+    """A passages/ folder as `prepare` leaves it (one Parquet part + manifest) with `n` short passages."""
+    from embedtune.io import write_parquet
+    from embedtune.manifest import Stage
+
+    rows = [{"id": f"{i:016x}", "doc_id": str(i), "title": f"Term {i}", "text": "the heart and the blood " * 3,
+             "source": "s", "n_tokens": 12} for i in range(n)]
+    write_parquet(rows, Path(folder) / "part-00000.parquet")
+    Stage("prepare", folder, {}, {}).finish({"passages": n}, files=["part-00000.parquet"])
+    return Path(folder)

@@ -3,12 +3,11 @@
 import json
 
 import pytest
+from conftest import write_passages
 
 from embedtune.errors import EmbedtuneError
 from embedtune.generate.prompts import FewShot, PromptConfig, clean_query, flatten, render
 from embedtune.generate.runner import GeneratorConfig, read_queries, run_generate, select_passages
-from embedtune.io import write_parquet
-from embedtune.manifest import Stage
 
 
 def test_render_fills_domain_and_cuts_long_passages_at_a_word():
@@ -45,12 +44,7 @@ def test_select_passages_is_a_stable_sample():
 
 @pytest.fixture
 def passages_dir(tmp_path):
-    folder = tmp_path / "passages"
-    rows = [{"id": f"{i:016x}", "doc_id": str(i), "title": f"Term {i}", "text": "the heart and the blood " * 3,
-             "source": "s", "n_tokens": 12} for i in range(12)]
-    write_parquet(rows, folder / "part-00000.parquet")
-    Stage("prepare", folder, {}, {}).finish({"passages": 12}, files=["part-00000.parquet"])
-    return folder
+    return write_passages(tmp_path / "passages", 12)
 
 
 def config(tiny_lm_dir, **kw) -> GeneratorConfig:

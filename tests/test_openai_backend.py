@@ -6,12 +6,11 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import write_passages
 
 from embedtune.errors import EmbedtuneError
 from embedtune.generate.backends import BackendConfig, TransformersBackend
 from embedtune.generate.runner import GeneratorConfig, read_queries, run_generate
-from embedtune.io import write_parquet
-from embedtune.manifest import Stage
 
 SECRET = "sk-test-0123456789abcdef"
 
@@ -70,12 +69,7 @@ class ChatServer:
 
 @pytest.fixture
 def passages_dir(tmp_path):
-    folder = tmp_path / "passages"
-    rows = [{"id": f"{i:016x}", "doc_id": str(i), "title": f"Term {i}", "text": "the heart and the blood " * 3,
-             "source": "s", "n_tokens": 12} for i in range(6)]
-    write_parquet(rows, folder / "part-00000.parquet")
-    Stage("prepare", folder, {}, {}).finish({"passages": 6}, files=["part-00000.parquet"])
-    return folder
+    return write_passages(tmp_path / "passages", 6)
 
 
 def openai_config(server, **kw):
