@@ -160,3 +160,30 @@ def test_seq2seq_generators_work_too(tiny_model_dir, tmp_path):
     out = backend.generate(prompts)
     assert len(out) == 3 and out[0] == out[1] == out[2]  # greedy: same prompt, same answer
     assert "Text:" not in out[0]  # the encoder's input is not part of a seq2seq output
+
+
+def test_few_shot_examples_bootstrapped_from_the_corpus_are_shared_by_shards(tiny_lm_dir, passages_dir, tmp_path):
+    from embedtune.generate.backends import TransformersBackend
+    from embedtune.generate.runner import bootstrap_examples
+    from embedtune.io import read_stage_table
+
+    cfg = config(tiny_lm_dir)
+    cfg.prompt.sample_examples = 2
+    passages = read_stage_table(passages_dir).to_pylist()
+    backend = TransformersBackend(cfg)
+    examples = bootstrap_examples(passages, cfg, backend)
+    texts = {f"{p['title']}. {p['text']}" for p in passages}
+    assert 1 <= len(examples) <= 2 and all(e.passage in texts and e.query for e in examples)
+    assert bootstrap_examples(list(reversed(passages)), cfg, backend) == examples  # order-free sample
+    manifest = json.loads((passages_dir / "manifest.json").read_text())
+    single = run_generate(cfg, passages_dir, tmp_path / "one", manifest)
+    plain = run_generate(config(tiny_lm_dir), passages_dir, tmp_path / "plain", manifest)
+    assert single["key"] != plain["key"]
+    halves = []
+    for index in (0, 1):
+        part = config(tiny_lm_dir)
+        part.prompt.sample_examples = 2
+        part.shard.index, part.shard.count = index, 2
+        halves.append(run_generate(part, passages_dir, tmp_path / "two", manifest))
+    assert halves[0] is None and halves[1]["counts"]["queries"] == 12
+    assert rows_of(tmp_path / "two") == rows_of(tmp_path / "one")

@@ -26,6 +26,8 @@ class PromptConfig:
     templates: list[str] = field(default_factory=lambda: ["keyword"])  # query styles: keyword, question, claim
     domain: str = "this subject"      # fills {domain}: what the corpus is about, e.g. "human phenotypes"
     examples: list[FewShot] = field(default_factory=list)  # few-shot examples shown before each passage
+    sample_examples: int = 0          # without `examples`: bootstrap this many from the corpus (a zero-shot
+                                      # query for each of a fixed sample of passages), the same in every shard
     passage_max_chars: int = 600      # passages are cut (at a word) to this length inside the prompt
 
 

@@ -6,6 +6,7 @@ holding the stage key, so a rerun skips finished shards and a changed config reg
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -16,7 +17,7 @@ from typing import Optional
 from embedtune.distributed import ShardConfig, shard_of_worker
 from embedtune.errors import EmbedtuneError
 from embedtune.generate.backends import BackendConfig, make_backend
-from embedtune.generate.prompts import TEMPLATES, PromptConfig, clean_query, render
+from embedtune.generate.prompts import TEMPLATES, FewShot, PromptConfig, clean_query, render
 from embedtune.io import atomic_path, read_parquet, read_stage_table, write_parquet
 from embedtune.manifest import Stage
 
@@ -47,6 +48,22 @@ def shard_name(index: int, count: int) -> str:
     return f"shard-{index}-of-{count}"
 
 
+def bootstrap_examples(passages: list[dict], cfg: GeneratorConfig, backend) -> list[FewShot]:
+    """Few-shot examples from the corpus itself: zero-shot queries for a fixed, seeded sample of passages
+    (every shard picks the same sample from the full passage list, so all shards share the examples)."""
+    sample = sorted(passages, key=lambda p: _h(f"example\x00{cfg.seed}\x00{p['id']}"))[:cfg.prompt.sample_examples]
+    template = cfg.prompt.templates[0]
+    zero_shot = dataclasses.replace(cfg.prompt, examples=[])
+    prompts = [backend.format(render(template, p["title"], p["text"], zero_shot)) for p in sample]
+    examples = []
+    for p, raw in zip(sample, backend.generate(prompts, seed=cfg.seed)):
+        query = clean_query(raw)
+        if query:
+            text = f"{p['title']}. {p['text']}" if p["title"] else p["text"]
+            examples.append(FewShot(passage=text[:cfg.prompt.passage_max_chars], query=query))
+    return examples
+
+
 def generate_shard(passages: list[dict], cfg: GeneratorConfig, index: int, count: int) -> list[dict]:
     mine = [p for p in passages if _h(p["id"]) % count == index]
     if cfg.queries_per_template > 1 and cfg.temperature <= 0:
@@ -57,8 +74,11 @@ def generate_shard(passages: list[dict], cfg: GeneratorConfig, index: int, count
             raise EmbedtuneError(f"generator.prompt.templates: unknown template '{template}' "
                                  f"(known: {', '.join(TEMPLATES)})")
     backend = make_backend(cfg)
+    prompt_cfg = cfg.prompt
+    if prompt_cfg.sample_examples and not prompt_cfg.examples:
+        prompt_cfg = dataclasses.replace(prompt_cfg, examples=bootstrap_examples(passages, cfg, backend))
     jobs = [(p, t, k) for p in mine for t in cfg.prompt.templates for k in range(cfg.queries_per_template)]
-    prompts = [backend.format(render(t, p["title"], p["text"], cfg.prompt)) for p, t, _ in jobs]
+    prompts = [backend.format(render(t, p["title"], p["text"], prompt_cfg)) for p, t, _ in jobs]
     try:
         outputs = backend.generate(prompts, seed=cfg.seed + index)
     except EmbedtuneError as e:
