@@ -15,7 +15,7 @@ from embedtune.io import atomic_path
 
 
 @torch.no_grad()
-def encode(encoder, texts: list[str], kind: str, batch_size: int = 128, desc: str = "encode") -> torch.Tensor:
+def encode(encoder, texts: list[str], kind: str, batch_size: int = 32, desc: str = "encode") -> torch.Tensor:
     """Embeddings (float32, on CPU) of `texts` in input order; batches are formed by length to cut padding."""
     if not texts:
         return torch.empty(0, 0)
@@ -59,7 +59,7 @@ class EmbeddingCache:
                 self.index = {k: i for i, k in enumerate(keys)}
                 self.vectors = vectors
 
-    def encode(self, encoder, texts: list[str], kind: str, batch_size: int = 128, desc: str = "encode") -> torch.Tensor:
+    def encode(self, encoder, texts: list[str], kind: str, batch_size: int = 32, desc: str = "encode") -> torch.Tensor:
         if not texts:
             return torch.empty(0, 0)
         keys = [_key(kind, t) for t in texts]
