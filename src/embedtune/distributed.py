@@ -59,3 +59,15 @@ def shard_of_worker(cfg: ShardConfig) -> tuple[int, int]:
     if not 0 <= index < count:
         raise EmbedtuneError(f"shard.index={index} is outside 0..{count - 1} (shard.count={count})")
     return index, count
+
+
+def launcher_settings() -> dict:
+    """What `accelerate launch` (its config file or flags) asked for, as it passes it on in the environment.
+    Values are strings; a key is absent when the launcher did not set it."""
+    names = {"mixed_precision": "ACCELERATE_MIXED_PRECISION",
+             "gradient_accumulation_steps": "ACCELERATE_GRADIENT_ACCUMULATION_STEPS",
+             "gradient_clipping": "ACCELERATE_GRADIENT_CLIPPING",
+             "deepspeed": "ACCELERATE_USE_DEEPSPEED",
+             "deepspeed_config_file": "ACCELERATE_DEEPSPEED_CONFIG_FILE",
+             "use_cpu": "ACCELERATE_USE_CPU"}
+    return {key: os.environ[name] for key, name in names.items() if os.environ.get(name) not in (None, "")}

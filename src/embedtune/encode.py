@@ -80,3 +80,10 @@ class EmbeddingCache:
                 np.save(f, self.vectors, allow_pickle=False)
         with atomic_path(self.folder / "keys.json") as tmp:
             tmp.write_text(json.dumps(keys))
+
+
+class NoCache:
+    """EmbeddingCache's interface without the disk: for weights that change (evaluation during training)."""
+
+    def encode(self, encoder, texts: list[str], kind: str, batch_size: int = 32, desc: str = "encode") -> torch.Tensor:
+        return encode(encoder, texts, kind, batch_size, desc)

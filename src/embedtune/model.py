@@ -89,6 +89,11 @@ class Encoder(nn.Module):
             backbone = AutoModel.from_pretrained(source, use_safetensors=True)
         except OSError as e:
             raise EmbedtuneError(f"cannot load model '{source}': {e}") from e
+        for name, param in backbone.named_parameters():
+            # the backbone's own pooler (BERT's tanh layer) never reaches our embeddings: frozen, so DDP and
+            # DeepSpeed do not wait for gradients that never come (DDP would silently skip a whole bucket)
+            if name.startswith("pooler."):
+                param.requires_grad_(False)
         encoder = cls(backbone, tokenizer, cfg, pooling, fingerprint or f"{cfg.name}:{pooling}")
         return encoder.eval()  # inference by default; the training loop switches dropout on itself
 
@@ -113,6 +118,23 @@ class Encoder(nn.Module):
             prefix, max_length = self.cfg.passage_prefix, self.cfg.passage_max_length
         return self.tokenizer([prefix + t for t in texts], padding=True, truncation=True,
                               max_length=max_length, return_tensors="pt")
+
+    def token_ids(self, texts: list[str], kind: str) -> list[list[int]]:
+        """Token ids of each text, truncated but not padded (chunks are padded one at a time by `pad`)."""
+        if kind not in ("query", "passage"):
+            raise ValueError(f"kind must be 'query' or 'passage', not {kind!r}")
+        prefix = self.cfg.query_prefix if kind == "query" else self.cfg.passage_prefix
+        max_length = self.cfg.query_max_length if kind == "query" else self.cfg.passage_max_length
+        return self.tokenizer([prefix + t for t in texts], truncation=True, max_length=max_length,
+                              return_token_type_ids=False, return_attention_mask=False)["input_ids"]
+
+    def pad(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
+        """One padded batch (to its longest member) from token id lists."""
+        return self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute activations in backward (non-reentrant: works with LoRA, DDP and dropout RNG)."""
+        self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         hidden = self.backbone(**batch).last_hidden_state

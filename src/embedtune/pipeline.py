@@ -176,6 +176,20 @@ def base_fingerprint(cfg) -> str:
     return "base:" + fingerprint(cfg.model)
 
 
+def _dev_evaluator(cfg, run: RunFolder, passages: dict[str, str]):
+    """evaluator(encoder) -> dev-split metrics, for train.eval_every (None when there is no dev split)."""
+    from embedtune.beir import RetrievalSet
+    from embedtune.encode import NoCache
+    from embedtune.evaluate import evaluate_set
+
+    dev = read_rows(run.pairs / "dev.parquet") if (run.pairs / "dev.parquet").exists() else []
+    if not cfg.train.eval_every or not dev:
+        return None
+    data = RetrievalSet("dev", passages, {q["query_id"]: q["query"] for q in dev},
+                        {q["query_id"]: {q["passage_id"]: 1} for q in dev})
+    return lambda encoder: evaluate_set(encoder, NoCache(), data, cfg.eval, "dev")
+
+
 def train(cfg) -> dict:
     from omegaconf import OmegaConf
 
@@ -183,7 +197,10 @@ def train(cfg) -> dict:
     from embedtune.train import TrainData, run_training
 
     run = RunFolder(cfg)
-    config = [cfg.model, cfg.peft, cfg.loss, dataclasses.replace(cfg.train, log_every=0)]
+    # settings that do not change the trained weights stay out of the stage key
+    same_weights = dict(log_every=0, eval_every=None, save_every=None, keep_checkpoints=0, resume=True,
+                        halt_at_step=None)
+    config = [cfg.model, cfg.peft, cfg.loss, dataclasses.replace(cfg.train, **same_weights)]
     stage = Stage("train", run.checkpoints, config, {"negatives": load_manifest(run.negatives)})
     if _skip(stage, cfg.force):
         return load_manifest(run.checkpoints)
@@ -193,9 +210,14 @@ def train(cfg) -> dict:
     data = TrainData(rows, queries, passages, cfg.train)
     config_dict = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     result = run_training(cfg.model, cfg.peft, cfg.loss, cfg.train, cfg.logger, data, run.checkpoints,
-                          cfg.run_name, config_dict)
+                          cfg.run_name, config_dict, key=stage.key,
+                          evaluator=_dev_evaluator(cfg, run, passages))
+    if result["halted"]:
+        print(f"train: halted after step {cfg.train.halt_at_step} ({result['final']}); run again to resume")
+        return result
+    del result["halted"]
     print(f"train: {result['steps']} steps, {result['pairs']:,} pairs in {result['seconds']:.0f}s "
-          f"({result['pairs_per_s']:.1f} pairs/s)")
+          f"({result['pairs_per_s']:.1f} pairs/s, {result['processes']} process(es))")
     return stage.finish({"steps": result["steps"], "pairs": result["pairs"]}, **result)
 
 
@@ -315,6 +337,9 @@ def run_all(cfg) -> dict:
         times[name] = time.time() - started
         if name == "generate" and result is None:
             raise EmbedtuneError("generate: shards are missing (see above); run them, then `embedtune run` again")
+        if name == "train" and result.get("halted") is not None:
+            print("run: training halted (train.halt_at_step); `embedtune run` again resumes it")
+            return times
     print("\nstage wall times: " + ", ".join(f"{n} {t:.0f}s" for n, t in times.items())
           + f" (total {sum(times.values()) / 60:.1f} min)")
     print(f"report: {RunFolder(cfg).eval / 'report.md'}   model: {RunFolder(cfg).model}")

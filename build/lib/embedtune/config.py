@@ -1,0 +1,46 @@
+"""The root config: every group's schema (defined beside the code that uses it) composed into one dataclass,
+registered with Hydra's ConfigStore so that YAML files and overrides are type-checked against it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+
+from embedtune.corpus import CorpusConfig
+from embedtune.evaluate import EvalConfig
+from embedtune.export import ExportConfig
+from embedtune.filter import FilterConfig
+from embedtune.generate.runner import GeneratorConfig
+from embedtune.loss import LossConfig
+from embedtune.mine import MiningConfig
+from embedtune.model import ModelConfig, PeftConfig
+from embedtune.tracking import LoggerConfig
+from embedtune.train import TrainConfig
+
+
+@dataclass
+class PathsConfig:
+    runs: str = "runs"   # parent of every run folder
+
+
+@dataclass
+class Config:
+    run_name: str = "demo"            # the run folder is ${paths.runs}/${run_name}
+    force: bool = False               # rerun the stage even when its manifest matches
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="embedtune_schema", node=Config)

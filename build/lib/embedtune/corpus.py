@@ -1,0 +1,259 @@
+"""prepare: read a corpus, clean it, chunk it into token-bounded passages with stable ids, drop duplicates."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import sys
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+from tqdm import tqdm
+
+from embedtune.errors import EmbedtuneError
+from embedtune.io import iter_jsonl
+
+TEXT_SUFFIXES = (".txt", ".md", ".markdown")
+HTML_SUFFIXES = (".html", ".htm")
+PDF_SUFFIXES = (".pdf",)
+
+
+@dataclass
+class CorpusConfig:
+    name: str = "hpo"                 # label used in reports and model cards
+    format: str = "hpo"               # hpo | files | jsonl | parquet | beir
+    domain: str = "this subject"      # what the corpus is about, in a few words (fills the generator prompt)
+    path: Optional[str] = None        # folder (files) or file (jsonl, parquet, beir corpus.jsonl); unused by hpo
+    text_field: str = "text"          # JSONL/Parquet field with the document text
+    title_field: Optional[str] = "title"  # JSONL/Parquet field with a title (null: none)
+    id_field: Optional[str] = None    # JSONL/Parquet field with a document id (null: the record's position)
+    chunk_tokens: int = 200           # passage length bound in base-model tokens (title not counted)
+    chunk_overlap: int = 32           # tokens shared by consecutive chunks of one document
+    min_chars: int = 20               # passages shorter than this after cleaning are dropped
+    max_documents: Optional[int] = None  # read only the first N documents (debugging, tiny runs)
+    extensions: list[str] = field(default_factory=lambda: list(TEXT_SUFFIXES + HTML_SUFFIXES + PDF_SUFFIXES))
+
+
+@dataclass
+class Document:
+    doc_id: str
+    title: str
+    text: str
+    source: str   # file (relative to the corpus root) or built-in corpus name
+
+
+@functools.cache
+def _invisible() -> tuple[re.Pattern, re.Pattern]:
+    """Control characters (Unicode Cc, become spaces) and format characters (Cf: zero-width, BOM, ...)."""
+    def char_class(category: str) -> re.Pattern:
+        chars = (chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == category)
+        return re.compile("[" + "".join(re.escape(c) for c in chars) + "]")
+    return char_class("Cc"), char_class("Cf")
+
+
+def clean_text(text: str) -> str:
+    """NFKC, no control or format (zero-width) characters, runs of whitespace collapsed to one space."""
+    control, invisible = _invisible()
+    text = invisible.sub("", control.sub(" ", unicodedata.normalize("NFKC", text)))
+    return " ".join(text.split())
+
+
+def _html_to_text(raw: str) -> tuple[str, str]:
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(raw, "html.parser")
+    for tag in soup(["script", "style", "noscript", "template"]):
+        tag.decompose()
+    title = soup.title.get_text() if soup.title else ""
+    if not title and soup.find("h1"):
+        title = soup.find("h1").get_text()
+    body = soup.body or soup
+    return title, body.get_text(" ")
+
+
+def _pdf_to_text(path: Path) -> str:
+    try:
+        from pypdf import PdfReader
+    except ImportError as e:
+        raise EmbedtuneError(f"{path}: reading PDF needs pypdf: pip install pypdf") from e
+    try:
+        return "\n".join(page.extract_text() or "" for page in PdfReader(path).pages)
+    except Exception as e:  # pypdf raises many types for damaged files
+        raise EmbedtuneError(f"{path}: not a readable PDF ({type(e).__name__}: {e})") from e
+
+
+def _read_text_file(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", errors="replace")  # keep the document; bad bytes become U+FFFD
+
+
+def read_files(root: Path, extensions: list[str]) -> Iterator[Document]:
+    suffixes = tuple(s.lower() for s in extensions)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    if not files:
+        raise EmbedtuneError(f"{root}: no files ending in {', '.join(suffixes)}")
+    for path in files:
+        rel = path.relative_to(root).as_posix()
+        suffix = path.suffix.lower()
+        if suffix in HTML_SUFFIXES:
+            title, text = _html_to_text(_read_text_file(path))
+        elif suffix in PDF_SUFFIXES:
+            title, text = "", _pdf_to_text(path)
+        else:
+            title, text = "", _read_text_file(path)
+        yield Document(doc_id=rel, title=title or path.stem, text=text, source=rel)
+
+
+def _field(record: dict, name: str, where: str, required: bool) -> str:
+    if name not in record:
+        if not required:
+            return ""
+        keys = ", ".join(sorted(record)) or "none"
+        raise EmbedtuneError(f"{where}: no field '{name}' (fields: {keys}); set corpus.text_field / "
+                             "corpus.title_field / corpus.id_field")
+    value = record[name]
+    return "" if value is None else str(value)
+
+
+def _records_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
+    for lineno, record in iter_jsonl(path):
+        yield f"{path}:{lineno}", record
+
+
+def _records_parquet(path: Path, cfg: CorpusConfig) -> Iterator[tuple[str, dict]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as e:
+        raise EmbedtuneError(f"{path}: not a readable Parquet file ({e})") from e
+    names = table.schema_arrow.names
+    if cfg.text_field not in names:
+        raise EmbedtuneError(f"{path}: no column '{cfg.text_field}' (columns: {', '.join(names)}); "
+                             "set corpus.text_field")
+    row = 0
+    for batch in table.iter_batches(batch_size=4096):
+        for record in batch.to_pylist():
+            row += 1
+            yield f"{path}: row {row}", record
+
+
+def read_records(path: Path, cfg: CorpusConfig, beir: bool) -> Iterator[Document]:
+    records = _records_parquet(path, cfg) if path.suffix == ".parquet" else _records_jsonl(path)
+    text_field, title_field, id_field = ("text", "title", "_id") if beir else (
+        cfg.text_field, cfg.title_field, cfg.id_field)
+    for n, (where, record) in enumerate(records):
+        text = _field(record, text_field, where, required=True)
+        title = _field(record, title_field, where, required=False) if title_field else ""
+        doc_id = _field(record, id_field, where, required=True) if id_field else str(n)
+        yield Document(doc_id=doc_id, title=title, text=text, source=path.name)
+
+
+def read_documents(cfg: CorpusConfig) -> Iterator[Document]:
+    """Documents of the configured corpus, in a stable order."""
+    if cfg.format == "hpo":
+        from embedtune.hpo import load_terms
+
+        _, terms = load_terms()
+        docs = (Document(t.id, t.name, t.definition, "hpo") for t in terms)
+    else:
+        if not cfg.path:
+            raise EmbedtuneError(f"corpus.format={cfg.format} needs corpus.path")
+        path = Path(cfg.path).expanduser()
+        if not path.exists():
+            raise EmbedtuneError(f"corpus.path {path} does not exist")
+        if cfg.format == "files":
+            if not path.is_dir():
+                raise EmbedtuneError(f"corpus.path {path} must be a folder for corpus.format=files")
+            docs = read_files(path, cfg.extensions)
+        elif cfg.format in ("jsonl", "parquet", "beir"):
+            if path.is_dir() and cfg.format == "beir":
+                path = path / "corpus.jsonl"
+            if not path.is_file():
+                raise EmbedtuneError(f"corpus.path {path} must be a file for corpus.format={cfg.format}")
+            docs = read_records(path, cfg, beir=cfg.format == "beir")
+        else:
+            raise EmbedtuneError(f"corpus.format={cfg.format} is not one of hpo, files, jsonl, parquet, beir")
+    for n, doc in enumerate(docs):
+        if cfg.max_documents is not None and n >= cfg.max_documents:
+            return
+        yield doc
+
+
+def passage_id(source: str, doc_id: str, chunk: int) -> str:
+    """Stable across reruns: a hash of where the passage comes from, not of when it was read."""
+    return hashlib.sha1(f"{source}\x00{doc_id}\x00{chunk}".encode("utf-8")).hexdigest()[:16]
+
+
+def chunk_spans(offsets: list[tuple[int, int]], size: int, overlap: int,
+                words: list[int] | None = None) -> list[tuple[int, int, int]]:
+    """(char start, char end, n tokens) of windows of at most `size` tokens, about `overlap` tokens apart.
+
+    With `words` (the word index of each token), window edges move to word starts so no word is cut,
+    unless a single word is longer than the window.
+    """
+    n = len(offsets)
+    if n == 0:
+        return []
+
+    def word_start(i: int) -> bool:
+        return words is None or i == 0 or i >= n or words[i] is None or words[i] != words[i - 1]
+
+    spans, start = [], 0
+    while True:
+        end = min(start + size, n)
+        if end < n and not word_start(end):
+            edge = end - 1
+            while edge > start + 1 and not word_start(edge):
+                edge -= 1
+            if word_start(edge):
+                end = edge  # end before the word that would be cut
+        spans.append((offsets[start][0], offsets[end - 1][1], end - start))
+        if end == n:
+            return spans
+        nxt = max(start + 1, end - overlap)
+        # start on a word: the last word start in (start, nxt], else the first in (nxt, end], else cut
+        before = [i for i in range(nxt, start, -1) if word_start(i)]
+        after = [i for i in range(nxt + 1, end + 1) if word_start(i)]
+        start = before[0] if before else after[0] if after else nxt
+
+
+def chunk_documents(docs: list[Document], tokenizer, cfg: CorpusConfig) -> list[dict]:
+    """Passages (schema of DESIGN.md) from cleaned documents; exact duplicates (title + text) dropped."""
+    if cfg.chunk_overlap >= cfg.chunk_tokens:
+        raise EmbedtuneError(f"corpus.chunk_overlap={cfg.chunk_overlap} must be below "
+                             f"corpus.chunk_tokens={cfg.chunk_tokens}")
+    passages, seen = [], set()
+    batch = 256
+    for i in tqdm(range(0, len(docs), batch), desc="chunk", unit="batch", leave=False):
+        part = docs[i:i + batch]
+        enc = tokenizer([d.text for d in part], add_special_tokens=False, return_offsets_mapping=True,
+                        truncation=False, verbose=False)
+        for j, (doc, offsets) in enumerate(zip(part, enc["offset_mapping"])):
+            spans = chunk_spans(offsets, cfg.chunk_tokens, cfg.chunk_overlap, enc.word_ids(j))
+            for n, (start, end, n_tokens) in enumerate(spans):
+                text = doc.text[start:end].strip()
+                if len(text) < cfg.min_chars:
+                    continue
+                key = hashlib.sha1(f"{doc.title.lower()}\x00{text.lower()}".encode("utf-8")).digest()
+                if key in seen:
+                    continue
+                seen.add(key)
+                passages.append({"id": passage_id(doc.source, doc.doc_id, n), "doc_id": doc.doc_id,
+                                 "title": doc.title, "text": text, "source": doc.source, "n_tokens": n_tokens})
+    return passages
+
+
+def clean_documents(docs: Iterator[Document]) -> list[Document]:
+    out = []
+    for doc in docs:
+        doc.title, doc.text = clean_text(doc.title), clean_text(doc.text)
+        if doc.text:
+            out.append(doc)
+    return out

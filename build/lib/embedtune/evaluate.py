@@ -1,0 +1,101 @@
+"""eval: retrieval metrics (trec_eval through pytrec_eval) for base vs tuned, report.md/json and plots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from embedtune.beir import RetrievalSet
+from embedtune.encode import EmbeddingCache
+from embedtune.errors import EmbedtuneError
+from embedtune.mine import search
+
+METRICS = ["nDCG@10", "R@1", "R@10", "R@100", "MRR@10", "MAP@100"]
+
+
+@dataclass
+class BeirSetConfig:
+    name: str = ""       # label in the report
+    path: str = ""       # folder with corpus.jsonl, queries.jsonl, qrels/
+    split: str = "test"  # qrels file to use
+
+
+@dataclass
+class EvalConfig:
+    beir: list[BeirSetConfig] = field(default_factory=list)  # extra human-labelled sets to report on
+    builtin_split: str = "test"      # split of the corpus's built-in labelled set (hpo: dev or test)
+    synthetic: bool = True           # also report on the held-out synthetic queries (pairs/test)
+    batch_size: int = 32             # texts per encoding batch (small batches of length-sorted texts are fastest on CPU: bench/encode.py)
+    precision: str = "auto"          # auto (bf16 where the CPU/GPU has it) | bf16 | fp32, for both models
+    max_queries: int = 0             # evaluate at most this many queries per set (0: all)
+
+
+def trec_metrics(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -> dict[str, float]:
+    """Mean over judged queries of nDCG@10, Recall@1/10/100, MRR@10, MAP@100 (queries absent from the
+    run count as 0)."""
+    import pytrec_eval
+
+    if not qrels:
+        raise EmbedtuneError("no judged queries to evaluate")
+    measures = {"ndcg_cut.10", "recall.1,10,100", "map_cut.100"}
+    per_query = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
+    top10 = {q: dict(sorted(docs.items(), key=lambda x: -x[1])[:10]) for q, docs in run.items()}
+    rr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
+    n = len(qrels)
+
+    def mean(source, key):
+        return sum(source.get(q, {}).get(key, 0.0) for q in qrels) / n
+    return {"nDCG@10": mean(per_query, "ndcg_cut_10"), "R@1": mean(per_query, "recall_1"),
+            "R@10": mean(per_query, "recall_10"), "R@100": mean(per_query, "recall_100"),
+            "MRR@10": mean(rr, "recip_rank"), "MAP@100": mean(per_query, "map_cut_100")}
+
+
+def use_bf16(precision: str) -> bool:
+    if precision == "bf16":
+        return True
+    if precision == "fp32":
+        return False
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast(precision: str):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=use_bf16(precision))
+
+
+def evaluate_set(encoder, cache: EmbeddingCache, data: RetrievalSet, cfg: EvalConfig, label: str) -> dict:
+    doc_ids = list(data.corpus)
+    query_ids = list(data.queries)
+    if cfg.max_queries:
+        query_ids = query_ids[:cfg.max_queries]
+    qrels = {q: data.qrels[q] for q in query_ids}
+    with autocast(cfg.precision):
+        docs = cache.encode(encoder, [data.corpus[d] for d in doc_ids], "passage", cfg.batch_size,
+                            desc=f"{label}: {data.name} corpus")
+        queries = cache.encode(encoder, [data.queries[q] for q in query_ids], "query", cfg.batch_size,
+                               desc=f"{label}: {data.name} queries")
+    scores, indices = search(queries, docs, 100)
+    run = {q: {doc_ids[i]: float(s) for s, i in zip(scores[n].tolist(), indices[n].tolist())}
+           for n, q in enumerate(query_ids)}
+    return {"queries": len(query_ids), "documents": len(doc_ids), **trec_metrics(run, qrels)}
+
+
+def markdown_table(results: dict[str, dict[str, dict]]) -> str:
+    """results[set][model] -> metrics; one row per (set, model) and a delta row per set."""
+    lines = ["| set | model | queries | " + " | ".join(METRICS) + " |",
+             "| --- | --- | ---: | " + " | ".join("---:" for _ in METRICS) + " |"]
+    for name, models in results.items():
+        for model, m in models.items():
+            lines.append(f"| {name} | {model} | {m['queries']:,} | " + " | ".join(f"{m[k]:.3f}" for k in METRICS) + " |")
+        if "base" in models and "tuned" in models:
+            d = {k: models["tuned"][k] - models["base"][k] for k in METRICS}
+            lines.append(f"| {name} | tuned - base | | " + " | ".join(f"{d[k]:+.3f}" for k in METRICS) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,124 @@
+"""filter + split: drop empty, too short/long, copied and (near-)duplicate queries, and optionally those whose
+passage the base model does not find (round-trip); split train/dev/test by document.
+
+All queries of one document (every chunk of it) land in one split, so no test passage's text reaches training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from embedtune.errors import EmbedtuneError
+from embedtune.io import write_parquet
+from embedtune.judge import JudgeConfig
+
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass
+class FilterConfig:
+    min_words: int = 2           # shorter queries are dropped
+    max_words: int = 24          # longer queries are dropped (usually a copied passage or a rambling answer)
+    copy_max_overlap: Optional[float] = None  # e.g. 0.8: drop queries whose word trigrams are mostly in the passage
+    copy_min_words: int = 6      # ... counting only queries at least this long (short title-like queries stay)
+    dedup: bool = True           # drop a query whose normalised text was already kept
+    near_dedup: bool = True      # drop a query with the same set of words as a kept one ("heart, enlarged")
+    roundtrip_top_k: Optional[int] = 10  # keep only queries whose passage the base model ranks in the top k
+    judge: JudgeConfig = field(default_factory=JudgeConfig)  # optional LLM judge (judge.enabled=true)
+    dev_fraction: float = 0.05   # share of documents held out for model selection
+    test_fraction: float = 0.1   # share of documents held out for the synthetic test set
+    seed: int = 0                # changes which documents are held out
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+def _trigrams(words: list[str]) -> set[tuple[str, ...]]:
+    return {tuple(words[i:i + 3]) for i in range(len(words) - 2)}
+
+
+def copy_overlap(query: str, passage: str) -> float:
+    """Share of the query's word trigrams that occur in the passage (1.0 = a verbatim span)."""
+    grams = _trigrams(_norm(query).split())
+    return len(grams & _trigrams(_norm(passage).split())) / len(grams) if grams else 0.0
+
+
+def filter_queries(queries: list[dict], cfg: FilterConfig,
+                   passages: Optional[dict[str, str]] = None) -> tuple[list[dict], dict[str, int]]:
+    """Kept queries, and for each filter how many it dropped (in the order they are applied).
+    `passages` (id -> text) enables the copy filter."""
+    dropped = {"empty": 0, "too_short": 0, "too_long": 0, "copy": 0, "duplicate": 0, "near_duplicate": 0}
+    seen, seen_words, kept = set(), set(), []
+    for q in queries:
+        n_words = len(q["text"].split())
+        words = " ".join(sorted(set(_norm(q["text"]).split())))
+        if n_words == 0:
+            dropped["empty"] += 1
+        elif n_words < cfg.min_words:
+            dropped["too_short"] += 1
+        elif n_words > cfg.max_words:
+            dropped["too_long"] += 1
+        elif (passages is not None and cfg.copy_max_overlap is not None and n_words >= cfg.copy_min_words
+              and copy_overlap(q["text"], passages[q["passage_id"]]) >= cfg.copy_max_overlap):
+            dropped["copy"] += 1
+        elif cfg.dedup and _norm(q["text"]) in seen:
+            dropped["duplicate"] += 1
+        elif cfg.near_dedup and words in seen_words:
+            dropped["near_duplicate"] += 1
+        else:
+            seen.add(_norm(q["text"]))
+            seen_words.add(words)
+            kept.append(q)
+    return kept, dropped
+
+
+def roundtrip_ranks(query_emb: torch.Tensor, passage_emb: torch.Tensor, positives: torch.Tensor,
+                    chunk: int = 1024) -> list[int]:
+    """Rank (1 = best) of each query's own passage among all passages under the base model."""
+    ranks = []
+    for start in range(0, len(query_emb), chunk):
+        scores = query_emb[start:start + chunk] @ passage_emb.T
+        own = scores.gather(1, positives[start:start + chunk, None])
+        ranks.extend(((scores > own).sum(1) + 1).tolist())
+    return ranks
+
+
+def split_of(doc_key: str, cfg: FilterConfig) -> str:
+    u = int(hashlib.sha256(f"{cfg.seed}\x00{doc_key}".encode()).hexdigest()[:12], 16) / 16**12
+    if u < cfg.test_fraction:
+        return "test"
+    if u < cfg.test_fraction + cfg.dev_fraction:
+        return "dev"
+    return "train"
+
+
+def split_pairs(queries: list[dict], doc_of: dict[str, str], cfg: FilterConfig) -> dict[str, list[dict]]:
+    """Pairs per split, assigned by the passage's document (source + doc_id)."""
+    if min(cfg.dev_fraction, cfg.test_fraction) < 0 or cfg.dev_fraction + cfg.test_fraction >= 1:
+        raise EmbedtuneError("filter.dev_fraction and filter.test_fraction must be >= 0 with a sum below 1")
+    splits = {s: [] for s in SPLITS}
+    for q in queries:
+        doc = doc_of.get(q["passage_id"])
+        if doc is None:
+            raise EmbedtuneError(f"query {q['query_id']} names passage {q['passage_id']}, which is not in "
+                                 "passages/: rerun generate after prepare (force=true)")
+        splits[split_of(doc, cfg)].append({"query_id": q["query_id"], "query": q["text"],
+                                           "passage_id": q["passage_id"], "roundtrip_rank": q.get("roundtrip_rank"),
+                                           "judge_score": q.get("judge_score")})
+    return splits
+
+
+def write_splits(splits: dict[str, list[dict]], out_dir: Path) -> None:
+    import pyarrow as pa
+
+    schema = pa.schema([("query_id", pa.string()), ("query", pa.string()), ("passage_id", pa.string()),
+                        ("roundtrip_rank", pa.int64()), ("judge_score", pa.int64())])
+    for name, rows in splits.items():
+        write_parquet(rows, Path(out_dir) / f"{name}.parquet", schema=schema)

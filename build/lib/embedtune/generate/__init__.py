@@ -1,0 +1,1 @@
+"""Synthetic query generation: prompts, backends, and the sharded runner."""

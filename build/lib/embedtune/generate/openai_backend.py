@@ -1,0 +1,92 @@
+"""Any OpenAI-compatible chat endpoint (a hosted API, a vLLM or llama.cpp server): async requests with
+bounded concurrency, retries with exponential backoff on 429/5xx/timeouts/broken bodies.
+
+The API key is read from the environment variable named by `generator.api_key_env` at request time; it is
+never stored on the config, logged or written anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+
+from tqdm import tqdm
+
+from embedtune.errors import EmbedtuneError
+
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+class OpenAIBackend:
+    chat = True
+
+    def __init__(self, cfg):
+        if not cfg.api_base:
+            raise EmbedtuneError("generator.backend=openai needs generator.api_base, "
+                                 "e.g. http://127.0.0.1:8000/v1 or https://api.openai.com/v1")
+        self.cfg = cfg
+        self.url = cfg.api_base.rstrip("/") + "/chat/completions"
+        self.name = cfg.model
+
+    def format(self, messages: list[dict[str, str]]) -> str:
+        return json.dumps(messages)  # the server applies the model's chat template
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.cfg.api_key_env) if self.cfg.api_key_env else None
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def _body(self, prompt: str, seed: int) -> dict:
+        body = {"model": self.cfg.model, "messages": json.loads(prompt), "max_tokens": self.cfg.max_new_tokens,
+                "temperature": self.cfg.temperature, "seed": seed}
+        if self.cfg.temperature > 0:
+            body["top_p"] = self.cfg.top_p
+        return body
+
+    async def _one(self, client, limit: asyncio.Semaphore, prompt: str, seed: int) -> str:
+        import httpx
+
+        problem = ""
+        for attempt in range(self.cfg.max_retries + 1):
+            if attempt:
+                delay = min(self.cfg.backoff_max_s, self.cfg.backoff_s * 2 ** (attempt - 1))
+                await asyncio.sleep(delay * (0.5 + random.random() / 2))  # jitter: retries do not march in step
+            async with limit:
+                try:
+                    response = await client.post(self.url, json=self._body(prompt, seed), headers=self._headers())
+                except httpx.TimeoutException:
+                    problem = f"timed out after {self.cfg.timeout_s}s"
+                    continue
+                except httpx.TransportError as e:
+                    problem = f"connection failed ({type(e).__name__})"
+                    continue
+            if response.status_code in RETRY_STATUS:
+                problem = f"HTTP {response.status_code}"
+                continue
+            if response.status_code != 200:
+                raise EmbedtuneError(f"{self.url}: HTTP {response.status_code}: {response.text[:200]}")
+            try:
+                return response.json()["choices"][0]["message"]["content"] or ""
+            except (ValueError, KeyError, IndexError, TypeError):
+                problem = "malformed response body"
+        raise EmbedtuneError(f"{self.url}: gave up after {self.cfg.max_retries + 1} attempts ({problem})")
+
+    async def _all(self, prompts: list[str], seed: int) -> list[str]:
+        import httpx
+
+        limit = asyncio.Semaphore(self.cfg.concurrency)
+        timeout = httpx.Timeout(self.cfg.timeout_s)
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            with tqdm(total=len(prompts), desc="generate", unit="query", mininterval=2.0) as bar:
+                async def run(i: int, prompt: str) -> str:
+                    text = await self._one(client, limit, prompt, seed + i)
+                    bar.update(1)
+                    return text
+                return await asyncio.gather(*(run(i, p) for i, p in enumerate(prompts)))
+
+    def generate(self, prompts: list[str], seed: int = 0) -> list[str]:
+        return asyncio.run(self._all(prompts, seed))

@@ -1,0 +1,79 @@
+"""mine: hard negatives from the base model, aware of the positive.
+
+For each training query, candidates are the top-k passages by the base model. The positive and other
+passages of its document are removed; so is any candidate scoring above `margin x positive score`
+(NV-Retriever's rule: such passages are often unlabelled positives). The first `num_negatives` remaining
+after `skip_top` are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from tqdm import tqdm
+
+from embedtune.errors import EmbedtuneError
+
+
+@dataclass
+class MiningConfig:
+    top_k: int = 50                  # candidates retrieved per query
+    num_negatives: int = 3           # hard negatives kept per query (0: in-batch negatives only)
+    skip_top: int = 0                # ignore this many best candidates after filtering
+    margin: Optional[float] = 0.95   # drop candidates scoring above margin x positive score (null: keep)
+    batch_size: int = 32             # texts per encoding batch (small batches of length-sorted texts are fastest on CPU: bench/encode.py)
+
+
+def search(queries: torch.Tensor, passages: torch.Tensor, k: int, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k inner-product search in query chunks: (scores, indices), each [n_queries, k]."""
+    k = min(k, passages.shape[0])
+    scores, indices = [], []
+    for start in tqdm(range(0, queries.shape[0], chunk), desc="search", unit="chunk", leave=False):
+        s, i = (queries[start:start + chunk] @ passages.T).topk(k, dim=1)
+        scores.append(s)
+        indices.append(i)
+    if not scores:
+        return torch.empty(0, k), torch.empty(0, k, dtype=torch.long)
+    return torch.cat(scores), torch.cat(indices)
+
+
+def select_negatives(positive: int, positive_score: float, cand_idx: list[int], cand_scores: list[float],
+                     same_doc: set[int], cfg: MiningConfig) -> tuple[list[int], list[float]]:
+    """Indices and scores of the negatives kept for one query, best first."""
+    kept = []
+    for idx, score in zip(cand_idx, cand_scores):
+        if idx == positive or idx in same_doc:
+            continue
+        if cfg.margin is not None and score > cfg.margin * positive_score:
+            continue
+        kept.append((idx, score))
+    kept = kept[cfg.skip_top:cfg.skip_top + cfg.num_negatives]
+    return [i for i, _ in kept], [s for _, s in kept]
+
+
+def mine_hard_negatives(pairs: list[dict], passages: list[dict], query_emb: torch.Tensor,
+                        passage_emb: torch.Tensor, cfg: MiningConfig) -> list[dict]:
+    """Rows of negatives/train.parquet for `pairs`, given embeddings of their queries and of all passages."""
+    row_of = {p["id"]: n for n, p in enumerate(passages)}
+    by_doc: dict[tuple[str, str], set[int]] = {}
+    for n, p in enumerate(passages):
+        by_doc.setdefault((p["source"], p["doc_id"]), set()).add(n)
+    missing = [q["passage_id"] for q in pairs if q["passage_id"] not in row_of]
+    if missing:
+        raise EmbedtuneError(f"{len(missing)} training pairs name passages that are not in passages/ "
+                             f"(e.g. {missing[0]}): rerun the pipeline from generate with force=true")
+    positives = torch.tensor([row_of[q["passage_id"]] for q in pairs], dtype=torch.long)
+    positive_scores = (query_emb * passage_emb[positives]).sum(-1)
+    scores, indices = search(query_emb, passage_emb, cfg.top_k + 1)
+    rows = []
+    for n, q in enumerate(pairs):
+        pos = int(positives[n])
+        p = passages[pos]
+        neg_idx, neg_scores = select_negatives(pos, float(positive_scores[n]), indices[n].tolist(),
+                                               scores[n].tolist(), by_doc[(p["source"], p["doc_id"])], cfg)
+        rows.append({"query_id": q["query_id"], "passage_id": q["passage_id"],
+                     "positive_score": float(positive_scores[n]),
+                     "negative_ids": [passages[i]["id"] for i in neg_idx], "negative_scores": neg_scores})
+    return rows

@@ -1,0 +1,140 @@
+"""The encoder: a Hugging Face backbone + pooling + optional L2 normalisation, with LoRA through PEFT."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, AutoTokenizer
+
+from embedtune.assets import resolve_model
+from embedtune.errors import EmbedtuneError
+
+ENCODER_CONFIG = "embedtune_encoder.json"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "minilm-l6"           # base embedder: built-in alias, local folder or hub id
+    pooling: str = "auto"             # mean | cls | auto (the model's sentence-transformers setting, else mean)
+    normalize: bool = True            # L2-normalise embeddings (cosine similarity)
+    query_max_length: int = 32        # tokens per query
+    passage_max_length: int = 256     # tokens per passage (title + text)
+    query_prefix: str = ""            # prepended to every query, e.g. "query: " for E5 models
+    passage_prefix: str = ""          # prepended to every passage, e.g. "passage: "
+
+
+@dataclass
+class PeftConfig:
+    enabled: bool = False             # train LoRA adapters instead of all weights
+    r: int = 16                       # LoRA rank
+    alpha: int = 32                   # LoRA scaling numerator (scale = alpha / r)
+    dropout: float = 0.05             # dropout on the LoRA branch
+    target_modules: list[str] = field(default_factory=lambda: ["query", "key", "value", "dense"])  # module names
+
+
+def passage_text(title: str, text: str) -> str:
+    """What the encoder reads for a passage: title and text joined (the title often names the topic)."""
+    return f"{title} {text}" if title else text
+
+
+def _st_pooling(path: Path) -> Optional[str]:
+    """The pooling mode of a sentence-transformers folder, if `path` is one."""
+    pooling = path / "1_Pooling" / "config.json"
+    if not pooling.exists():
+        return None
+    conf = json.loads(pooling.read_text())
+    if conf.get("pooling_mode_cls_token"):
+        return "cls"
+    if conf.get("pooling_mode_mean_tokens"):
+        return "mean"
+    raise EmbedtuneError(f"{pooling}: only mean or CLS pooling is supported; set model.pooling")
+
+
+class Encoder(nn.Module):
+    def __init__(self, backbone: nn.Module, tokenizer, cfg: ModelConfig, pooling: str, fingerprint: str):
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.pooling = pooling
+        self.fingerprint = fingerprint  # names this exact set of weights (embedding caches key on it)
+
+    @classmethod
+    def load(cls, cfg: ModelConfig, path: Optional[str] = None, fingerprint: str = "") -> "Encoder":
+        """The base model of `cfg`, or a saved encoder folder at `path` (its own settings win)."""
+        if path is not None:
+            settings = Path(path) / ENCODER_CONFIG
+            if not settings.exists():
+                raise EmbedtuneError(f"{path} is not a saved embedtune encoder (no {ENCODER_CONFIG}); "
+                                     "point at checkpoints/step-<n>/encoder")
+            saved = json.loads(settings.read_text())
+            cfg = ModelConfig(**saved["model"])
+            source, pooling = str(path), saved["pooling"]
+            fingerprint = fingerprint or saved.get("fingerprint", "")
+        else:
+            source = resolve_model(cfg.name).path
+            pooling = cfg.pooling
+            if pooling == "auto":
+                pooling = _st_pooling(Path(source)) or "mean"
+        if pooling not in ("mean", "cls"):
+            raise EmbedtuneError(f"model.pooling={pooling} is not one of mean, cls, auto")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            backbone = AutoModel.from_pretrained(source, use_safetensors=True)
+        except OSError as e:
+            raise EmbedtuneError(f"cannot load model '{source}': {e}") from e
+        encoder = cls(backbone, tokenizer, cfg, pooling, fingerprint or f"{cfg.name}:{pooling}")
+        return encoder.eval()  # inference by default; the training loop switches dropout on itself
+
+    def apply_lora(self, peft_cfg: PeftConfig) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        names = {n.rsplit(".", 1)[-1] for n, _ in self.backbone.named_modules()}
+        missing = [m for m in peft_cfg.target_modules if m not in names]
+        if missing:
+            raise EmbedtuneError(f"peft.target_modules {missing} are not modules of {self.cfg.name}; "
+                                 f"some that are: {sorted(names - {''})[:12]}")
+        lora = LoraConfig(r=peft_cfg.r, lora_alpha=peft_cfg.alpha, lora_dropout=peft_cfg.dropout,
+                          target_modules=list(peft_cfg.target_modules))
+        self.backbone = get_peft_model(self.backbone, lora)
+
+    def tokenize(self, texts: list[str], kind: str) -> dict[str, torch.Tensor]:
+        if kind not in ("query", "passage"):
+            raise ValueError(f"kind must be 'query' or 'passage', not {kind!r}")
+        if kind == "query":
+            prefix, max_length = self.cfg.query_prefix, self.cfg.query_max_length
+        else:
+            prefix, max_length = self.cfg.passage_prefix, self.cfg.passage_max_length
+        return self.tokenizer([prefix + t for t in texts], padding=True, truncation=True,
+                              max_length=max_length, return_tensors="pt")
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = self.backbone(**batch).last_hidden_state
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return F.normalize(pooled, dim=-1) if self.cfg.normalize else pooled
+
+    def merged_backbone(self) -> nn.Module:
+        """The backbone with LoRA weights folded in (a copy when LoRA is on; the backbone itself otherwise)."""
+        if hasattr(self.backbone, "merge_and_unload"):
+            import copy
+            return copy.deepcopy(self.backbone).merge_and_unload()
+        return self.backbone
+
+    def save(self, folder: Path) -> None:
+        """A plain Hugging Face folder (LoRA merged) + tokenizer + the encoder settings."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.merged_backbone().save_pretrained(folder, safe_serialization=True)
+        self.tokenizer.save_pretrained(folder)
+        settings = {"model": asdict(self.cfg), "pooling": self.pooling, "fingerprint": self.fingerprint}
+        (folder / ENCODER_CONFIG).write_text(json.dumps(settings, indent=2))

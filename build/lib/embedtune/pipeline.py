@@ -1,0 +1,321 @@
+"""The stages as functions of the root config, each reading the run folder and writing its own part of it."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from embedtune.errors import EmbedtuneError
+from embedtune.io import atomic_path, read_rows, read_stage_table, write_json, write_parquet
+from embedtune.manifest import MANIFEST, Stage, load_manifest
+
+PASSAGE_FILE_ROWS = 100_000
+
+
+class RunFolder:
+    def __init__(self, cfg):
+        self.root = Path(cfg.paths.runs) / cfg.run_name
+        self.passages = self.root / "passages"
+        self.queries = self.root / "queries"
+        self.pairs = self.root / "pairs"
+        self.negatives = self.root / "negatives"
+        self.checkpoints = self.root / "checkpoints"
+        self.model = self.root / "model"
+        self.eval = self.root / "eval"
+        self.benchmarks = self.root / "benchmarks"
+        self.cache = self.root / "cache" / "embeddings"
+
+
+def _skip(stage: Stage, force: bool) -> bool:
+    if stage.is_done() and not force:
+        print(f"{stage.name}: up to date ({stage.folder / MANIFEST}); force=true reruns it")
+        return True
+    return False
+
+
+def prepare(cfg) -> dict:
+    from transformers import AutoTokenizer
+
+    from embedtune.assets import resolve_model
+    from embedtune.corpus import chunk_documents, clean_documents, read_documents
+
+    run = RunFolder(cfg)
+    stage = Stage("prepare", run.passages, [cfg.corpus, cfg.model.name], {})
+    if _skip(stage, cfg.force):
+        return load_manifest(run.passages)
+    docs = clean_documents(read_documents(cfg.corpus))
+    if not docs:
+        raise EmbedtuneError(f"corpus '{cfg.corpus.name}' has no documents with text")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.model.name).path)
+    passages = chunk_documents(docs, tokenizer, cfg.corpus)
+    if not passages:
+        raise EmbedtuneError(f"corpus '{cfg.corpus.name}': every passage is shorter than corpus.min_chars")
+    files = []
+    for n, start in enumerate(range(0, len(passages), PASSAGE_FILE_ROWS)):
+        files.append(f"part-{n:05d}.parquet")
+        write_parquet(passages[start:start + PASSAGE_FILE_ROWS], run.passages / files[-1])
+    extra = {}
+    if cfg.corpus.format == "hpo":
+        from embedtune.hpo import load_terms, write_beir
+
+        release, terms = load_terms()
+        # a corpus slice (corpus.max_documents) gets the matching slice of the labelled set
+        extra["benchmark"] = write_beir(run.benchmarks / "hpo", terms[:cfg.corpus.max_documents], release)
+    counts = {"documents": len(docs), "passages": len(passages)}
+    print(f"prepare: {len(docs):,} documents -> {len(passages):,} passages")
+    return stage.finish(counts, files=files, **extra)
+
+
+def generate(cfg) -> dict | None:
+    from embedtune.generate.runner import run_generate
+
+    run = RunFolder(cfg)
+    return run_generate(cfg.generator, run.passages, run.queries, load_manifest(run.passages), cfg.force)
+
+
+def filter_and_split(cfg) -> dict:
+    from embedtune.filter import filter_queries, split_of, split_pairs, write_splits
+    from embedtune.generate.runner import read_queries
+    from embedtune.model import passage_text
+
+    run = RunFolder(cfg)
+    config = [cfg.filter, cfg.model if cfg.filter.roundtrip_top_k else None]
+    stage = Stage("filter", run.pairs, config, {"queries": load_manifest(run.queries)})
+    if _skip(stage, cfg.force):
+        return load_manifest(run.pairs)
+    queries = read_queries(run.queries)
+    passages = _passages(run)
+    texts = {p["id"]: passage_text(p["title"], p["text"]) for p in passages}
+    kept, dropped = filter_queries(queries, cfg.filter, texts)
+    doc_of = {p["id"]: f"{p['source']}\x00{p['doc_id']}" for p in passages}
+    unknown = [q["passage_id"] for q in kept if q["passage_id"] not in doc_of]
+    if unknown:
+        raise EmbedtuneError(f"{len(unknown)} queries name passages that are not in passages/ (e.g. {unknown[0]}): "
+                             "rerun generate after prepare (force=true)")
+    if cfg.filter.roundtrip_top_k:
+        # held-out test queries are not filtered by the base model: that would bias the base-vs-tuned test
+        held_out = {q["query_id"] for q in kept if split_of(doc_of[q["passage_id"]], cfg.filter) == "test"}
+        kept, dropped["roundtrip"] = roundtrip(cfg, run, kept, passages, texts, held_out)
+    if cfg.filter.judge.enabled:
+        from embedtune.judge import judge_queries
+
+        scores = judge_queries(kept, texts, cfg.filter.judge)
+        judged = [{**q, "judge_score": s} for q, s in zip(kept, scores)]
+        kept = [q for q in judged if q["judge_score"] >= cfg.filter.judge.min_score]
+        dropped["judge"] = len(judged) - len(kept)
+    splits = split_pairs(kept, doc_of, cfg.filter)
+    write_splits(splits, run.pairs)
+    counts = {"generated": len(queries), "kept": len(kept), "dropped": dropped,
+              **{s: len(rows) for s, rows in splits.items()}}
+    print(f"filter: kept {len(kept):,} of {len(queries):,} queries ({len(kept) / max(1, len(queries)):.0%}); dropped "
+          + ", ".join(f"{k} {v:,}" for k, v in dropped.items()) + "; "
+          + ", ".join(f"{s} {len(r):,}" for s, r in splits.items()))
+    return stage.finish(counts, files=[f"{s}.parquet" for s in splits])
+
+
+def roundtrip(cfg, run: RunFolder, queries: list[dict], passages: list[dict], texts: dict[str, str],
+              exempt: set[str]):
+    """Queries whose own passage the base model ranks in the top `filter.roundtrip_top_k` (or whose id is in
+    `exempt`), each with its rank; and how many were dropped."""
+    import torch
+
+    from embedtune.encode import EmbeddingCache
+    from embedtune.evaluate import autocast
+    from embedtune.filter import roundtrip_ranks
+    from embedtune.model import Encoder
+
+    encoder, cache = Encoder.load(cfg.model), EmbeddingCache(run.cache, base_fingerprint(cfg))
+    with autocast(cfg.eval.precision):
+        passage_emb = cache.encode(encoder, [texts[p["id"]] for p in passages], "passage", cfg.mining.batch_size,
+                                   desc="filter: passages")
+        query_emb = cache.encode(encoder, [q["text"] for q in queries], "query", cfg.mining.batch_size,
+                                 desc="filter: queries")
+    row_of = {p["id"]: n for n, p in enumerate(passages)}
+    positives = torch.tensor([row_of[q["passage_id"]] for q in queries], dtype=torch.long)
+    ranks = roundtrip_ranks(query_emb, passage_emb, positives) if queries else []
+    kept = [{**q, "roundtrip_rank": r} for q, r in zip(queries, ranks)
+            if r <= cfg.filter.roundtrip_top_k or q["query_id"] in exempt]
+    return kept, len(queries) - len(kept)
+
+
+def _passages(run: RunFolder) -> list[dict]:
+    return read_stage_table(run.passages, ["id", "doc_id", "title", "text", "source"]).to_pylist()
+
+
+def mine(cfg) -> dict:
+    from embedtune.encode import EmbeddingCache
+    from embedtune.evaluate import autocast
+    from embedtune.mine import mine_hard_negatives
+    from embedtune.model import Encoder, passage_text
+
+    run = RunFolder(cfg)
+    stage = Stage("mine", run.negatives, [cfg.mining, cfg.model], {"pairs": load_manifest(run.pairs)})
+    if _skip(stage, cfg.force):
+        return load_manifest(run.negatives)
+    pairs = read_rows(run.pairs / "train.parquet")
+    passages = _passages(run)
+    encoder = Encoder.load(cfg.model)
+    cache = EmbeddingCache(run.cache, base_fingerprint(cfg))
+    with autocast(cfg.eval.precision):
+        passage_emb = cache.encode(encoder, [passage_text(p["title"], p["text"]) for p in passages], "passage",
+                                   cfg.mining.batch_size, desc="mine: passages")
+        query_emb = cache.encode(encoder, [q["query"] for q in pairs], "query", cfg.mining.batch_size,
+                                 desc="mine: queries")
+    rows = mine_hard_negatives(pairs, passages, query_emb, passage_emb, cfg.mining)
+    write_parquet(rows, run.negatives / "train.parquet")
+    n_neg = [len(r["negative_ids"]) for r in rows]
+    counts = {"queries": len(rows), "negatives": sum(n_neg), "queries_without_negatives": n_neg.count(0)}
+    print(f"mine: {sum(n_neg):,} hard negatives for {len(rows):,} queries")
+    return stage.finish(counts, files=["train.parquet"])
+
+
+def base_fingerprint(cfg) -> str:
+    from embedtune.manifest import fingerprint
+
+    return "base:" + fingerprint(cfg.model)
+
+
+def train(cfg) -> dict:
+    from omegaconf import OmegaConf
+
+    from embedtune.model import passage_text
+    from embedtune.train import TrainData, run_training
+
+    run = RunFolder(cfg)
+    config = [cfg.model, cfg.peft, cfg.loss, dataclasses.replace(cfg.train, log_every=0)]
+    stage = Stage("train", run.checkpoints, config, {"negatives": load_manifest(run.negatives)})
+    if _skip(stage, cfg.force):
+        return load_manifest(run.checkpoints)
+    rows = read_rows(run.negatives / "train.parquet")
+    queries = {r["query_id"]: r["query"] for r in read_rows(run.pairs / "train.parquet")}
+    passages = {p["id"]: passage_text(p["title"], p["text"]) for p in _passages(run)}
+    data = TrainData(rows, queries, passages, cfg.train)
+    config_dict = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    result = run_training(cfg.model, cfg.peft, cfg.loss, cfg.train, cfg.logger, data, run.checkpoints,
+                          cfg.run_name, config_dict)
+    print(f"train: {result['steps']} steps, {result['pairs']:,} pairs in {result['seconds']:.0f}s "
+          f"({result['pairs_per_s']:.1f} pairs/s)")
+    return stage.finish({"steps": result["steps"], "pairs": result["pairs"]}, **result)
+
+
+def final_encoder_dir(run: RunFolder) -> Path:
+    manifest = load_manifest(run.checkpoints)
+    return run.checkpoints / manifest["final"] / "encoder"
+
+
+def _eval_sets(cfg, run: RunFolder) -> list:
+    from embedtune.beir import RetrievalSet, read_beir
+
+    sets = []
+    if run.benchmarks.exists():
+        for folder in sorted(p for p in run.benchmarks.iterdir() if p.is_dir()):
+            sets.append(read_beir(folder, cfg.eval.builtin_split, f"{folder.name} ({cfg.eval.builtin_split}, human)"))
+    for extra in cfg.eval.beir:
+        sets.append(read_beir(Path(extra.path), extra.split, extra.name or Path(extra.path).name))
+    if cfg.eval.synthetic:
+        test = read_rows(run.pairs / "test.parquet")
+        if test:
+            from embedtune.model import passage_text
+
+            corpus = {p["id"]: passage_text(p["title"], p["text"]) for p in _passages(run)}
+            sets.append(RetrievalSet("synthetic (held-out)", corpus, {q["query_id"]: q["query"] for q in test},
+                                     {q["query_id"]: {q["passage_id"]: 1} for q in test}))
+    if not sets:
+        raise EmbedtuneError("eval: nothing to evaluate on; set eval.beir or keep eval.synthetic=true")
+    return sets
+
+
+def evaluate(cfg) -> dict:
+    from embedtune.encode import EmbeddingCache
+    from embedtune.evaluate import evaluate_set, markdown_table
+    from embedtune.model import Encoder
+    from embedtune.plots import plot_metrics, plot_training
+
+    run = RunFolder(cfg)
+    train_manifest = load_manifest(run.checkpoints)
+    stage = Stage("eval", run.eval, [dataclasses.replace(cfg.eval, batch_size=0), cfg.model],
+                  {"train": train_manifest, "pairs": load_manifest(run.pairs)})
+    if _skip(stage, cfg.force):
+        return load_manifest(run.eval)
+    sets = _eval_sets(cfg, run)
+    models = {"base": (lambda: Encoder.load(cfg.model), base_fingerprint(cfg)),
+              "tuned": (lambda: Encoder.load(cfg.model, path=str(final_encoder_dir(run))),
+                        "tuned:" + train_manifest["run_id"])}
+    results: dict[str, dict] = {s.name: {} for s in sets}
+    for label, (load, fp) in models.items():
+        encoder, cache = load(), EmbeddingCache(run.cache, fp)
+        for s in sets:
+            results[s.name][label] = evaluate_set(encoder, cache, s, cfg.eval, label)
+    table = markdown_table(results)
+    run.eval.mkdir(parents=True, exist_ok=True)
+    plots = plot_metrics(results, run.eval / "metrics.png")
+    plots += plot_training(run.checkpoints / "metrics.jsonl", run.eval / "training.png")
+    report = (f"# embedtune eval: {cfg.run_name}\n\nBase model `{cfg.model.name}` vs tuned "
+              f"(`{train_manifest['final']}`). Metrics by trec_eval (pytrec_eval), mean over queries.\n\n"
+              f"{table}\n" + "".join(f"![{p}]({p})\n" for p in plots))
+    with atomic_path(run.eval / "report.md") as tmp:
+        tmp.write_text(report, encoding="utf-8")
+    write_json(results, run.eval / "report.json")
+    print("\n" + table)
+    counts = {name: next(iter(r.values()))["queries"] for name, r in results.items()}
+    return stage.finish(counts, table=table, plots=plots)
+
+
+def export(cfg) -> dict:
+    from embedtune.export import export_model
+    from embedtune.model import passage_text
+
+    run = RunFolder(cfg)
+    train_manifest = load_manifest(run.checkpoints)
+    inputs = {"train": train_manifest}
+    if (run.eval / MANIFEST).exists():
+        inputs["eval"] = load_manifest(run.eval)
+    stage = Stage("export", run.model, cfg.export, inputs)
+    if _skip(stage, cfg.force):
+        return load_manifest(run.model)
+    sample = [passage_text(p["title"], p["text"]) for p in _passages(run)[:64]]
+    card = model_card(cfg, run, inputs)
+    result = export_model(final_encoder_dir(run), run.model, sample, cfg.export, card)
+    print(f"export: {run.model} (max |diff| vs trained encoder {result['max_abs_diff']:.1e})")
+    return stage.finish({"texts_checked": result["texts_checked"]}, **result)
+
+
+def model_card(cfg, run: RunFolder, inputs: dict) -> str:
+    pairs = load_manifest(run.pairs)
+    table = inputs["eval"]["table"] if "eval" in inputs else "(no eval run before export)\n"
+    return (f"---\nlibrary_name: sentence-transformers\npipeline_tag: sentence-similarity\n"
+            f"tags: [embedtune, sentence-transformers, feature-extraction]\n---\n\n"
+            f"# {cfg.run_name}: a {cfg.corpus.name} embedding model\n\n"
+            f"Fine-tuned from `{cfg.model.name}` by embedtune on {pairs['counts']['train']:,} synthetic "
+            f"query-passage pairs written by `{cfg.generator.model}` for the corpus `{cfg.corpus.name}` "
+            f"({load_manifest(run.passages)['counts']['passages']:,} passages).\n\n"
+            f"```python\nfrom sentence_transformers import SentenceTransformer\n"
+            f"model = SentenceTransformer(\"path/to/this/folder\")\n"
+            f"q = model.encode([\"...\"], prompt_name=\"query\")\np = model.encode([\"...\"], prompt_name=\"passage\")\n```\n\n"
+            f"Queries and passages are read up to {cfg.model.passage_max_length} tokens "
+            f"(training cut queries at {cfg.model.query_max_length}).\n\n"
+            f"## Evaluation\n\n{table}\n"
+            f"## Training\n\nInfoNCE (temperature {cfg.loss.temperature}), batch {cfg.train.batch_size}, "
+            f"{cfg.train.hard_negatives} hard negative(s) per query, lr {cfg.train.lr}, "
+            f"{'LoRA r=%d' % cfg.peft.r if cfg.peft.enabled else 'full fine-tuning'}, "
+            f"{load_manifest(run.checkpoints)['steps']} steps.\n")
+
+
+STAGES = {"prepare": prepare, "generate": generate, "filter": filter_and_split, "mine": mine,
+          "train": train, "eval": evaluate, "export": export}
+
+
+def run_all(cfg) -> dict:
+    """Every stage in order; a stage that is up to date is skipped (force=true reruns them all)."""
+    times = {}
+    for name, fn in STAGES.items():
+        started = time.time()
+        result = fn(cfg)
+        times[name] = time.time() - started
+        if name == "generate" and result is None:
+            raise EmbedtuneError("generate: shards are missing (see above); run them, then `embedtune run` again")
+    print("\nstage wall times: " + ", ".join(f"{n} {t:.0f}s" for n, t in times.items())
+          + f" (total {sum(times.values()) / 60:.1f} min)")
+    print(f"report: {RunFolder(cfg).eval / 'report.md'}   model: {RunFolder(cfg).model}")
+    return times

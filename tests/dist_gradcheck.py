@@ -1,0 +1,118 @@
+"""One training step through the trainer's own pieces, for tests/test_gradcache.py.
+
+Run under `accelerate launch` (1 or 2 processes; DDP or DeepSpeed ZeRO-1/2/3) or imported for the
+single-process full-batch reference. The step uses SGD with lr=1 and no clipping, so each parameter
+moves by exactly minus its gradient; rank 0 writes the parameters after the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from embedtune.loss import LossConfig, local_loss_sum
+from embedtune.model import Encoder, ModelConfig, PeftConfig
+from embedtune.train import TrainConfig, TrainData
+
+WORDS = "gene protein heart lung kidney liver brain blood cell disease fever pain river city".split()
+
+
+def toy_data(cfg: TrainConfig, world: int = 1) -> TrainData:
+    """10 rows with texts of many lengths, 0 to 3 hard negatives each, and two queries sharing a passage."""
+    n = 10
+    passages = {f"p{i}": " ".join(WORDS[(i + k) % len(WORDS)] for k in range(3 + 4 * i)) for i in range(n)}
+    queries = {f"q{i}": " ".join(WORDS[(2 * i + k) % len(WORDS)] for k in range(1 + i % 4)) for i in range(n)}
+    rows = [{"query_id": f"q{i}", "passage_id": "p3" if i == 7 else f"p{i}",
+             "negative_ids": [f"p{(i + k) % n}" for k in range(1, 1 + i % 4)]} for i in range(n)]
+    return TrainData(rows, queries, passages, cfg, world)
+
+
+def build_encoder(model_dir: str, lora: bool) -> Encoder:
+    torch.manual_seed(0)
+    encoder = Encoder.load(ModelConfig(name=model_dir, pooling="mean", passage_max_length=64))
+    if lora:
+        encoder.apply_lora(PeftConfig(enabled=True, r=4, alpha=8, dropout=0.0, target_modules=["query", "value"]))
+        with torch.no_grad():  # LoRA starts with B = 0 (no gradient for A): give B values so both learn
+            for name, p in encoder.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.05)
+    return encoder
+
+
+def loss_config(matryoshka: bool, symmetric: bool = True) -> LossConfig:
+    return LossConfig(temperature=0.1, symmetric=symmetric, matryoshka_dims=[32, 16, 8] if matryoshka else None)
+
+
+def reference_grads(model_dir: str, lora: bool, matryoshka: bool, batch_size: int) -> tuple[dict, dict, float]:
+    """(initial params, their gradients, loss): one process, whole global batch, one forward per side."""
+    encoder = build_encoder(model_dir, lora).train()
+    batch = toy_data(TrainConfig(batch_size=batch_size, hard_negatives=2)).batch(0)
+    q = encoder(encoder.tokenize(batch["queries"], "query"))
+    c = encoder(encoder.tokenize(batch["candidates"], "passage"))
+    loss_sum, total = local_loss_sum(q, c, batch["query_pids"], batch["candidate_pids"],
+                                     loss_config(matryoshka), normalize=True)
+    (loss_sum / total).backward()
+    params = {n: p.detach().clone() for n, p in encoder.named_parameters() if p.requires_grad}
+    grads = {n: torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+             for n, p in encoder.named_parameters() if p.requires_grad}
+    return params, grads, float(loss_sum / total)
+
+
+def main() -> None:
+    from accelerate.utils import DistributedType
+    from safetensors.torch import save_file
+
+    from embedtune.accel import make_accelerator, zero_stage
+    from embedtune.gradcache import contrastive_step
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--lora", action="store_true")
+    ap.add_argument("--matryoshka", action="store_true")
+    ap.add_argument("--no-cache", action="store_true")
+    ap.add_argument("--checkpointing", action="store_true")
+    ap.add_argument("--chunk", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--precision", default="no")
+    args = ap.parse_args()
+
+    cfg = TrainConfig(batch_size=args.batch, hard_negatives=2, chunk_size=args.chunk, grad_cache=not args.no_cache,
+                      grad_clip=1e6, mixed_precision=args.precision)
+    accelerator = make_accelerator(cfg)
+    encoder = build_encoder(args.model, args.lora)
+    if args.checkpointing:
+        encoder.enable_gradient_checkpointing()
+    optimizer = torch.optim.SGD([p for p in encoder.parameters() if p.requires_grad], lr=1.0)
+    encoder, optimizer = accelerator.prepare(encoder, optimizer)
+    encoder.train()
+    print('WRAP', type(encoder).__name__, accelerator.process_index, flush=True)
+    data = toy_data(cfg, accelerator.num_processes)
+    loss, tokens = contrastive_step(encoder, data.batch(0, accelerator.process_index), loss_config(args.matryoshka),
+                                    accelerator, cfg.chunk_size, cfg.grad_cache, normalize=True)
+    optimizer.step()
+    optimizer.zero_grad()
+    unwrapped = accelerator.unwrap_model(encoder)
+    named = [(n, p) for n, p in unwrapped.named_parameters() if p.requires_grad]
+    if zero_stage(accelerator) == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([p for _, p in named]):
+            after = {n: p.detach().float().cpu().clone() for n, p in named}
+    else:
+        after = {n: p.detach().float().cpu().clone() for n, p in named}
+    if accelerator.is_main_process:
+        save_file(after, str(Path(args.out) / "after.safetensors"))
+        info = {"loss": float(loss), "processes": accelerator.num_processes, "zero_stage": zero_stage(accelerator),
+                "deepspeed": accelerator.distributed_type == DistributedType.DEEPSPEED,
+                "distributed_type": str(accelerator.distributed_type)}
+        (Path(args.out) / "info.json").write_text(json.dumps(info))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()
