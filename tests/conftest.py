@@ -105,3 +105,33 @@ def write_passages(folder: Path, n: int) -> Path:
     write_parquet(rows, Path(folder) / "part-00000.parquet")
     Stage("prepare", folder, {}, {}).finish({"passages": n}, files=["part-00000.parquet"])
     return Path(folder)
+
+
+# ---------------------------------------------------------------- launch: run a script under accelerate launch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def accelerate_launch(args: list[str], processes: int = 2, deepspeed_stage: int = 0, timeout: int = 300,
+                      env: dict | None = None):
+    """Run `accelerate launch` with the repository's launch/ configs on this CPU: launch/cpu-2.yaml (DDP over
+    gloo) or, with deepspeed_stage, launch/zero2.yaml with --zero_stage (DeepSpeed's CPU accelerator).
+    Returns the CompletedProcess (output captured); one intra-op thread per process."""
+    import os
+    import subprocess
+    import sys
+
+    base = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "offline"}
+    base.pop("ACCELERATE_USE_CPU", None)
+    launcher = [sys.executable, "-m", "accelerate.commands.launch"]
+    if deepspeed_stage:
+        base["DS_ACCELERATOR"] = "cpu"
+        launcher += ["--config_file", str(REPO / "launch" / "zero2.yaml"), "--zero_stage", str(deepspeed_stage)]
+    elif processes > 1:
+        base["ACCELERATE_USE_CPU"] = "true"
+        launcher += ["--config_file", str(REPO / "launch" / "cpu-2.yaml")]
+    else:
+        launcher += ["--config_file", str(REPO / "launch" / "cpu.yaml")]
+    launcher += ["--num_processes", str(processes), "--main_process_port", str(29600 + os.getpid() % 300)]
+    return subprocess.run(launcher + args, env={**base, **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)

@@ -58,7 +58,7 @@ def reference_grads(model_dir: str, lora: bool, matryoshka: bool, batch_size: in
     params = {n: p.detach().clone() for n, p in encoder.named_parameters() if p.requires_grad}
     grads = {n: torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
              for n, p in encoder.named_parameters() if p.requires_grad}
-    return params, grads, float(loss_sum / total)
+    return params, grads, float(loss_sum.detach() / total)
 
 
 def main() -> None:
@@ -89,7 +89,7 @@ def main() -> None:
     optimizer = torch.optim.SGD([p for p in encoder.parameters() if p.requires_grad], lr=1.0)
     encoder, optimizer = accelerator.prepare(encoder, optimizer)
     encoder.train()
-    print('WRAP', type(encoder).__name__, accelerator.process_index, flush=True)
+
     data = toy_data(cfg, accelerator.num_processes)
     loss, tokens = contrastive_step(encoder, data.batch(0, accelerator.process_index), loss_config(args.matryoshka),
                                     accelerator, cfg.chunk_size, cfg.grad_cache, normalize=True)

@@ -76,7 +76,10 @@ def make_accelerator(cfg):
         raise EmbedtuneError("train.mixed_precision=fp16 needs a GPU; use bf16 or no on CPU")
     check_launch(cfg, settings)
     handlers = [InitProcessGroupKwargs(backend="gloo")] if use_cpu and world_size() > 1 else []
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=use_cpu, kwargs_handlers=handlers,
+    deepspeed = settings.get("deepspeed", "false").lower() == "true"
+    # cpu=True would switch DeepSpeed off; DeepSpeed finds the CPU itself (DS_ACCELERATOR=cpu)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=use_cpu and not deepspeed,
+                              kwargs_handlers=handlers,
                               gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=MICRO_STEPS),
                               step_scheduler_with_optimizer=False)
     if cfg.batch_size % accelerator.num_processes:
