@@ -212,10 +212,14 @@ def train(cfg) -> dict:
     result = run_training(cfg.model, cfg.peft, cfg.loss, cfg.train, cfg.logger, data, run.checkpoints,
                           cfg.run_name, config_dict, key=stage.key,
                           evaluator=_dev_evaluator(cfg, run, passages))
+    main = result.pop("main_process")
     if result["halted"]:
-        print(f"train: halted after step {cfg.train.halt_at_step} ({result['final']}); run again to resume")
+        if main:
+            print(f"train: halted after step {cfg.train.halt_at_step} ({result['final']}); run again to resume")
         return result
     del result["halted"]
+    if not main:  # one writer of the manifest
+        return result
     print(f"train: {result['steps']} steps, {result['pairs']:,} pairs in {result['seconds']:.0f}s "
           f"({result['pairs_per_s']:.1f} pairs/s, {result['processes']} process(es))")
     return stage.finish({"steps": result["steps"], "pairs": result["pairs"]}, **result)
