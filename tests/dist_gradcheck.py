@@ -61,6 +61,26 @@ def reference_grads(model_dir: str, lora: bool, matryoshka: bool, batch_size: in
     return params, grads, float(loss_sum.detach() / total)
 
 
+def compare(out: Path, model_dir: str, lora: bool = False, matryoshka: bool = False) -> dict:
+    """How far the step written in `out` is from the fp32 full-batch reference: relative error of the
+    whole update vector, largest element error, loss difference, reference gradient norm."""
+    from safetensors.torch import load_file
+
+    params, grads, loss = reference_grads(model_dir, lora, matryoshka, 8)
+    after = load_file(str(Path(out) / "after.safetensors"))
+    info = json.loads((Path(out) / "info.json").read_text())
+    if set(after) != set(params):
+        raise AssertionError(f"parameter names differ: {sorted(set(after) ^ set(params))[:5]}")
+    if info.get("start_rounded_to_bf16"):
+        params = {n: p.bfloat16().float() for n, p in params.items()}
+    diff = {n: params[n] - after[n] - grads[n] for n in params}
+    norm = sum(float(g.pow(2).sum()) for g in grads.values()) ** 0.5
+    return {"relative": sum(float(d.pow(2).sum()) for d in diff.values()) ** 0.5 / norm,
+            "max_element": max(float(d.abs().max()) for d in diff.values()),
+            "loss_diff": abs(info["loss"] - loss), "grad_norm": norm, "info": info, "grads": grads,
+            "params": params}
+
+
 def main() -> None:
     from accelerate.utils import DistributedType
     from safetensors.torch import save_file
@@ -97,18 +117,20 @@ def main() -> None:
     optimizer.zero_grad()
     unwrapped = accelerator.unwrap_model(encoder)
     named = [(n, p) for n, p in unwrapped.named_parameters() if p.requires_grad]
-    if zero_stage(accelerator) == 3:
-        import deepspeed
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    if deepspeed:  # the optimizer's fp32 master weights (the module's own may be bf16 copies or partitions)
+        from deepspeed.utils import safe_get_full_fp32_param
 
-        with deepspeed.zero.GatheredParameters([p for _, p in named]):
-            after = {n: p.detach().float().cpu().clone() for n, p in named}
+        after = {n: safe_get_full_fp32_param(p).float().cpu().clone() for n, p in named}
     else:
         after = {n: p.detach().float().cpu().clone() for n, p in named}
     if accelerator.is_main_process:
         save_file(after, str(Path(args.out) / "after.safetensors"))
         info = {"loss": float(loss), "processes": accelerator.num_processes, "zero_stage": zero_stage(accelerator),
-                "deepspeed": accelerator.distributed_type == DistributedType.DEEPSPEED,
-                "distributed_type": str(accelerator.distributed_type)}
+                "deepspeed": deepspeed, "distributed_type": str(accelerator.distributed_type),
+                "device": str(accelerator.device), "precision": args.precision,
+                # DeepSpeed bf16 casts the module to bf16 first: its fp32 masters start from rounded weights
+                "start_rounded_to_bf16": deepspeed and args.precision == "bf16"}
         (Path(args.out) / "info.json").write_text(json.dumps(info))
     accelerator.wait_for_everyone()
     accelerator.end_training()

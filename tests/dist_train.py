@@ -8,6 +8,8 @@ import argparse
 import json
 from pathlib import Path
 
+from embedtune.beir import RetrievalSet
+from embedtune.evaluate import EvalConfig, training_evaluator
 from embedtune.loss import LossConfig
 from embedtune.model import ModelConfig, PeftConfig
 from embedtune.tracking import LoggerConfig
@@ -38,14 +40,20 @@ def main() -> None:
     ap.add_argument("--lora", action="store_true")
     ap.add_argument("--precision", default="no")
     ap.add_argument("--logger", default="none")
+    ap.add_argument("--eval-every", type=int, default=None)
     args = ap.parse_args()
     cfg = TrainConfig(batch_size=args.batch, hard_negatives=2, max_steps=args.steps, epochs=args.epochs,
                       halt_at_step=args.halt, chunk_size=args.chunk, grad_cache=not args.no_cache,
-                      lr=1e-3, warmup_ratio=0.2, mixed_precision=args.precision, log_every=1, seed=3)
+                      lr=1e-3, warmup_ratio=0.2, mixed_precision=args.precision, log_every=1, seed=3,
+                      eval_every=args.eval_every)
     peft = PeftConfig(enabled=args.lora, r=4, alpha=8, dropout=0.1, target_modules=["query", "value"])
+    train = data(args.rows, cfg)
+    dev = RetrievalSet("dev", train.passages, train.queries,
+                       {r["query_id"]: {r["passage_id"]: 1} for r in train.rows})  # seen pairs: a smoke check
     result = run_training(ModelConfig(name=args.model, pooling="mean", passage_max_length=64), peft,
-                          LossConfig(temperature=0.1), cfg, LoggerConfig(kind=args.logger), data(args.rows, cfg),
-                          Path(args.out), "dist-train", {"train": vars(args)}, key="k")
+                          LossConfig(temperature=0.1), cfg, LoggerConfig(kind=args.logger), train,
+                          Path(args.out), "dist-train", {"train": vars(args)}, key="k",
+                          evaluator=training_evaluator(dev, EvalConfig(precision="fp32")))
     if result["main_process"]:
         (Path(args.out) / "result.json").write_text(json.dumps(result))
 

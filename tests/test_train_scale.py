@@ -106,3 +106,26 @@ def test_deepspeed_config_is_checked_and_filled_from_train_config():
                          ({"optimizer": {"type": "Adam"}}, "names an optimizer")):
         with pytest.raises(EmbedtuneError, match=message):
             _check_deepspeed_config(cfg, dict(bad), 32)
+
+
+def test_metrics_reach_wandb_offline_with_dev_evaluation(tmp_path, tiny_model_dir):
+    """2 processes, W&B offline: one run (rank 0) with loss, lr, grad norm, pairs/s, tokens/s, memory and
+    the dev-set metrics of train.eval_every; metrics.jsonl holds the same numbers."""
+    proc = run(tiny_model_dir, tmp_path, "--steps", "4", "--eval-every", "2", "--logger", "wandb", processes=2,
+               env={"WANDB_MODE": "offline", "EMBEDTUNE_TEST_SECRET": "sk-do-not-log-me"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "train/loss" in r]
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    for r in train:
+        assert r["train/grad_norm"] > 0 and r["train/pairs_per_s"] > 0 and r["train/tokens_per_s"] > 0
+        assert r["train/memory_mb"] > 50 and 0 <= r["train/lr"] <= 1e-3
+    assert max(r["train/lr"] for r in train) > 0
+    dev = [r for r in rows if "dev/nDCG@10" in r]
+    assert [r["step"] for r in dev] == [2, 4] and all(0 <= r["dev/nDCG@10"] <= 1 for r in dev)
+    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1  # rank 1 logs nothing
+    blob = runs[0].read_bytes()
+    for key in (b"train/loss", b"train/grad_norm", b"train/tokens_per_s", b"train/memory_mb", b"dev/nDCG@10"):
+        assert key in blob
+    assert b"sk-do-not-log-me" not in blob

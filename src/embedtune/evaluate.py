@@ -99,3 +99,11 @@ def markdown_table(results: dict[str, dict[str, dict]]) -> str:
             d = {k: models["tuned"][k] - models["base"][k] for k in METRICS}
             lines.append(f"| {name} | tuned - base | | " + " | ".join(f"{d[k]:+.3f}" for k in METRICS) + " |")
     return "\n".join(lines) + "\n"
+
+
+def training_evaluator(data, cfg: EvalConfig):
+    """evaluator(encoder) -> metrics on `data` (a RetrievalSet) with fresh embeddings every call: what the
+    training loop logs every train.eval_every steps."""
+    from embedtune.encode import NoCache
+
+    return lambda encoder: evaluate_set(encoder, NoCache(), data, cfg, data.name)

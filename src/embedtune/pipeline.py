@@ -179,15 +179,13 @@ def base_fingerprint(cfg) -> str:
 def _dev_evaluator(cfg, run: RunFolder, passages: dict[str, str]):
     """evaluator(encoder) -> dev-split metrics, for train.eval_every (None when there is no dev split)."""
     from embedtune.beir import RetrievalSet
-    from embedtune.encode import NoCache
-    from embedtune.evaluate import evaluate_set
+    from embedtune.evaluate import training_evaluator
 
     dev = read_rows(run.pairs / "dev.parquet") if (run.pairs / "dev.parquet").exists() else []
     if not cfg.train.eval_every or not dev:
         return None
-    data = RetrievalSet("dev", passages, {q["query_id"]: q["query"] for q in dev},
-                        {q["query_id"]: {q["passage_id"]: 1} for q in dev})
-    return lambda encoder: evaluate_set(encoder, NoCache(), data, cfg.eval, "dev")
+    return training_evaluator(RetrievalSet("dev", passages, {q["query_id"]: q["query"] for q in dev},
+                                           {q["query_id"]: {q["passage_id"]: 1} for q in dev}), cfg.eval)
 
 
 def train(cfg) -> dict:

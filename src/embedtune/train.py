@@ -196,7 +196,9 @@ def run_training(model_cfg: ModelConfig, peft_cfg: PeftConfig, loss_cfg: LossCon
             if accelerator.is_main_process:
                 unwrapped = accelerator.unwrap_model(encoder)
                 unwrapped.eval()
-                tracker.log({f"dev/{k}": v for k, v in evaluator(unwrapped).items()}, step + 1)
+                metrics = evaluator(unwrapped)
+                tracker.log({f"dev/{k}": v for k, v in metrics.items() if k not in ("queries", "documents")},
+                            step + 1)
                 encoder.train()
             accelerator.wait_for_everyone()
         state = {"key": key, "total": total}

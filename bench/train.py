@@ -1,0 +1,199 @@
+"""Training throughput and memory of `embedtune train` against sentence-transformers, on this machine.
+
+    python bench/train.py [--steps 6] [--big-steps 3] [--repeats 2] [--out bench/results]
+
+Same model (the packaged all-MiniLM-L6-v2), same data (HPO pairs: an exact or layperson synonym as the
+query, the term's name + definition as the passage; in-batch negatives only), max length 128, same
+learning rate. Every measurement runs in its own process (peak RSS is per run), and the two sides of each
+comparison alternate, `--repeats` times, so drift on a shared machine hits both. pairs/s counts steps
+after the first (warm-up) and includes data preparation, forward, backward and the optimizer step.
+
+Tables:
+  1. batch 64: embedtune (length-grouped chunks of 32, graph kept) vs SentenceTransformerTrainer +
+     MultipleNegativesRankingLoss, at fp32 and at bf16 autocast.
+  2. batch 1024, chunk 32: embedtune gradient caching vs CachedMultipleNegativesRankingLoss
+     (mini_batch_size=32).
+  3. peak RSS of embedtune with gradient caching, chunk 32, at global batch 64 / 256 / 1024 / 4096.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MAX_LENGTH = 128
+
+
+def hpo_pairs() -> list[tuple[str, str]]:
+    from embedtune.hpo import build_queries, load_terms
+    from embedtune.model import passage_text
+
+    _, terms = load_terms()
+    text = {t.id: passage_text(t.name, t.definition) for t in terms}
+    queries, qrels = build_queries(terms)
+    by_id = {q["_id"]: q["text"] for q in queries}
+    pairs = [(by_id[q], text[min(docs)]) for split in qrels.values() for q, docs in sorted(split.items())]
+    return sorted(pairs)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_ours(a) -> dict:
+    from embedtune.loss import LossConfig
+    from embedtune.model import ModelConfig, PeftConfig
+    from embedtune.tracking import LoggerConfig, read_metrics
+    from embedtune.train import TrainConfig, TrainData, run_training
+
+    pairs = hpo_pairs()
+    rows = [{"query_id": f"q{i}", "passage_id": f"p{i}", "negative_ids": []} for i in range(len(pairs))]
+    cfg = TrainConfig(batch_size=a.batch, hard_negatives=0, chunk_size=a.chunk, grad_cache=a.cache,
+                      max_steps=a.steps, lr=3e-5, mixed_precision="bf16" if a.precision == "bf16" else "no",
+                      log_every=1, save_every=None, seed=0, resume=False)
+    data = TrainData(rows, {f"q{i}": q for i, (q, _) in enumerate(pairs)},
+                     {f"p{i}": p for i, (_, p) in enumerate(pairs)}, cfg)
+    with tempfile.TemporaryDirectory() as out:
+        run_training(ModelConfig(query_max_length=MAX_LENGTH, passage_max_length=MAX_LENGTH), PeftConfig(),
+                     LossConfig(temperature=0.05), cfg, LoggerConfig(kind="none"), data, Path(out), "bench", {})
+        windows = [m["train/pairs_per_s"] for m in read_metrics(Path(out) / "metrics.jsonl")][1:]
+    seconds = sum(a.batch / r for r in windows)
+    return {"pairs_per_s": len(windows) * a.batch / seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+def child_st(a) -> dict:
+    from datasets import Dataset
+    from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
+                                       SentenceTransformerTrainingArguments)
+    from sentence_transformers.losses import CachedMultipleNegativesRankingLoss, MultipleNegativesRankingLoss
+    from transformers import TrainerCallback
+
+    from embedtune.assets import resolve_model
+
+    class Clock(TrainerCallback):
+        ends: list = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            Clock.ends.append(time.perf_counter())
+
+    pairs = hpo_pairs()
+    model = SentenceTransformer(str(resolve_model("minilm-l6").path), device="cpu")
+    model.max_seq_length = MAX_LENGTH
+    loss = (CachedMultipleNegativesRankingLoss(model, mini_batch_size=a.chunk, show_progress_bar=False)
+            if a.cache else MultipleNegativesRankingLoss(model))
+    with tempfile.TemporaryDirectory() as out:
+        args = SentenceTransformerTrainingArguments(
+            output_dir=out, per_device_train_batch_size=a.batch, max_steps=a.steps, learning_rate=3e-5,
+            warmup_ratio=0.1, bf16=a.precision == "bf16", use_cpu=True, report_to="none", save_strategy="no",
+            logging_steps=10_000, dataloader_drop_last=True, seed=0, disable_tqdm=True)
+        SentenceTransformerTrainer(model=model, args=args, loss=loss, callbacks=[Clock()],
+                                   train_dataset=Dataset.from_dict({"anchor": [q for q, _ in pairs],
+                                                                    "positive": [p for _, p in pairs]})).train()
+    steps = Clock.ends
+    return {"pairs_per_s": (len(steps) - 1) * a.batch / (steps[-1] - steps[0]), "peak_rss_mb": peak_rss_mb()}
+
+
+def run(impl: str, **kw) -> dict:
+    args = [sys.executable, __file__, "child", "--impl", impl] + [
+        x for k, v in kw.items() for x in ((f"--{k}", str(v)) if not isinstance(v, bool) else ((f"--{k}",) if v else ()))]
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(args, capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"  {impl:5s} {kw}: {result['pairs_per_s']:.1f} pairs/s, peak RSS {result['peak_rss_mb']:.0f} MB",
+          flush=True)
+    return result
+
+
+def mean(xs):
+    return sum(xs) / len(xs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="mode")
+    child = sub.add_parser("child")
+    child.add_argument("--impl", choices=["ours", "st"], required=True)
+    child.add_argument("--batch", type=int, required=True)
+    child.add_argument("--chunk", type=int, default=32)
+    child.add_argument("--steps", type=int, required=True)
+    child.add_argument("--precision", default="fp32")
+    child.add_argument("--cache", action="store_true")
+    ap.add_argument("--steps", type=int, default=6, help="steps per batch-64 run")
+    ap.add_argument("--big-steps", type=int, default=3, help="steps per batch-1024 run")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", default=None, help="folder for train.md and train.png")
+    a = ap.parse_args()
+    if a.mode == "child":
+        print(json.dumps(child_ours(a) if a.impl == "ours" else child_st(a)))
+        return
+
+    import torch
+    lines = [f"MiniLM-L6, HPO pairs, max length {MAX_LENGTH}, {torch.get_num_threads()} threads, "
+             f"{a.repeats} alternating repeats (mean)\n"]
+    small = {}
+    for precision in ("fp32", "bf16"):
+        for _ in range(a.repeats):
+            for impl in ("ours", "st"):
+                small.setdefault((precision, impl), []).append(
+                    run(impl, batch=64, chunk=32, steps=a.steps, precision=precision)["pairs_per_s"])
+    lines += ["| batch 64 | embedtune pairs/s | sentence-transformers MNRL pairs/s | speed-up |",
+              "| --- | ---: | ---: | ---: |"]
+    for precision in ("fp32", "bf16"):
+        ours, st = mean(small[(precision, "ours")]), mean(small[(precision, "st")])
+        lines.append(f"| {precision} | {ours:.1f} | {st:.1f} | {ours / st:.2f}x |")
+    big = {}
+    for _ in range(a.repeats):
+        for impl in ("ours", "st"):
+            big.setdefault(impl, []).append(
+                run(impl, batch=1024, chunk=32, steps=a.big_steps, precision="bf16", cache=True)["pairs_per_s"])
+    ours, st = mean(big["ours"]), mean(big["st"])
+    lines += ["", "| batch 1024, chunk 32, bf16 | embedtune grad cache pairs/s | CachedMNRL pairs/s | speed-up |",
+              "| --- | ---: | ---: | ---: |", f"| | {ours:.1f} | {st:.1f} | {ours / st:.2f}x |"]
+    rss = {b: run("ours", batch=b, chunk=32, steps=1 if b >= 1024 else 2, precision="bf16", cache=True)["peak_rss_mb"]
+           for b in (64, 256, 1024, 4096)}
+    lines += ["", "| global batch (chunk 32, grad cache, bf16) | peak RSS MB | vs batch 64 |", "| ---: | ---: | ---: |"]
+    lines += [f"| {b} | {m:,.0f} | {m / rss[64]:.2f}x |" for b, m in rss.items()]
+    report = "\n".join(lines)
+    print("\n" + report)
+    if a.out:
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train.md").write_text(report + "\n")
+        plot(small, big, rss, out / "train.png")
+
+
+def plot(small, big, rss, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    labels = ["b64 fp32", "b64 bf16", "b1024 cached"]
+    ours = [mean(small[("fp32", "ours")]), mean(small[("bf16", "ours")]), mean(big["ours"])]
+    st = [mean(small[("fp32", "st")]), mean(small[("bf16", "st")]), mean(big["st"])]
+    x = range(len(labels))
+    ax1.bar([i - 0.2 for i in x], ours, 0.4, label="embedtune")
+    ax1.bar([i + 0.2 for i in x], st, 0.4, label="sentence-transformers")
+    ax1.set_xticks(list(x), labels)
+    ax1.set_ylabel("pairs/s")
+    ax1.legend()
+    ax2.plot(list(rss), list(rss.values()), marker="o")
+    ax2.set_xscale("log", base=2)
+    ax2.set_xlabel("global batch (chunk 32, gradient caching)")
+    ax2.set_ylabel("peak RSS (MB)")
+    ax2.set_ylim(0, max(rss.values()) * 1.2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
