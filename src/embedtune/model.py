@@ -128,9 +128,11 @@ class Encoder(nn.Module):
         return self.tokenizer([prefix + t for t in texts], truncation=True, max_length=max_length,
                               return_token_type_ids=False, return_attention_mask=False)["input_ids"]
 
-    def pad(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
-        """One padded batch (to its longest member) from token id lists."""
-        return self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+    def pad(self, ids: list[list[int]], multiple: Optional[int] = None) -> dict[str, torch.Tensor]:
+        """One padded batch from token id lists: to its longest member, rounded up to `multiple` (on GPUs
+        few distinct shapes mean few attention-kernel plans to build, and tensor-core friendly sizes)."""
+        return self.tokenizer.pad({"input_ids": ids}, padding=True, pad_to_multiple_of=multiple,
+                                  return_tensors="pt")
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute activations in backward (non-reentrant: works with LoRA, DDP and dropout RNG)."""
