@@ -65,7 +65,8 @@ def child_ours(a) -> dict:
                      LossConfig(temperature=0.05), cfg, LoggerConfig(kind="none"), data, Path(out), "bench", {})
         windows = [m["train/pairs_per_s"] for m in read_metrics(Path(out) / "metrics.jsonl")][1:]
     seconds = sum(a.batch / r for r in windows)
-    return {"pairs_per_s": len(windows) * a.batch / seconds, "peak_rss_mb": peak_rss_mb()}
+    rate = len(windows) * a.batch / seconds if windows else float("nan")  # one step: memory only
+    return {"pairs_per_s": rate, "peak_rss_mb": peak_rss_mb()}
 
 
 def child_st(a) -> dict:
@@ -131,6 +132,7 @@ def main() -> None:
     ap.add_argument("--big-steps", type=int, default=3, help="steps per batch-1024 run")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default=None, help="folder for train.md and train.png")
+    ap.add_argument("--parts", default="small,big,rss", help="which tables: small (batch 64), big (1024), rss")
     a = ap.parse_args()
     if a.mode == "child":
         print(json.dumps(child_ours(a) if a.impl == "ours" else child_st(a)))
@@ -139,36 +141,42 @@ def main() -> None:
     import torch
     lines = [f"MiniLM-L6, HPO pairs, max length {MAX_LENGTH}, {torch.get_num_threads()} threads, "
              f"{a.repeats} alternating repeats (mean)\n"]
-    small = {}
-    for precision in ("fp32", "bf16"):
+    parts = a.parts.split(",")
+    small, big, rss = {}, {}, {}
+    if "small" in parts:
+        for precision in ("fp32", "bf16"):
+            for _ in range(a.repeats):
+                for impl in ("ours", "st"):
+                    small.setdefault((precision, impl), []).append(
+                        run(impl, batch=64, chunk=32, steps=a.steps, precision=precision)["pairs_per_s"])
+        lines += ["| batch 64 | embedtune pairs/s | sentence-transformers MNRL pairs/s | speed-up |",
+                  "| --- | ---: | ---: | ---: |"]
+        for precision in ("fp32", "bf16"):
+            ours, st = mean(small[(precision, "ours")]), mean(small[(precision, "st")])
+            lines.append(f"| {precision} | {ours:.1f} | {st:.1f} | {ours / st:.2f}x |")
+    if "big" in parts:
         for _ in range(a.repeats):
             for impl in ("ours", "st"):
-                small.setdefault((precision, impl), []).append(
-                    run(impl, batch=64, chunk=32, steps=a.steps, precision=precision)["pairs_per_s"])
-    lines += ["| batch 64 | embedtune pairs/s | sentence-transformers MNRL pairs/s | speed-up |",
-              "| --- | ---: | ---: | ---: |"]
-    for precision in ("fp32", "bf16"):
-        ours, st = mean(small[(precision, "ours")]), mean(small[(precision, "st")])
-        lines.append(f"| {precision} | {ours:.1f} | {st:.1f} | {ours / st:.2f}x |")
-    big = {}
-    for _ in range(a.repeats):
-        for impl in ("ours", "st"):
-            big.setdefault(impl, []).append(
-                run(impl, batch=1024, chunk=32, steps=a.big_steps, precision="bf16", cache=True)["pairs_per_s"])
-    ours, st = mean(big["ours"]), mean(big["st"])
-    lines += ["", "| batch 1024, chunk 32, bf16 | embedtune grad cache pairs/s | CachedMNRL pairs/s | speed-up |",
-              "| --- | ---: | ---: | ---: |", f"| | {ours:.1f} | {st:.1f} | {ours / st:.2f}x |"]
-    rss = {b: run("ours", batch=b, chunk=32, steps=1 if b >= 1024 else 2, precision="bf16", cache=True)["peak_rss_mb"]
-           for b in (64, 256, 1024, 4096)}
-    lines += ["", "| global batch (chunk 32, grad cache, bf16) | peak RSS MB | vs batch 64 |", "| ---: | ---: | ---: |"]
-    lines += [f"| {b} | {m:,.0f} | {m / rss[64]:.2f}x |" for b, m in rss.items()]
+                big.setdefault(impl, []).append(
+                    run(impl, batch=1024, chunk=32, steps=a.big_steps, precision="bf16", cache=True)["pairs_per_s"])
+        ours, st = mean(big["ours"]), mean(big["st"])
+        lines += ["", "| batch 1024, chunk 32, bf16 | embedtune grad cache pairs/s | CachedMNRL pairs/s | speed-up |",
+                  "| --- | ---: | ---: | ---: |", f"| | {ours:.1f} | {st:.1f} | {ours / st:.2f}x |"]
+    if "rss" in parts:
+        # the same 4,096 pairs at every batch size (peak memory follows the longest chunk a run meets)
+        rss = {b: run("ours", batch=b, chunk=32, steps=4096 // b, precision="bf16", cache=True)["peak_rss_mb"]
+               for b in (64, 256, 1024, 4096)}
+        lines += ["", "| global batch (chunk 32, grad cache, bf16; same 4,096 pairs) | peak RSS MB | vs batch 64 |",
+                  "| ---: | ---: | ---: |"]
+        lines += [f"| {b} | {m:,.0f} | {m / rss[64]:.2f}x |" for b, m in rss.items()]
     report = "\n".join(lines)
     print("\n" + report)
     if a.out:
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "train.md").write_text(report + "\n")
-        plot(small, big, rss, out / "train.png")
+        if small and big and rss:
+            plot(small, big, rss, out / "train.png")
 
 
 def plot(small, big, rss, path: Path) -> None:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -132,3 +133,36 @@ def test_passage_hash_is_stable_across_processes_and_hash_seeds():
     assert int(out.stdout.strip()) == passage_hash("doc-1#0")
     # pinned: every rank, rerun and release must agree on this value
     assert passage_hash("doc-1#0") == 96099414012906856
+
+
+# ---------------------------------------------------------------- local_loss_sum, Matryoshka, backward_scale
+
+def test_local_loss_sum_on_one_process_is_the_summed_info_nce():
+    from embedtune.loss import LossConfig, local_loss_sum
+
+    cfg = LossConfig(temperature=0.1, symmetric=True)
+    total, n = local_loss_sum(Q, C, QP, CP, cfg, normalize=True)
+    assert n == 2
+    assert math.isclose(float(total), 2 * float(info_nce(Q, C, POS, QP, CP, 0.1, symmetric=True)), rel_tol=1e-12)
+
+
+def test_matryoshka_is_the_mean_over_truncated_renormalised_dimensions():
+    from embedtune.loss import LossConfig, local_loss_sum
+
+    full, _ = local_loss_sum(Q, C, QP, CP, LossConfig(temperature=0.1), normalize=True)
+    same, _ = local_loss_sum(Q, C, QP, CP, LossConfig(temperature=0.1, matryoshka_dims=[3]), normalize=True)
+    assert math.isclose(float(full), float(same), rel_tol=1e-12)
+    both, _ = local_loss_sum(Q, C, QP, CP, LossConfig(temperature=0.1, matryoshka_dims=[3, 2]), normalize=True)
+    q2, c2 = F.normalize(Q[:, :2], dim=-1), F.normalize(C[:, :2], dim=-1)
+    short = 2 * float(info_nce(q2, c2, POS, QP, CP, 0.1))
+    assert math.isclose(float(both), (float(full) + short) / 2, rel_tol=1e-12)
+    with pytest.raises(ValueError, match="exceed the embedding size"):
+        local_loss_sum(Q, C, QP, CP, LossConfig(matryoshka_dims=[4]), normalize=True)
+
+
+def test_backward_scale_undoes_data_parallel_averaging_and_accumulation_division():
+    from embedtune.loss import backward_scale
+
+    assert backward_scale(1, 32, 1) == 1 / 32               # one process: the mean
+    assert backward_scale(4, 128, 1) == 4 / 128             # DDP/DeepSpeed average over 4 ranks
+    assert backward_scale(4, 128, 2) == 8 / 128             # accelerate also divides by its 2 micro-steps

@@ -129,3 +129,28 @@ def test_roundtrip_filter_keeps_queries_whose_passage_ranks_high(demo_run):
     assert ranks["train"] and all(1 <= r <= 3 for r in ranks["train"] + ranks["dev"])
     assert all(r >= 1 for r in ranks["test"])  # test is ranked but not filtered: no selection by the base model
     assert sum(map(len, ranks.values())) == manifest["counts"]["kept"]
+
+
+def test_train_stage_under_accelerate_launch_with_two_processes(demo_run, tmp_path):
+    """The real CLI under `accelerate launch --config_file launch/cpu-2.yaml`: a copy of the run's finished
+    stages, trained with gradient caching on 2 processes; one manifest, written by rank 0; eval reads it."""
+    import shutil
+
+    from conftest import accelerate_launch
+
+    run, _, _ = demo_run
+    copy = tmp_path / "e2e"
+    for stage in ("passages", "queries", "pairs", "negatives", "benchmarks"):
+        shutil.copytree(run / stage, copy / stage)
+    mined = embedtune("mine", *RUN, f"paths.runs={tmp_path}", cwd=tmp_path)  # earlier tests re-filtered pairs
+    assert mined.returncode == 0, mined.stderr[-2000:]
+    args = ["-m", "embedtune.cli", "train", "debug=tiny", "run_name=e2e", f"paths.runs={tmp_path}",
+            "train.grad_cache=true", "train.chunk_size=2", "logger=none"]
+    result = accelerate_launch(args, processes=2, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((copy / "checkpoints" / "manifest.json").read_text())
+    assert manifest["processes"] == 2 and manifest["counts"]["steps"] == 4
+    assert (copy / "checkpoints" / manifest["final"] / "encoder" / "model.safetensors").exists()
+    assert result.stdout.count("train: 4 steps") == 1  # rank 1 neither prints nor writes the manifest
+    evaluated = embedtune("eval", *RUN, f"paths.runs={tmp_path}", "eval.synthetic=false", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
