@@ -157,3 +157,18 @@ def test_cache_ignores_inconsistent_files(tmp_path, encoder_a, encoder_b):
 def test_cache_with_no_texts_returns_an_empty_tensor(tmp_path, encoder_a):
     out = EmbeddingCache(tmp_path, "fp").encode(encoder_a, [], "query")
     assert out.shape[0] == 0
+
+
+def test_encode_sharded_over_two_processes_equals_one_process(tiny_model_dir, tmp_path):
+    """23 texts over 2 ranks (12 + 11): every rank gets all embeddings, in input order."""
+    from conftest import REPO, accelerate_launch
+    from embedtune.encode import encode_sharded
+
+    out = tmp_path / "emb.pt"
+    proc = accelerate_launch([str(REPO / "tests" / "dist_encode.py"), str(tiny_model_dir), str(out)], processes=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = torch.load(out, weights_only=True)
+    encoder = Encoder.load(ModelConfig(name=str(tiny_model_dir), pooling="mean"))
+    single = encode_sharded(encoder, saved["texts"], "passage", batch_size=4)  # no process group: plain encode
+    assert saved["emb"].shape == single.shape == (23, 32)
+    assert torch.allclose(saved["emb"], single, atol=1e-5)

@@ -80,3 +80,19 @@ def test_markdown_table_has_a_row_per_model_and_a_delta_row():
 def test_use_bf16_honours_explicit_precision():
     assert use_bf16("bf16") is True
     assert use_bf16("fp32") is False
+
+
+# ---------------------------------------------------------------- BM25 row
+
+def test_bm25_ranks_the_lexical_match_first_and_misses_a_paraphrase():
+    from embedtune.beir import RetrievalSet
+    from embedtune.evaluate import EvalConfig, evaluate_bm25
+
+    corpus = {"d1": "The heart pumps blood through the arteries", "d2": "Kidney stones cause pain",
+              "d3": "Fever is a raised body temperature", "d4": "The liver filters the blood"}
+    queries = {"q1": "kidney stones", "q2": "raised temperature", "q3": "cardiac muscle"}  # q3: no shared word
+    qrels = {"q1": {"d2": 1}, "q2": {"d3": 1}, "q3": {"d1": 1}}
+    m = evaluate_bm25(RetrievalSet("toy", corpus, queries, qrels), EvalConfig())
+    assert m["queries"] == 3 and m["documents"] == 4
+    assert math.isclose(m["nDCG@10"], 2 / 3, rel_tol=1e-9)  # 1, 1 and 0
+    assert math.isclose(m["MRR@10"], 2 / 3, rel_tol=1e-9)

@@ -69,3 +69,25 @@ def test_failed_parity_raises_and_leaves_the_existing_output_untouched(encoder_d
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary folder left behind
 
 
+
+
+def test_onnx_export_gives_the_trained_encoders_embeddings(encoder_dir, tmp_path):
+    """onnx/sentence_embedding.onnx (pooling + normalisation inside) under onnxruntime, on texts of other
+    lengths and batch sizes than the export traced: same embeddings as the encoder."""
+    import onnxruntime
+
+    from embedtune.model import Encoder
+
+    out = tmp_path / "model"
+    result = export_model(encoder_dir, out, TEXTS, ExportConfig(), card="")
+    assert 0 <= result["onnx_max_abs_diff"] <= 1e-4
+    session = onnxruntime.InferenceSession(str(out / "onnx" / "sentence_embedding.onnx"))
+    encoder = Encoder.load(None, path=str(encoder_dir))
+    texts = ["a much longer passage about the gene and the protein in the blood cell of the heart", "fever"]
+    batch = encoder.tokenize(texts, "passage")
+    (onnx_emb,) = session.run(None, {"input_ids": batch["input_ids"].numpy(),
+                                     "attention_mask": batch["attention_mask"].numpy()})
+    with torch.no_grad():
+        ours = encoder(batch)
+    assert onnx_emb.shape == tuple(ours.shape)
+    assert float((ours - torch.from_numpy(onnx_emb)).abs().max()) < 1e-4

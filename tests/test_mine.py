@@ -69,6 +69,20 @@ def test_select_negatives_skips_top_after_filtering():
     assert select(margin=0.95, num_negatives=2, skip_top=3) == ([], [])
 
 
+def test_select_negatives_samples_from_a_rank_range_deterministically_per_query():
+    # no margin: filtered candidates by rank are 5, 7, 3, 4, 6; ranks 1..3 are 7, 3, 4
+    cfg = MiningConfig(margin=None, num_negatives=2, sample_ranks=[1, 4], seed=0)
+    draws = {select_negatives(2, 0.8, CAND_IDX, CAND_SCORES, SAME_DOC, cfg, key=f"q{k}")[0] for k in range(20)}
+    assert all(len(d) == 2 and set(d) <= {7, 3, 4} for d in draws)
+    assert all(list(d) == [i for i in [7, 3, 4] if i in d] for d in draws)  # kept best first
+    assert len(draws) == 3  # every pair of the three occurs across queries
+    again = select_negatives(2, 0.8, CAND_IDX, CAND_SCORES, SAME_DOC, cfg, key="q3")
+    assert again == select_negatives(2, 0.8, CAND_IDX, CAND_SCORES, SAME_DOC, cfg, key="q3")
+    assert select(margin=None, num_negatives=5, sample_ranks=[3, 10])[0] == [4, 6]  # fewer than asked: all
+    with pytest.raises(EmbedtuneError, match="sample_ranks"):
+        select(sample_ranks=[4, 2])
+
+
 # ---------------------------------------------------------------- mine_hard_negatives
 
 PASSAGES = [
@@ -142,3 +156,18 @@ def test_mine_hard_negatives_names_unknown_passage_ids():
     pairs = PAIRS + [{"query_id": "q2", "passage_id": "gone#7"}]
     with pytest.raises(EmbedtuneError, match="gone#7"):
         mine_hard_negatives(pairs, PASSAGES, F.normalize(torch.rand(3, 6), dim=-1), torch.eye(6), MiningConfig())
+
+
+def test_faiss_and_torch_exact_search_agree():
+    pytest.importorskip("faiss")  # installed with the test extras; optional for users
+    from embedtune.mine import exact_search
+
+    g = torch.Generator().manual_seed(0)
+    passages = F.normalize(torch.randn(500, 16, generator=g), dim=-1)
+    queries = F.normalize(torch.randn(40, 16, generator=g), dim=-1)
+    s_torch, i_torch = exact_search(queries, passages, 10, "torch")
+    s_faiss, i_faiss = exact_search(queries, passages, 10, "faiss")
+    assert torch.equal(i_torch, i_faiss)
+    assert torch.allclose(s_torch, s_faiss, atol=1e-5)
+    with pytest.raises(EmbedtuneError, match="mining.index=annoy"):
+        exact_search(queries, passages, 10, "annoy")

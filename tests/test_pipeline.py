@@ -42,7 +42,8 @@ def test_every_stage_writes_its_manifest(demo_run):
 def test_report_compares_base_and_tuned_on_human_and_synthetic_queries(demo_run):
     run, result, _ = demo_run
     report = (run / "eval" / "report.md").read_text()
-    for row in ("| hpo (test, human) | base |", "| hpo (test, human) | tuned |", "| synthetic (held-out) | base |"):
+    for row in ("| hpo (test, human) | base |", "| hpo (test, human) | tuned |", "| synthetic (held-out) | base |",
+                "| hpo (test, human) | bm25 |"):
         assert row in report
         assert row in result.stdout
     results = json.loads((run / "eval" / "report.json").read_text())
@@ -110,7 +111,7 @@ def test_eval_reports_any_beir_set_given(demo_run):
     result = embedtune("eval", *RUN, f"paths.runs={run.parent}", extra, cwd=run.parent)
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.loads((run / "eval" / "report.json").read_text())
-    assert set(results["extra-set"]) == {"base", "tuned"}
+    assert set(results["extra-set"]) == {"base", "tuned", "bm25"}
     dev_queries = len((run / "benchmarks" / "hpo" / "qrels" / "dev.tsv").read_text().splitlines()) - 1
     assert 0 < results["extra-set"]["base"]["queries"] <= dev_queries
     assert "| extra-set | tuned |" in (run / "eval" / "report.md").read_text()
@@ -154,3 +155,29 @@ def test_train_stage_under_accelerate_launch_with_two_processes(demo_run, tmp_pa
     assert result.stdout.count("train: 4 steps") == 1  # rank 1 neither prints nor writes the manifest
     evaluated = embedtune("eval", *RUN, f"paths.runs={tmp_path}", "eval.synthetic=false", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+
+
+def test_mine_under_accelerate_launch_splits_encoding_and_matches_one_process(demo_run, tmp_path):
+    """`embedtune mine` on 2 processes (each rank encodes half the corpus, fp32) writes the same hard
+    negatives as on 1 process, once."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from conftest import accelerate_launch
+
+    run, _, _ = demo_run
+    for name in ("one", "two"):
+        for stage in ("passages", "queries", "pairs"):
+            shutil.copytree(run / stage, tmp_path / name / "e2e" / stage)
+    common = ["debug=tiny", "run_name=e2e", "eval.precision=fp32"]
+    one = embedtune("mine", *common, f"paths.runs={tmp_path / 'one'}", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = accelerate_launch(["-m", "embedtune.cli", "mine", *common, f"paths.runs={tmp_path / 'two'}"],
+                            processes=2, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("mine: ") == 1 and "(rank 1/2)" in two.stderr  # rank 1 encoded its half, said nothing
+    rows = [pq.read_table(tmp_path / n / "e2e" / "negatives" / "train.parquet").to_pylist() for n in ("one", "two")]
+    assert len(rows[0]) == len(rows[1]) > 0
+    same = sum(a["negative_ids"] == b["negative_ids"] for a, b in zip(rows[0], rows[1]))
+    assert same == len(rows[0])

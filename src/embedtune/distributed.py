@@ -35,6 +35,11 @@ def world_size() -> int:
     return _env_int("WORLD_SIZE", "SLURM_NTASKS") or 1
 
 
+def local_rank() -> int:
+    """Rank of this process on its node (picks its GPU)."""
+    return _env_int("LOCAL_RANK", "SLURM_LOCALID") or 0
+
+
 def is_main() -> bool:
     return rank() == 0
 
@@ -71,3 +76,19 @@ def launcher_settings() -> dict:
              "deepspeed_config_file": "ACCELERATE_DEEPSPEED_CONFIG_FILE",
              "use_cpu": "ACCELERATE_USE_CPU"}
     return {key: os.environ[name] for key, name in names.items() if os.environ.get(name) not in (None, "")}
+
+
+def init_process_group_from_env() -> bool:
+    """Join the process group that `accelerate launch`/torchrun describe in the environment (gloo on CPU,
+    NCCL on GPUs), for stages that split work across ranks; False when there is only one process."""
+    import torch
+    import torch.distributed as dist
+
+    if world_size() <= 1:
+        return False
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank())
+        dist.init_process_group(backend=backend)
+    return True

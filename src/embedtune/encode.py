@@ -40,6 +40,36 @@ def _key(kind: str, text: str) -> str:
     return hashlib.sha1(f"{kind}\x00{text}".encode("utf-8")).hexdigest()
 
 
+def encode_sharded(encoder, texts: list[str], kind: str, batch_size: int = 32, desc: str = "encode") -> torch.Tensor:
+    """`encode` split across the ranks of a process group: rank r embeds texts r, r+W, r+2W, ... and every
+    rank gets all embeddings in order. Without a process group (or with one process) it is `encode`."""
+    import torch.distributed as dist
+
+    from embedtune.loss import gather_sizes
+    from embedtune.loss import all_gather_rows as all_gather
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return encode(encoder, texts, kind, batch_size, desc)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mine = encode(encoder, texts[rank::world], kind, batch_size, f"{desc} (rank {rank}/{world})")
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    width = torch.tensor([mine.shape[1] if len(mine) else 0], device=device)
+    dist.all_reduce(width, op=dist.ReduceOp.MAX)
+    mine = mine.reshape(len(mine), int(width)).to(device)
+    sizes = gather_sizes(len(mine), device)
+    parts = all_gather(mine, sizes).cpu().split(sizes)
+    out = torch.empty(len(texts), int(width))
+    for r, part in enumerate(parts):
+        out[r::world] = part
+    return out
+
+
+def _is_main() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 class EmbeddingCache:
     """Embeddings on disk, one folder per model fingerprint: `keys.json` (sha1 of kind + text) and `vectors.npy`.
 
@@ -65,12 +95,13 @@ class EmbeddingCache:
         keys = [_key(kind, t) for t in texts]
         missing = sorted({k: i for i, k in enumerate(keys) if k not in self.index}.values())
         if missing:
-            new = encode(encoder, [texts[i] for i in missing], kind, batch_size, desc).numpy()
+            new = encode_sharded(encoder, [texts[i] for i in missing], kind, batch_size, desc).numpy()
             start = len(self.index)
             for n, i in enumerate(missing):
                 self.index[keys[i]] = start + n
             self.vectors = new if self.vectors is None else np.concatenate([self.vectors, new])
-            self._save()
+            if _is_main():  # every rank holds the vectors; one writes them
+                self._save()
         return torch.from_numpy(self.vectors[[self.index[k] for k in keys]])
 
     def _save(self) -> None:

@@ -10,7 +10,7 @@ import torch
 from embedtune.beir import RetrievalSet
 from embedtune.encode import EmbeddingCache
 from embedtune.errors import EmbedtuneError
-from embedtune.mine import search
+from embedtune.mine import exact_search
 
 METRICS = ["nDCG@10", "R@1", "R@10", "R@100", "MRR@10", "MAP@100"]
 
@@ -30,6 +30,7 @@ class EvalConfig:
     batch_size: int = 32             # texts per encoding batch (small batches of length-sorted texts are fastest on CPU: bench/encode.py)
     precision: str = "auto"          # auto (bf16 where the CPU/GPU has it) | bf16 | fp32, for both models
     max_queries: int = 0             # evaluate at most this many queries per set (0: all)
+    bm25: bool = True                # also a BM25 row (bm25s, English stopwords): the lexical baseline
 
 
 def trec_metrics(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -> dict[str, float]:
@@ -82,7 +83,7 @@ def evaluate_set(encoder, cache: EmbeddingCache, data: RetrievalSet, cfg: EvalCo
                             desc=f"{label}: {data.name} corpus")
         queries = cache.encode(encoder, [data.queries[q] for q in query_ids], "query", cfg.batch_size,
                                desc=f"{label}: {data.name} queries")
-    scores, indices = search(queries, docs, 100)
+    scores, indices = exact_search(queries, docs, 100)  # faiss when installed, else torch
     run = {q: {doc_ids[i]: float(s) for s, i in zip(scores[n].tolist(), indices[n].tolist())}
            for n, q in enumerate(query_ids)}
     return {"queries": len(query_ids), "documents": len(doc_ids), **trec_metrics(run, qrels)}
@@ -107,3 +108,23 @@ def training_evaluator(data, cfg: EvalConfig):
     from embedtune.encode import NoCache
 
     return lambda encoder: evaluate_set(encoder, NoCache(), data, cfg, data.name)
+
+
+def evaluate_bm25(data, cfg: EvalConfig) -> dict:
+    """The same metrics for BM25 (bm25s: Lucene-style BM25, k1=1.5, b=0.75, English stopwords)."""
+    import logging
+
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    doc_ids = list(data.corpus)
+    query_ids = list(data.queries)[:cfg.max_queries or None]
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize([data.corpus[d] for d in doc_ids], stopwords="en", show_progress=False),
+                    show_progress=False)
+    tokens = bm25s.tokenize([data.queries[q] for q in query_ids], stopwords="en", show_progress=False)
+    found, scores = retriever.retrieve(tokens, k=min(100, len(doc_ids)), show_progress=False)
+    run = {q: {doc_ids[int(i)]: float(sc) for i, sc in zip(found[n], scores[n]) if sc > 0}
+           for n, q in enumerate(query_ids)}
+    return {"queries": len(query_ids), "documents": len(doc_ids),
+            **trec_metrics(run, {q: data.qrels[q] for q in query_ids})}

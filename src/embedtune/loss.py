@@ -38,7 +38,7 @@ def gather_sizes(n: int, device) -> list[int]:
     return [int(s) for s in sizes]
 
 
-def _all_gather_padded(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+def all_gather_rows(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     pad = max(sizes) - x.shape[0]
     padded = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))]) if pad else x.contiguous()
     parts = [torch.empty_like(padded) for _ in sizes]
@@ -52,7 +52,7 @@ class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
         ctx.sizes, ctx.rank = sizes, dist.get_rank()
-        return _all_gather_padded(x, sizes)
+        return all_gather_rows(x, sizes)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -68,7 +68,7 @@ def gather(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
         return x
     if x.is_floating_point():
         return _GatherWithGrad.apply(x, sizes)
-    return _all_gather_padded(x, sizes)
+    return all_gather_rows(x, sizes)
 
 
 def _masked_scores(a: torch.Tensor, b: torch.Tensor, target: torch.Tensor, a_pids: torch.Tensor,

@@ -6,6 +6,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+from embedtune.distributed import init_process_group_from_env, is_main, local_rank
 from embedtune.errors import EmbedtuneError
 from embedtune.io import atomic_path, read_rows, read_stage_table, write_json, write_parquet
 from embedtune.manifest import MANIFEST, Stage, load_manifest
@@ -125,7 +126,7 @@ def roundtrip(cfg, run: RunFolder, queries: list[dict], passages: list[dict], te
     from embedtune.filter import roundtrip_ranks
     from embedtune.model import Encoder
 
-    encoder, cache = Encoder.load(cfg.model), EmbeddingCache(run.cache, base_fingerprint(cfg))
+    encoder, cache = on_device(Encoder.load(cfg.model)), EmbeddingCache(run.cache, base_fingerprint(cfg))
     with autocast(cfg.eval.precision):
         passage_emb = cache.encode(encoder, [texts[p["id"]] for p in passages], "passage", cfg.mining.batch_size,
                                    desc="filter: passages")
@@ -155,7 +156,8 @@ def mine(cfg) -> dict:
         return load_manifest(run.negatives)
     pairs = read_rows(run.pairs / "train.parquet")
     passages = _passages(run)
-    encoder = Encoder.load(cfg.model)
+    several = init_process_group_from_env()  # under accelerate launch / torchrun: ranks split the encoding
+    encoder = on_device(Encoder.load(cfg.model))
     cache = EmbeddingCache(run.cache, base_fingerprint(cfg))
     with autocast(cfg.eval.precision):
         passage_emb = cache.encode(encoder, [passage_text(p["title"], p["text"]) for p in passages], "passage",
@@ -163,11 +165,22 @@ def mine(cfg) -> dict:
         query_emb = cache.encode(encoder, [q["query"] for q in pairs], "query", cfg.mining.batch_size,
                                  desc="mine: queries")
     rows = mine_hard_negatives(pairs, passages, query_emb, passage_emb, cfg.mining)
+    if several and not is_main():  # every rank mined the same rows; one writes them
+        return {}
     write_parquet(rows, run.negatives / "train.parquet")
     n_neg = [len(r["negative_ids"]) for r in rows]
     counts = {"queries": len(rows), "negatives": sum(n_neg), "queries_without_negatives": n_neg.count(0)}
     print(f"mine: {sum(n_neg):,} hard negatives for {len(rows):,} queries")
     return stage.finish(counts, files=["train.parquet"])
+
+
+def on_device(encoder):
+    """The encoder on this process's GPU when there is one (encoding stages), else left on the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return encoder.to(torch.device("cuda", local_rank() % torch.cuda.device_count()))
+    return encoder
 
 
 def base_fingerprint(cfg) -> str:
@@ -263,14 +276,22 @@ def evaluate(cfg) -> dict:
     if _skip(stage, cfg.force):
         return load_manifest(run.eval)
     sets = _eval_sets(cfg, run)
-    models = {"base": (lambda: Encoder.load(cfg.model), base_fingerprint(cfg)),
-              "tuned": (lambda: Encoder.load(cfg.model, path=str(final_encoder_dir(run))),
+    several = init_process_group_from_env()  # under accelerate launch / torchrun: ranks split the encoding
+    models = {"base": (lambda: on_device(Encoder.load(cfg.model)), base_fingerprint(cfg)),
+              "tuned": (lambda: on_device(Encoder.load(cfg.model, path=str(final_encoder_dir(run)))),
                         "tuned:" + train_manifest["run_id"])}
     results: dict[str, dict] = {s.name: {} for s in sets}
     for label, (load, fp) in models.items():
         encoder, cache = load(), EmbeddingCache(run.cache, fp)
         for s in sets:
             results[s.name][label] = evaluate_set(encoder, cache, s, cfg.eval, label)
+    if cfg.eval.bm25:
+        from embedtune.evaluate import evaluate_bm25
+
+        for s in sets:
+            results[s.name]["bm25"] = evaluate_bm25(s, cfg.eval)
+    if several and not is_main():  # every rank has the same results; one writes the report
+        return {}
     table = markdown_table(results)
     run.eval.mkdir(parents=True, exist_ok=True)
     plots = plot_metrics(results, run.eval / "metrics.png")
@@ -301,7 +322,8 @@ def export(cfg) -> dict:
     sample = [passage_text(p["title"], p["text"]) for p in _passages(run)[:64]]
     card = model_card(cfg, run, inputs)
     result = export_model(final_encoder_dir(run), run.model, sample, cfg.export, card)
-    print(f"export: {run.model} (max |diff| vs trained encoder {result['max_abs_diff']:.1e})")
+    onnx = f", ONNX {result['onnx_max_abs_diff']:.1e}" if 'onnx_max_abs_diff' in result else ''
+    print(f"export: {run.model} (max |diff| vs trained encoder: sentence-transformers {result['max_abs_diff']:.1e}{onnx})")
     return stage.finish({"texts_checked": result["texts_checked"]}, **result)
 
 
@@ -319,10 +341,14 @@ def model_card(cfg, run: RunFolder, inputs: dict) -> str:
             f"q = model.encode([\"...\"], prompt_name=\"query\")\np = model.encode([\"...\"], prompt_name=\"passage\")\n```\n\n"
             f"Queries and passages are read up to {cfg.model.passage_max_length} tokens "
             f"(training cut queries at {cfg.model.query_max_length}).\n\n"
-            f"## Evaluation\n\n{table}\n"
+            + ("ONNX: `onnx/sentence_embedding.onnx` takes `input_ids` and `attention_mask` (from this folder's "
+               "tokenizer, with the query/passage prompt prepended) and returns the sentence embedding, pooling "
+               "and normalisation included (onnxruntime parity checked at export).\n\n" if cfg.export.onnx else "")
+            + f"## Evaluation\n\n{table}\n"
             f"## Training\n\nInfoNCE (temperature {cfg.loss.temperature}), batch {cfg.train.batch_size}, "
             f"{cfg.train.hard_negatives} hard negative(s) per query, lr {cfg.train.lr}, "
             f"{'LoRA r=%d' % cfg.peft.r if cfg.peft.enabled else 'full fine-tuning'}, "
+            f"{'gradient caching (chunks of %d), ' % cfg.train.chunk_size if cfg.train.grad_cache else ''}"
             f"{load_manifest(run.checkpoints)['steps']} steps.\n")
 
 

@@ -1,5 +1,0 @@
-"""The one exception type that means "the user can fix this": the CLI prints it as one line, no traceback."""
-
-
-class EmbedtuneError(Exception):
-    """Bad input or configuration. The message names the file, line or key, and the fix."""

@@ -1,1 +1,0 @@
-"""Synthetic query generation: prompts, backends, and the sharded runner."""
