@@ -29,3 +29,5 @@ test: install
 bench: install
 	$(BIN)/python bench/encode.py
 	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/train.py --out bench/results
+	$(BIN)/python bench/mine.py

@@ -72,7 +72,7 @@ def test_select_negatives_skips_top_after_filtering():
 def test_select_negatives_samples_from_a_rank_range_deterministically_per_query():
     # no margin: filtered candidates by rank are 5, 7, 3, 4, 6; ranks 1..3 are 7, 3, 4
     cfg = MiningConfig(margin=None, num_negatives=2, sample_ranks=[1, 4], seed=0)
-    draws = {select_negatives(2, 0.8, CAND_IDX, CAND_SCORES, SAME_DOC, cfg, key=f"q{k}")[0] for k in range(20)}
+    draws = {tuple(select_negatives(2, 0.8, CAND_IDX, CAND_SCORES, SAME_DOC, cfg, key=f"q{k}")[0]) for k in range(20)}
     assert all(len(d) == 2 and set(d) <= {7, 3, 4} for d in draws)
     assert all(list(d) == [i for i in [7, 3, 4] if i in d] for d in draws)  # kept best first
     assert len(draws) == 3  # every pair of the three occurs across queries

@@ -78,6 +78,7 @@ class TrainData:
 
     def batch(self, step: int, rank: int = 0) -> dict:
         rows = self.global_rows(step)
+        global_size = len(rows)
         g = torch.Generator().manual_seed(self.cfg.seed * 7919 + step)
         negatives = []  # drawn for the whole global batch, so the draw does not depend on the rank
         for r in rows:
@@ -93,7 +94,7 @@ class TrainData:
                 "candidates": [self.passages[p] for p in candidate_ids],
                 "query_pids": torch.tensor([passage_hash(r["passage_id"]) for r in rows]),
                 "candidate_pids": torch.tensor([passage_hash(p) for p in candidate_ids]),
-                "global_size": len(self.global_rows(step))}
+                "global_size": global_size}
 
 
 def lr_lambda(total: int, warmup_ratio: float):
