@@ -40,7 +40,8 @@ def gradient_equality(work: Path) -> list[tuple]:
     config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     (model / "config.json").write_text(json.dumps(config))
     script = [str(REPO / "tests" / "dist_gradcheck.py"), "--model", str(model)]
-    cases = [("1 GPU", "bf16", []), ("1 GPU", "bf16", ["--no-cache"]), ("1 GPU", "no", []),
+    cases = [("1 GPU", "bf16", []), ("1 GPU", "bf16", ["--no-cache"]), ("1 GPU", "fp16", []),
+             ("1 GPU", "fp16", ["--no-cache"]), ("1 GPU", "no", []),
              ("ZeRO-2, 1 process", "bf16", []), ("ZeRO-2, 1 process", "bf16", ["--no-cache"]),
              ("ZeRO-2, 1 process", "no", [])]
     rows, outs = [], {}
