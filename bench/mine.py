@@ -50,17 +50,20 @@ def main() -> None:
             continue
         started = time.perf_counter()
         scores, ids = exact_search(q_emb, p_emb, a.k, index)
-        rows.append((index, f"{len(queries) / (time.perf_counter() - started):,.0f}", ids))
+        rows.append((index, f"{len(queries) / (time.perf_counter() - started):,.0f}", (scores, ids)))
     agree = ""
-    if all(isinstance(r[2], torch.Tensor) for r in rows):
-        agree = f"{float((rows[0][2] == rows[1][2]).float().mean()):.4f}"
+    if all(isinstance(r[2], tuple) for r in rows):
+        (s1, i1), (s2, i2) = rows[0][2], rows[1][2]
+        same_set = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(i1, i2)) / i1.numel()
+        agree = (f"{same_set:.4f} of the ids (as sets per query; embeddings from bf16 autocast tie often, and "
+                 f"ties may come in either order); largest score difference {float((s1 - s2).abs().max()):.1e}")
     print(f"\n{a.n:,} passages, {len(queries):,} queries, top-{a.k}, {torch.get_num_threads()} threads\n")
     print("| step | rate |\n| --- | ---: |")
     print(f"| encode corpus (MiniLM, batch 32) | {a.n / enc_s:,.0f} passages/s ({enc_s:.0f} s) |")
     for index, rate, _ in rows:
         print(f"| search, {index} (exact inner product) | {rate} queries/s |")
     if agree:
-        print(f"\ntorch and faiss return the same top-{a.k} ids for {agree} of positions")
+        print(f"\ntorch and faiss top-{a.k}: the same {agree}")
 
 
 if __name__ == "__main__":
