@@ -123,6 +123,16 @@ def test_mine_hard_negatives_honours_skip_top_and_margin_off():
     assert [r["negative_ids"] for r in mine(margin=None)] == [["b#0", "c#0"], ["a#0-other", "d#0"]]
 
 
+def test_held_out_documents_never_become_negatives():
+    # q0 would take c#0 then a#0-other; with document (s1, C) held out (a dev/test passage) it takes
+    # a#0-other then d#0, and q1's own positive document is untouched
+    held = frozenset({("s1", "C")})
+    rows = mine_hard_negatives(PAIRS[:1], PASSAGES, F.normalize(COEFFS[:1], dim=-1), torch.eye(6),
+                               MiningConfig(top_k=5, num_negatives=2, margin=0.95), held)
+    assert rows[0]["negative_ids"] == ["a#0-other", "d#0"]
+    assert rows[0]["negative_scores"] == pytest.approx([0.5 / NORMS[0], 0.4 / NORMS[0]], abs=1e-6)
+
+
 def test_mine_hard_negatives_draws_only_from_the_top_k():
     # top_k=2 retrieves 3 candidates: q0 gets a#0, b#0, a#1 (all filtered out); q1 gets a#0-other, c#0, d#0
     assert [r["negative_ids"] for r in mine(top_k=2)] == [[], ["d#0"]]

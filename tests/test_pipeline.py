@@ -62,6 +62,20 @@ def test_splits_do_not_share_documents(demo_run):
     assert not docs["train"] & docs["test"] and not docs["train"] & docs["dev"] and not docs["dev"] & docs["test"]
 
 
+def test_no_held_out_passage_text_reaches_training(demo_run):
+    """Training reads queries, positives and mined negatives: none of their passage texts is the text of a
+    dev or test passage (splits are by document; mining skips held-out documents)."""
+    import pyarrow.parquet as pq
+
+    run, _, _ = demo_run
+    text = {r["id"]: (r["title"], r["text"]) for r in pq.read_table(run / "passages" / "part-00000.parquet").to_pylist()}
+    negatives = pq.read_table(run / "negatives" / "train.parquet").to_pylist()
+    trained = {text[r["passage_id"]] for r in negatives} | {text[n] for r in negatives for n in r["negative_ids"]}
+    held_out = {text[r["passage_id"]] for s in ("dev", "test") for r in pq.read_table(run / "pairs" / f"{s}.parquet").to_pylist()}
+    assert len(trained) > 20 and len(held_out) > 5  # not vacuous
+    assert not trained & held_out
+
+
 def test_export_matches_trained_encoder(demo_run):
     from sentence_transformers import SentenceTransformer
 

@@ -94,8 +94,11 @@ def select_negatives(positive: int, positive_score: float, cand_idx: list[int], 
 
 
 def mine_hard_negatives(pairs: list[dict], passages: list[dict], query_emb: torch.Tensor,
-                        passage_emb: torch.Tensor, cfg: MiningConfig) -> list[dict]:
-    """Rows of negatives/train.parquet for `pairs`, given embeddings of their queries and of all passages."""
+                        passage_emb: torch.Tensor, cfg: MiningConfig,
+                        held_out: frozenset = frozenset()) -> list[dict]:
+    """Rows of negatives/train.parquet for `pairs`, given embeddings of their queries and of all passages.
+    Passages of `held_out` documents ((source, doc_id): the dev/test split) are never chosen as negatives,
+    so no held-out passage's text reaches training."""
     row_of = {p["id"]: n for n, p in enumerate(passages)}
     by_doc: dict[tuple[str, str], set[int]] = {}
     for n, p in enumerate(passages):
@@ -104,9 +107,12 @@ def mine_hard_negatives(pairs: list[dict], passages: list[dict], query_emb: torc
     if missing:
         raise EmbedtuneError(f"{len(missing)} training pairs name passages that are not in passages/ "
                              f"(e.g. {missing[0]}): rerun the pipeline from generate with force=true")
+    excluded = {n for doc in held_out for n in by_doc.get(doc, ())}
     positives = torch.tensor([row_of[q["passage_id"]] for q in pairs], dtype=torch.long)
     positive_scores = (query_emb * passage_emb[positives]).sum(-1)
-    scores, indices = exact_search(query_emb, passage_emb, cfg.top_k + 1, cfg.index)
+    allowed = torch.tensor([n for n in range(len(passages)) if n not in excluded], dtype=torch.long)
+    scores, found = exact_search(query_emb, passage_emb[allowed], cfg.top_k + 1, cfg.index)
+    indices = allowed[found]  # back to rows of `passages`
     rows = []
     for n, q in enumerate(pairs):
         pos = int(positives[n])

@@ -164,7 +164,10 @@ def mine(cfg) -> dict:
                                    cfg.mining.batch_size, desc="mine: passages")
         query_emb = cache.encode(encoder, [q["query"] for q in pairs], "query", cfg.mining.batch_size,
                                  desc="mine: queries")
-    rows = mine_hard_negatives(pairs, passages, query_emb, passage_emb, cfg.mining)
+    doc_of = {p["id"]: (p["source"], p["doc_id"]) for p in passages}
+    held_out = frozenset(doc_of[q["passage_id"]] for split in ("dev", "test") if (run.pairs / f"{split}.parquet").exists()
+                         for q in read_rows(run.pairs / f"{split}.parquet"))
+    rows = mine_hard_negatives(pairs, passages, query_emb, passage_emb, cfg.mining, held_out)
     if several and not is_main():  # every rank mined the same rows; one writes them
         return {}
     write_parquet(rows, run.negatives / "train.parquet")
