@@ -92,3 +92,10 @@ def init_process_group_from_env() -> bool:
             torch.cuda.set_device(local_rank())
         dist.init_process_group(backend=backend)
     return True
+
+
+def group_size() -> int:
+    """Processes in the torch.distributed group this process has joined (1 when it has joined none)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from embedtune.distributed import group_size
 from embedtune.io import atomic_path
 
 
@@ -48,7 +49,7 @@ def encode_sharded(encoder, texts: list[str], kind: str, batch_size: int = 32, d
     from embedtune.loss import gather_sizes
     from embedtune.loss import all_gather_rows as all_gather
 
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if group_size() <= 1:
         return encode(encoder, texts, kind, batch_size, desc)
     rank, world = dist.get_rank(), dist.get_world_size()
     mine = encode(encoder, texts[rank::world], kind, batch_size, f"{desc} (rank {rank}/{world})")
@@ -67,7 +68,7 @@ def encode_sharded(encoder, texts: list[str], kind: str, batch_size: int = 32, d
 def _is_main() -> bool:
     import torch.distributed as dist
 
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return group_size() <= 1 or dist.get_rank() == 0
 
 
 class EmbeddingCache:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from embedtune.distributed import group_size
 from embedtune.loss import LossConfig, backward_scale, local_loss_sum
 
 
@@ -45,7 +46,7 @@ class RngState:
 def agreed_chunk_count(n: int, chunk_size: int, device) -> int:
     """Chunks per rank for n texts: the same on every rank (the largest any rank needs)."""
     count = torch.tensor([max(1, math.ceil(n / chunk_size))], device=device)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if group_size() > 1:
         dist.all_reduce(count, op=dist.ReduceOp.MAX)
     return int(count)
 
@@ -162,7 +163,7 @@ def contrastive_step(encoder, batch: dict, loss_cfg: LossConfig, accelerator, ch
 
 
 def _global_mean(loss_sum: torch.Tensor, total: int) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if group_size() > 1:
         loss_sum = loss_sum.clone()
         dist.all_reduce(loss_sum)
     return loss_sum / total

@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from embedtune.distributed import group_size
+
 
 @dataclass
 class LossConfig:
@@ -26,7 +28,7 @@ class LossConfig:
 
 
 def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return group_size() > 1
 
 
 def gather_sizes(n: int, device) -> list[int]:

@@ -109,22 +109,21 @@ class Encoder(nn.Module):
                           target_modules=list(peft_cfg.target_modules))
         self.backbone = get_peft_model(self.backbone, lora)
 
-    def tokenize(self, texts: list[str], kind: str) -> dict[str, torch.Tensor]:
-        if kind not in ("query", "passage"):
-            raise ValueError(f"kind must be 'query' or 'passage', not {kind!r}")
+    def _prefix_and_length(self, kind: str) -> tuple[str, int]:
         if kind == "query":
-            prefix, max_length = self.cfg.query_prefix, self.cfg.query_max_length
-        else:
-            prefix, max_length = self.cfg.passage_prefix, self.cfg.passage_max_length
+            return self.cfg.query_prefix, self.cfg.query_max_length
+        if kind == "passage":
+            return self.cfg.passage_prefix, self.cfg.passage_max_length
+        raise ValueError(f"kind must be 'query' or 'passage', not {kind!r}")
+
+    def tokenize(self, texts: list[str], kind: str) -> dict[str, torch.Tensor]:
+        prefix, max_length = self._prefix_and_length(kind)
         return self.tokenizer([prefix + t for t in texts], padding=True, truncation=True,
                               max_length=max_length, return_tensors="pt")
 
     def token_ids(self, texts: list[str], kind: str) -> list[list[int]]:
         """Token ids of each text, truncated but not padded (chunks are padded one at a time by `pad`)."""
-        if kind not in ("query", "passage"):
-            raise ValueError(f"kind must be 'query' or 'passage', not {kind!r}")
-        prefix = self.cfg.query_prefix if kind == "query" else self.cfg.passage_prefix
-        max_length = self.cfg.query_max_length if kind == "query" else self.cfg.passage_max_length
+        prefix, max_length = self._prefix_and_length(kind)
         return self.tokenizer([prefix + t for t in texts], truncation=True, max_length=max_length,
                               return_token_type_ids=False, return_attention_mask=False)["input_ids"]
 
