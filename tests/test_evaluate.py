@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from embedtune.evaluate import METRICS, markdown_table, trec_metrics, use_bf16
+from embedtune.evaluate import METRICS, RECALL_KS, markdown_table, recall_table, trec_metrics, use_bf16
 
 # q1: relevant d1 (grade 1) at rank 2 and d2 (grade 2) at rank 4
 # q2: its only relevant document, d5, at rank 11 (inserted first, so the run's dict order is not its rank)
@@ -41,9 +41,15 @@ def test_trec_metrics_match_hand_computed_values():
         "MRR@10": 0.5 / 4,                # q1's first hit at rank 2; q2's at 11 is past the cut
         "MAP@100": (0.5 * (1 / 2 + 2 / 4) + 1 / 11) / 4,
     }
-    assert set(m) == set(METRICS)
+    assert set(m) == set(METRICS) | {"recall_curve"}
     for key, value in expected.items():
         assert m[key] == pytest.approx(value, abs=1e-4), key
+    # q1: d1 at rank 2 (half its relevant set), d2 at rank 4 (all of it); q2's d5 at rank 11
+    curve = {1: 0.0, 3: 0.5 / 4, 5: 1.0 / 4, 10: 1.0 / 4, 20: 2.0 / 4, 50: 2.0 / 4, 100: 2.0 / 4}
+    assert list(m["recall_curve"]) == [str(k) for k in RECALL_KS]
+    for k, value in curve.items():
+        assert m["recall_curve"][str(k)] == pytest.approx(value, abs=1e-4), k
+    assert m["recall_curve"]["10"] == m["R@10"]
 
 
 def test_trec_metrics_perfect_run_scores_one():
@@ -75,6 +81,21 @@ def test_markdown_table_has_a_row_per_model_and_a_delta_row():
     assert len(delta) == 1 and delta[0].startswith("| hpo |")
     cells = [c.strip() for c in delta[0].strip("|").split("|")]
     assert cells[3:] == ["+0.125", "-0.250", "+0.000", "+0.000", "+0.000", "+0.000"]
+
+
+def test_recall_table_and_plot(tmp_path):
+    from embedtune.plots import plot_recall
+
+    # tuned: q1 finds d1 then d2 (R@1 = 1/2), q3 finds d8 first: R@1 = (0.5 + 1) / 4
+    results = {"hpo": {"base": trec_metrics(RUN, QRELS),
+                       "tuned": trec_metrics({"q1": {"d1": 1.0, "d2": 0.9}, "q3": {"d8": 1.0}}, QRELS)}}
+    table = recall_table(results)
+    lines = table.strip().splitlines()
+    assert lines[0] == "| set | model | " + " | ".join(f"R@{k}" for k in RECALL_KS) + " |"
+    assert lines[2] == "| hpo | base | 0.000 | 0.125 | 0.250 | 0.250 | 0.500 | 0.500 | 0.500 |"
+    assert lines[3] == "| hpo | tuned | 0.375 | 0.500 | 0.500 | 0.500 | 0.500 | 0.500 | 0.500 |"
+    assert plot_recall(results, tmp_path / "recall.png") == ["recall.png"]
+    assert (tmp_path / "recall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_use_bf16_honours_explicit_precision():

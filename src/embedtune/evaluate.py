@@ -13,6 +13,7 @@ from embedtune.errors import EmbedtuneError
 from embedtune.mine import exact_search
 
 METRICS = ["nDCG@10", "R@1", "R@10", "R@100", "MRR@10", "MAP@100"]
+RECALL_KS = [1, 3, 5, 10, 20, 50, 100]  # points of the Recall@k curve
 
 
 @dataclass
@@ -35,12 +36,12 @@ class EvalConfig:
 
 def trec_metrics(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -> dict[str, float]:
     """Mean over judged queries of nDCG@10, Recall@1/10/100, MRR@10, MAP@100 (queries absent from the
-    run count as 0)."""
+    run count as 0), and "recall_curve": Recall@k for every k in RECALL_KS."""
     import pytrec_eval
 
     if not qrels:
         raise EmbedtuneError("no judged queries to evaluate")
-    measures = {"ndcg_cut.10", "recall.1,10,100", "map_cut.100"}
+    measures = {"ndcg_cut.10", "recall." + ",".join(map(str, RECALL_KS)), "map_cut.100"}
     per_query = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
     top10 = {q: dict(sorted(docs.items(), key=lambda x: -x[1])[:10]) for q, docs in run.items()}
     rr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
@@ -50,7 +51,8 @@ def trec_metrics(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, in
         return sum(source.get(q, {}).get(key, 0.0) for q in qrels) / n
     return {"nDCG@10": mean(per_query, "ndcg_cut_10"), "R@1": mean(per_query, "recall_1"),
             "R@10": mean(per_query, "recall_10"), "R@100": mean(per_query, "recall_100"),
-            "MRR@10": mean(rr, "recip_rank"), "MAP@100": mean(per_query, "map_cut_100")}
+            "MRR@10": mean(rr, "recip_rank"), "MAP@100": mean(per_query, "map_cut_100"),
+            "recall_curve": {str(k): mean(per_query, f"recall_{k}") for k in RECALL_KS}}
 
 
 def use_bf16(precision: str) -> bool:
@@ -99,6 +101,16 @@ def markdown_table(results: dict[str, dict[str, dict]]) -> str:
         if "base" in models and "tuned" in models:
             d = {k: models["tuned"][k] - models["base"][k] for k in METRICS}
             lines.append(f"| {name} | tuned - base | | " + " | ".join(f"{d[k]:+.3f}" for k in METRICS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def recall_table(results: dict[str, dict[str, dict]]) -> str:
+    """The Recall@k curve as a table: one row per (set, model), one column per k."""
+    lines = ["| set | model | " + " | ".join(f"R@{k}" for k in RECALL_KS) + " |",
+             "| --- | --- | " + " | ".join("---:" for _ in RECALL_KS) + " |"]
+    for name, models in results.items():
+        for model, m in models.items():
+            lines.append(f"| {name} | {model} | " + " | ".join(f"{m['recall_curve'][str(k)]:.3f}" for k in RECALL_KS) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -268,9 +268,9 @@ def _eval_sets(cfg, run: RunFolder) -> list:
 
 def evaluate(cfg) -> dict:
     from embedtune.encode import EmbeddingCache
-    from embedtune.evaluate import evaluate_set, markdown_table
+    from embedtune.evaluate import evaluate_set, markdown_table, recall_table
     from embedtune.model import Encoder
-    from embedtune.plots import plot_metrics, plot_training
+    from embedtune.plots import plot_metrics, plot_recall, plot_training
 
     run = RunFolder(cfg)
     train_manifest = load_manifest(run.checkpoints)
@@ -298,10 +298,11 @@ def evaluate(cfg) -> dict:
     table = markdown_table(results)
     run.eval.mkdir(parents=True, exist_ok=True)
     plots = plot_metrics(results, run.eval / "metrics.png")
+    plots += plot_recall(results, run.eval / "recall.png")
     plots += plot_training(run.checkpoints / "metrics.jsonl", run.eval / "training.png")
     report = (f"# embedtune eval: {cfg.run_name}\n\nBase model `{cfg.model.name}` vs tuned "
               f"(`{train_manifest['final']}`). Metrics by trec_eval (pytrec_eval), mean over queries.\n\n"
-              f"{table}\n" + "".join(f"![{p}]({p})\n" for p in plots))
+              f"{table}\nRecall@k:\n\n{recall_table(results)}\n" + "".join(f"![{p}]({p})\n" for p in plots))
     with atomic_path(run.eval / "report.md") as tmp:
         tmp.write_text(report, encoding="utf-8")
     write_json(results, run.eval / "report.json")

@@ -36,6 +36,29 @@ def plot_metrics(results: dict[str, dict[str, dict]], path: Path) -> list[str]:
     return [path.name]
 
 
+def plot_recall(results: dict[str, dict[str, dict]], path: Path) -> list[str]:
+    """One panel per evaluation set: Recall@k against k (log scale) for each model."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6), squeeze=False)
+    for ax, (name, models) in zip(axes[0], results.items()):
+        for model, values in models.items():
+            curve = values["recall_curve"]
+            ks = [int(k) for k in curve]
+            ax.plot(ks, list(curve.values()), marker="o", markersize=3, label=model)
+        ax.set_xscale("log")
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_xlabel("k")
+        ax.set_ylabel("Recall@k")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.set_title(name, fontsize=10)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path.name]
+
+
 def plot_training(metrics_path: Path, path: Path) -> list[str]:
     rows = [r for r in read_metrics(metrics_path) if "train/loss" in r]
     if not rows:
