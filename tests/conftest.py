@@ -112,13 +112,12 @@ def write_passages(folder: Path, n: int) -> Path:
 REPO = Path(__file__).resolve().parent.parent
 
 
-def accelerate_launch(args: list[str], processes: int = 2, deepspeed_stage: int = 0, timeout: int = 300,
-                      env: dict | None = None):
-    """Run `accelerate launch` with the repository's launch/ configs on this CPU: launch/cpu-2.yaml (DDP over
-    gloo) or, with deepspeed_stage, launch/zero2.yaml with --zero_stage (DeepSpeed's CPU accelerator).
-    Returns the CompletedProcess (output captured); one intra-op thread per process."""
+def accelerate_launch_command(args: list[str], processes: int = 2, deepspeed_stage: int = 0,
+                              env: dict | None = None) -> tuple[list[str], dict]:
+    """The `accelerate launch` command line and environment for the repository's launch/ configs on this
+    CPU: launch/cpu-2.yaml (DDP over gloo) or, with deepspeed_stage, launch/zero2.yaml with --zero_stage
+    (DeepSpeed's CPU accelerator); one intra-op thread per process."""
     import os
-    import subprocess
     import sys
 
     base = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "offline"}
@@ -133,5 +132,13 @@ def accelerate_launch(args: list[str], processes: int = 2, deepspeed_stage: int 
     else:
         launcher += ["--config_file", str(REPO / "launch" / "cpu.yaml")]
     launcher += ["--num_processes", str(processes), "--main_process_port", str(29600 + os.getpid() % 300)]
-    return subprocess.run(launcher + args, env={**base, **(env or {})}, capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+    return launcher + args, {**base, **(env or {})}
+
+
+def accelerate_launch(args: list[str], processes: int = 2, deepspeed_stage: int = 0, timeout: int = 300,
+                      env: dict | None = None):
+    """Run accelerate_launch_command(...) to the end; returns the CompletedProcess (output captured)."""
+    import subprocess
+
+    command, full_env = accelerate_launch_command(args, processes, deepspeed_stage, env)
+    return subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=REPO)

@@ -229,9 +229,10 @@ def train(cfg) -> dict:
     main = result.pop("main_process")
     if result["halted"]:
         if main:
-            print(f"train: halted after step {cfg.train.halt_at_step} ({result['final']}); run again to resume")
+            why = f"stopped by {result['stopped_by']}" if result["stopped_by"] else "halted"
+            print(f"train: {why}; saved {result['final']} of {result['steps']} steps; the same command resumes it")
         return result
-    del result["halted"]
+    del result["halted"], result["stopped_by"]
     if not main:  # one writer of the manifest
         return result
     print(f"train: {result['steps']} steps, {result['pairs']:,} pairs in {result['seconds']:.0f}s "
@@ -370,7 +371,7 @@ def run_all(cfg) -> dict:
         if name == "generate" and result is None:
             raise EmbedtuneError("generate: shards are missing (see above); run them, then `embedtune run` again")
         if name == "train" and result.get("halted") is not None:
-            print("run: training halted (train.halt_at_step); `embedtune run` again resumes it")
+            print("run: training stopped before its last step; `embedtune run` again resumes it")
             return times
     print("\nstage wall times: " + ", ".join(f"{n} {t:.0f}s" for n, t in times.items())
           + f" (total {sum(times.values()) / 60:.1f} min)")

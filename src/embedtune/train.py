@@ -134,6 +134,7 @@ def run_training(model_cfg: ModelConfig, peft_cfg: PeftConfig, loss_cfg: LossCon
     from embedtune.accel import make_accelerator, zero_stage
     from embedtune.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
     from embedtune.gradcache import contrastive_step
+    from embedtune.preemption import StopRequests
 
     accelerator = make_accelerator(cfg)
     if data.world != accelerator.num_processes:
@@ -161,54 +162,56 @@ def run_training(model_cfg: ModelConfig, peft_cfg: PeftConfig, loss_cfg: LossCon
     normalize = accelerator.unwrap_model(encoder).cfg.normalize
     started, pairs_done, window_pairs, window_start = time.time(), 0, 0, time.time()
     loss_sum, tokens = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
-    loss_steps, halted, last = 0, False, None
+    loss_steps, halted, last, stopped_by = 0, False, None, None
     bar = tqdm(range(start, total), desc="train", unit="step", initial=0, total=total - start,
                disable=not accelerator.is_main_process)
-    for step in bar:
-        batch = data.batch(step, accelerator.process_index)
-        loss, n_tokens = contrastive_step(encoder, batch, loss_cfg, accelerator, cfg.chunk_size,
-                                          cfg.grad_cache, normalize)
-        if not torch.isfinite(loss):
-            raise EmbedtuneError(f"train: loss is {loss.item()} at step {step}; lower train.lr or raise "
-                                 "loss.temperature (the last checkpoint is intact)")
-        grad_norm = accelerator.clip_grad_norm_(encoder.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        pairs_done += batch["global_size"]
-        window_pairs += batch["global_size"]
-        loss_sum += loss
-        tokens += n_tokens
-        loss_steps += 1
-        if cfg.log_every and ((step + 1) % cfg.log_every == 0 or step == total - 1):
-            loss_value = loss_sum.item() / loss_steps  # a sync point: only on logging steps
-            all_tokens = float(accelerator.reduce(tokens, reduction="sum"))
-            elapsed = max(time.time() - window_start, 1e-9)
-            tracker.log({"train/loss": loss_value, "train/lr": scheduler.get_last_lr()[0],
-                         "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                         "train/pairs_per_s": window_pairs / elapsed, "train/tokens_per_s": all_tokens / elapsed,
-                         "train/memory_mb": memory_mb(accelerator.device),
-                         "train/epoch": (step + 1) / data.steps_per_epoch}, step + 1)
-            bar.set_postfix(loss=f"{loss_value:.3f}")
-            loss_sum.zero_()
-            tokens.zero_()
-            loss_steps, window_pairs, window_start = 0, 0, time.time()
-        if evaluator is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
-            if accelerator.is_main_process:
-                unwrapped = accelerator.unwrap_model(encoder)
-                unwrapped.eval()
-                metrics = evaluator(unwrapped)
-                tracker.log({f"dev/{k}": v for k, v in metrics.items() if k not in ("queries", "documents")},
-                            step + 1)
-                encoder.train()
-            accelerator.wait_for_everyone()
-        state = {"key": key, "total": total}
-        if cfg.halt_at_step is not None and step + 1 == cfg.halt_at_step and step + 1 < total:
-            last = save_checkpoint(accelerator, encoder, out_dir, step + 1, cfg.keep_checkpoints, state)
-            halted = True
-            break
-        if step + 1 == total or (cfg.save_every and (step + 1) % cfg.save_every == 0):
-            last = save_checkpoint(accelerator, encoder, out_dir, step + 1, cfg.keep_checkpoints, state)
+    with StopRequests() as stop:  # SIGTERM/SIGUSR1: checkpoint after this step and stop
+        for step in bar:
+            batch = data.batch(step, accelerator.process_index)
+            loss, n_tokens = contrastive_step(encoder, batch, loss_cfg, accelerator, cfg.chunk_size,
+                                              cfg.grad_cache, normalize)
+            if not torch.isfinite(loss):
+                raise EmbedtuneError(f"train: loss is {loss.item()} at step {step}; lower train.lr or raise "
+                                     "loss.temperature (the last checkpoint is intact)")
+            grad_norm = accelerator.clip_grad_norm_(encoder.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            pairs_done += batch["global_size"]
+            window_pairs += batch["global_size"]
+            loss_sum += loss
+            tokens += n_tokens
+            loss_steps += 1
+            if cfg.log_every and ((step + 1) % cfg.log_every == 0 or step == total - 1):
+                loss_value = loss_sum.item() / loss_steps  # a sync point: only on logging steps
+                all_tokens = float(accelerator.reduce(tokens, reduction="sum"))
+                elapsed = max(time.time() - window_start, 1e-9)
+                tracker.log({"train/loss": loss_value, "train/lr": scheduler.get_last_lr()[0],
+                             "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                             "train/pairs_per_s": window_pairs / elapsed, "train/tokens_per_s": all_tokens / elapsed,
+                             "train/memory_mb": memory_mb(accelerator.device),
+                             "train/epoch": (step + 1) / data.steps_per_epoch}, step + 1)
+                bar.set_postfix(loss=f"{loss_value:.3f}")
+                loss_sum.zero_()
+                tokens.zero_()
+                loss_steps, window_pairs, window_start = 0, 0, time.time()
+            if evaluator is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+                if accelerator.is_main_process:
+                    unwrapped = accelerator.unwrap_model(encoder)
+                    unwrapped.eval()
+                    metrics = evaluator(unwrapped)
+                    tracker.log({f"dev/{k}": v for k, v in metrics.items() if k not in ("queries", "documents")},
+                                step + 1)
+                    encoder.train()
+                accelerator.wait_for_everyone()
+            state = {"key": key, "total": total}
+            halt = cfg.halt_at_step is not None and step + 1 == cfg.halt_at_step
+            if step + 1 < total and (halt or stop.agreed(accelerator)):
+                last = save_checkpoint(accelerator, encoder, out_dir, step + 1, cfg.keep_checkpoints, state)
+                halted, stopped_by = True, None if halt else stop.received or "a signal on another rank"
+                break
+            if step + 1 == total or (cfg.save_every and (step + 1) % cfg.save_every == 0):
+                last = save_checkpoint(accelerator, encoder, out_dir, step + 1, cfg.keep_checkpoints, state)
     bar.close()
     tracker.close()
     seconds = time.time() - started
@@ -216,5 +219,5 @@ def run_training(model_cfg: ModelConfig, peft_cfg: PeftConfig, loss_cfg: LossCon
     if last is None:  # resumed from the last step: nothing left to do
         last = resumed
     return {"final": last.name, "steps": total, "pairs": pairs_done, "seconds": round(seconds, 1),
-            "pairs_per_s": round(pairs_done / max(seconds, 1e-9), 2), "halted": halted,
+            "pairs_per_s": round(pairs_done / max(seconds, 1e-9), 2), "halted": halted, "stopped_by": stopped_by,
             "processes": accelerator.num_processes, "main_process": accelerator.is_main_process}
