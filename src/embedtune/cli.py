@@ -49,10 +49,17 @@ def _hydra_main(stage: str) -> None:
 
     @hydra.main(version_base=None, config_path="conf", config_name="config")
     def app(dcfg) -> None:
-        from embedtune import pipeline
+        from embedtune import pipeline, sweep
 
         try:
             cfg = OmegaConf.to_object(dcfg)
+            cfg.point = sweep.point_name(cfg.point)
+            if cfg.point:
+                run = pipeline.RunFolder(cfg)
+                seeded = sweep.seed_point(run.base, run.root)
+                if seeded:
+                    print(f"point {cfg.point}: linked {', '.join(seeded)} from {run.base}")
+                sweep.record_point(cfg, stage, run.root)
             _save_config(cfg, stage)
             if stage == "run":
                 pipeline.run_all(cfg)

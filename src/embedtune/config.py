@@ -28,6 +28,7 @@ class PathsConfig:
 class Config:
     run_name: str = "demo"            # the run folder is ${paths.runs}/${run_name}
     force: bool = False               # rerun the stage even when its manifest matches
+    point: str = ""                   # a sweep point: its own folder ${paths.runs}/${run_name}/points/<point> (set per point in -m)
     paths: PathsConfig = field(default_factory=PathsConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

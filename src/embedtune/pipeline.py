@@ -16,7 +16,8 @@ PASSAGE_FILE_ROWS = 100_000
 
 class RunFolder:
     def __init__(self, cfg):
-        self.root = Path(cfg.paths.runs) / cfg.run_name
+        self.base = Path(cfg.paths.runs) / cfg.run_name
+        self.root = self.base / "points" / cfg.point if cfg.point else self.base  # sweep points: sweep.py
         self.passages = self.root / "passages"
         self.queries = self.root / "queries"
         self.pairs = self.root / "pairs"
