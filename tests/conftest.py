@@ -113,17 +113,21 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def accelerate_launch_command(args: list[str], processes: int = 2, deepspeed_stage: int = 0,
-                              env: dict | None = None) -> tuple[list[str], dict]:
+                              env: dict | None = None, deepspeed_config: str = "") -> tuple[list[str], dict]:
     """The `accelerate launch` command line and environment for the repository's launch/ configs on this
-    CPU: launch/cpu-2.yaml (DDP over gloo) or, with deepspeed_stage, launch/zero2.yaml with --zero_stage
-    (DeepSpeed's CPU accelerator); one intra-op thread per process."""
+    CPU: launch/cpu-2.yaml (DDP over gloo) or, with deepspeed_stage, launch/zero2.yaml with --zero_stage, or
+    a DeepSpeed launch config by name (deepspeed_config, e.g. "zero3-offload.yaml"), on DeepSpeed's CPU
+    accelerator; one intra-op thread per process."""
     import os
     import sys
 
     base = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "offline"}
     base.pop("ACCELERATE_USE_CPU", None)
     launcher = [sys.executable, "-m", "accelerate.commands.launch"]
-    if deepspeed_stage:
+    if deepspeed_config:
+        base["DS_ACCELERATOR"] = "cpu"
+        launcher += ["--config_file", str(REPO / "launch" / deepspeed_config)]
+    elif deepspeed_stage:
         base["DS_ACCELERATOR"] = "cpu"
         launcher += ["--config_file", str(REPO / "launch" / "zero2.yaml"), "--zero_stage", str(deepspeed_stage)]
     elif processes > 1:
@@ -136,9 +140,9 @@ def accelerate_launch_command(args: list[str], processes: int = 2, deepspeed_sta
 
 
 def accelerate_launch(args: list[str], processes: int = 2, deepspeed_stage: int = 0, timeout: int = 300,
-                      env: dict | None = None):
+                      env: dict | None = None, deepspeed_config: str = ""):
     """Run accelerate_launch_command(...) to the end; returns the CompletedProcess (output captured)."""
     import subprocess
 
-    command, full_env = accelerate_launch_command(args, processes, deepspeed_stage, env)
+    command, full_env = accelerate_launch_command(args, processes, deepspeed_stage, env, deepspeed_config)
     return subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=REPO)

@@ -81,11 +81,16 @@ def compare(out: Path, model_dir: str, lora: bool = False, matryoshka: bool = Fa
             "params": params}
 
 
+def zero_config(accelerator) -> dict:
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return plugin.deepspeed_config.get("zero_optimization", {}) if plugin is not None else {}
+
+
 def main() -> None:
     from accelerate.utils import DistributedType
     from safetensors.torch import save_file
 
-    from embedtune.accel import make_accelerator, zero_stage
+    from embedtune.accel import fill_bucket_sizes, make_accelerator, zero_stage
     from embedtune.gradcache import contrastive_step
 
     ap = argparse.ArgumentParser()
@@ -106,6 +111,7 @@ def main() -> None:
     encoder = build_encoder(args.model, args.lora)
     if args.checkpointing:
         encoder.enable_gradient_checkpointing()
+    fill_bucket_sizes(accelerator, encoder.backbone.config.hidden_size)
     optimizer = torch.optim.SGD([p for p in encoder.parameters() if p.requires_grad], lr=1.0)
     encoder, optimizer = accelerator.prepare(encoder, optimizer)
     encoder.train()
@@ -128,6 +134,8 @@ def main() -> None:
         save_file(after, str(Path(args.out) / "after.safetensors"))
         info = {"loss": float(loss), "processes": accelerator.num_processes, "zero_stage": zero_stage(accelerator),
                 "deepspeed": deepspeed, "distributed_type": str(accelerator.distributed_type),
+                "offload": {k: v.get("device", "none") for k, v in zero_config(accelerator).items()
+                            if k.startswith("offload_") and isinstance(v, dict)},
                 "device": str(accelerator.device), "precision": args.precision,
                 # DeepSpeed bf16 casts the module to bf16 first: its fp32 masters start from rounded weights
                 "start_rounded_to_bf16": deepspeed and args.precision == "bf16"}

@@ -119,3 +119,14 @@ def test_deepspeed_two_processes_equals_full_batch(tmp_path, no_dropout_model, s
     out = run_gradcheck(tmp_path, no_dropout_model, *flags, processes=2, stage=stage)
     info = check_update(out, no_dropout_model, lora="--lora" in flags, matryoshka="--matryoshka" in flags)
     assert info["deepspeed"] and info["zero_stage"] == stage and info["processes"] == 2
+
+
+def test_zero3_cpu_offload_from_a_deepspeed_json_equals_full_batch(tmp_path, no_dropout_model):
+    """launch/zero3-offload.yaml names launch/deepspeed/zero3-offload.json, whose "auto" values embedtune
+    fills (precision, clipping, micro-batch, bucket sizes): parameters and optimizer state on the CPU."""
+    args = [str(REPO / "tests" / "dist_gradcheck.py"), "--model", str(no_dropout_model), "--out", str(tmp_path)]
+    proc = accelerate_launch(args, processes=2, deepspeed_config="zero3-offload.yaml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = check_update(tmp_path, no_dropout_model)
+    assert info["deepspeed"] and info["zero_stage"] == 3 and info["processes"] == 2
+    assert info["offload"] == {"offload_optimizer": "cpu", "offload_param": "cpu"}

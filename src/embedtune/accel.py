@@ -91,6 +91,21 @@ def make_accelerator(cfg):
     return accelerator
 
 
+def fill_bucket_sizes(accelerator, hidden_size: int) -> None:
+    """DeepSpeed JSON "auto" bucket sizes from the encoder's hidden size (accelerate fills them only for a
+    model with a top-level .config; ours wraps the backbone): the sizes HF's integration uses."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return
+    zero = plugin.deepspeed_config.get("zero_optimization", {})
+    sizes = {"reduce_bucket_size": hidden_size * hidden_size,
+             "stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
+             "stage3_param_persistence_threshold": 10 * hidden_size}
+    for key, value in sizes.items():
+        if zero.get(key) == "auto":
+            zero[key] = value
+
+
 def zero_stage(accelerator) -> int:
     """The DeepSpeed ZeRO stage (0 when not under DeepSpeed)."""
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)

@@ -131,7 +131,7 @@ def run_training(model_cfg: ModelConfig, peft_cfg: PeftConfig, loss_cfg: LossCon
     evaluator(encoder) -> {metric: value} is called on the main process every train.eval_every steps."""
     from accelerate.utils import set_seed
 
-    from embedtune.accel import make_accelerator, zero_stage
+    from embedtune.accel import fill_bucket_sizes, make_accelerator, zero_stage
     from embedtune.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
     from embedtune.gradcache import contrastive_step
     from embedtune.preemption import StopRequests
@@ -148,6 +148,7 @@ def run_training(model_cfg: ModelConfig, peft_cfg: PeftConfig, loss_cfg: LossCon
         encoder.enable_gradient_checkpointing()
     if peft_cfg.enabled:
         encoder.apply_lora(peft_cfg)
+    fill_bucket_sizes(accelerator, encoder.backbone.config.hidden_size)
     total = data.total_steps()
     optimizer, scheduler = build_optimizer(encoder, cfg, total)
     encoder, optimizer, scheduler = accelerator.prepare(encoder, optimizer, scheduler)
