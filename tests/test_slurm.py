@@ -173,6 +173,29 @@ def test_train_sbatch_is_preempted_requeued_and_resumes(slurm, pipeline_run, tmp
     assert manifest["counts"]["steps"] == steps and manifest["processes"] == 2
 
 
+def test_train_sbatch_under_deepspeed_from_its_json_config(slurm, pipeline_run, tmp_path):
+    """The multi-node DeepSpeed command in its CPU form: launch/multinode-zero2.yaml (ZeRO-2 from
+    launch/deepspeed/zero2.json) on 1 node x 2 processes, DeepSpeed's CPU accelerator."""
+    work, _, _ = pipeline_run
+    run = tmp_path / "runs" / "demo"
+    for stage in ("passages", "queries", "pairs", "negatives", "benchmarks"):
+        shutil.copytree(work / "runs" / "demo" / stage, run / stage)
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "launch").symlink_to(REPO / "launch")  # submitted from a checkout's root: relative JSON path
+    env = {**slurm, "PROCS_PER_NODE": "2", "DS_ACCELERATOR": "cpu",
+           "LAUNCH_CONFIG": str(REPO / "launch" / "multinode-zero2.yaml")}
+    job = sh(["sbatch", "--parsable", "--nodes=1", "--cpus-per-task=1", str(REPO / "slurm" / "train.sbatch"), *TINY,
+              "run_name=demo", f"paths.runs={tmp_path / 'runs'}", "train.grad_cache=true", "train.chunk_size=2"],
+             env, tmp_path).stdout.strip()
+    state = wait_for([job], slurm)[job]
+    text = (tmp_path / "logs" / f"embedtune-train-{job}.out").read_text()
+    assert state == "COMPLETED", text[-3000:]
+    manifest = json.loads((run / "checkpoints" / "manifest.json").read_text())
+    assert manifest["processes"] == 2 and manifest["counts"]["steps"] == 4
+    files = [p.name for p in (run / "checkpoints" / manifest["final"]).rglob("*")]
+    assert sum("zero_pp_rank" in f for f in files) >= 2, files  # one ZeRO optimizer partition per rank
+
+
 def test_hydra_multirun_through_the_submitit_launcher(slurm, pipeline_run, tmp_path):
     """`embedtune train -m hydra/launcher=slurm loss.temperature=0.02,0.05`: one SLURM job per point, each in
     its own folder seeded from the run, and one sweep table after both."""
