@@ -216,3 +216,25 @@ def test_mine_under_accelerate_launch_splits_encoding_and_matches_one_process(de
     assert len(rows[0]) == len(rows[1]) > 0
     same = sum(a["negative_ids"] == b["negative_ids"] for a, b in zip(rows[0], rows[1]))
     assert same == len(rows[0])
+
+
+def test_sweep_recipe_trains_each_point_in_its_own_folder_and_tabulates_them(demo_run):
+    """`embedtune train -m experiment=temperature_sweep`: three points (Hydra's basic launcher), each in
+    points/<overrides>/ seeded with hard links to the run's stages, and one sweep table at the end."""
+    run, _, _ = demo_run
+    result = embedtune("train", "-m", "experiment=temperature_sweep", *RUN, f"paths.runs={run.parent}", "logger=none",
+                       cwd=run.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    points = sorted(p.name for p in (run / "points").iterdir())
+    assert points == [f"debug=tiny,experiment=temperature_sweep,loss.temperature={t}" for t in ("0.02", "0.05", "0.1")]
+    for point in points:
+        folder = run / "points" / point
+        assert json.loads((folder / "checkpoints" / "manifest.json").read_text())["counts"]["steps"] == 4
+        assert (folder / "negatives" / "train.parquet").stat().st_ino == (run / "negatives" / "train.parquet").stat().st_ino
+    sweep = sorted((run / "sweeps").iterdir())[-1]
+    rows = json.loads((sweep / "sweep.json").read_text())
+    assert [r["point"] for r in rows] == points
+    losses = [r["metrics"]["train/loss"] for r in rows]
+    assert len(set(losses)) == 3  # the temperature did change training
+    assert (sweep / "sweep.md").read_text().count("| debug=tiny,experiment=temperature_sweep") == 3
+    assert "sweep: " in result.stdout
