@@ -238,3 +238,17 @@ def test_sweep_recipe_trains_each_point_in_its_own_folder_and_tabulates_them(dem
     assert len(set(losses)) == 3  # the temperature did change training
     assert (sweep / "sweep.md").read_text().count("| debug=tiny,experiment=temperature_sweep") == 3
     assert "sweep: " in result.stdout
+
+
+def test_one_process_under_accelerate_launch_with_gradient_caching(demo_run):
+    """The README's 1-GPU command in its CPU form (launch/cpu.yaml), trained in a point folder (`point=`)
+    so the run's own checkpoints stay as they are."""
+    from conftest import accelerate_launch
+
+    run, _, _ = demo_run
+    result = accelerate_launch(["-m", "embedtune.cli", "train", *RUN, f"paths.runs={run.parent}", "point=cpu1",
+                                "train.grad_cache=true", "train.chunk_size=2", "logger=none"], processes=1, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((run / "points" / "cpu1" / "checkpoints" / "manifest.json").read_text())
+    assert manifest["processes"] == 1 and manifest["counts"]["steps"] == 4
+    assert "point cpu1: linked passages, queries, pairs, negatives" in result.stdout
