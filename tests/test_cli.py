@@ -45,6 +45,33 @@ def test_wrong_type_is_named(tmp_path):
     assert_clean_error(result, "batch_size")
 
 
+@pytest.mark.parametrize("overrides,needles", [
+    (["train.grad_cache=true", "train.batch_size=8", "train.chunk_size=64"],
+     ["train.chunk_size=64 is larger than train.batch_size=8"]),
+    (["loss.temperature=0"], ["loss.temperature=0.0 must be > 0"]),
+    (["filter.dev_fraction=0.5", "filter.test_fraction=0.5"], ["filter.dev_fraction=0.5 + filter.test_fraction=0.5"]),
+    (["mining.top_k=3", "mining.num_negatives=3", "train.hard_negatives=5", "train.lr=-1"],
+     ["mining.top_k=3 must exceed", "train.hard_negatives=5 is more than mining.num_negatives=3", "train.lr=-1.0"]),
+    (["train.mixed_precision=fp8"], ["train.mixed_precision=fp8 is not one of"]),
+], ids=["chunk-larger-than-batch", "zero-temperature", "no-training-documents", "several-at-once", "precision"])
+def test_impossible_settings_are_named_before_anything_runs(tmp_path, overrides, needles):
+    result = embedtune("run", f"paths.runs={tmp_path / 'runs'}", *overrides, cwd=tmp_path)
+    assert result.returncode == 2
+    assert_clean_error(result, "invalid settings (nothing was run)", *needles)
+    written = [p.name for p in (tmp_path / "runs").rglob("*") if p.is_file() and ".hydra" not in p.parts]
+    assert [n for n in written if not n.endswith(".log")] == []  # no stage output, not even the saved config
+
+
+def test_lora_modules_absent_from_the_model_are_named(tmp_path):
+    """Checked when the model is loaded, before the first training step."""
+    from embedtune.errors import EmbedtuneError
+    from embedtune.model import Encoder, ModelConfig, PeftConfig
+
+    encoder = Encoder.load(ModelConfig(name="minilm-l6"))
+    with pytest.raises(EmbedtuneError, match=r"peft.target_modules \['q_proj'\] are not modules of minilm-l6"):
+        encoder.apply_lora(PeftConfig(enabled=True, target_modules=["query", "q_proj"]))
+
+
 @pytest.fixture
 def run_args(tmp_path):
     return [f"paths.runs={tmp_path / 'runs'}", "run_name=bad"]
@@ -90,10 +117,11 @@ def test_later_stage_before_earlier_one(tmp_path, run_args):
 
 def test_multirun_gives_each_point_its_own_run_folder(tmp_path):
     result = embedtune("prepare", "-m", "debug=tiny", "corpus.chunk_tokens=16,64", "corpus.chunk_overlap=4",
-                       "run_name=c${corpus.chunk_tokens}",
                        f"paths.runs={tmp_path / 'runs'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    counts = {n: json.loads((tmp_path / "runs" / f"c{n}" / "passages" / "manifest.json").read_text())["counts"]
-              for n in (16, 64)}
+    points = tmp_path / "runs" / "demo" / "points"
+    counts = {n: json.loads((points / f"corpus.chunk_overlap=4,corpus.chunk_tokens={n},debug=tiny" / "passages"
+                             / "manifest.json").read_text())["counts"] for n in (16, 64)}
     assert counts[16]["documents"] == counts[64]["documents"] == 300
     assert counts[16]["passages"] > counts[64]["passages"]  # smaller chunks, more passages
+    assert not (tmp_path / "runs" / "demo" / "passages").exists()  # the run itself is untouched

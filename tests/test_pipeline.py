@@ -222,10 +222,14 @@ def test_sweep_recipe_trains_each_point_in_its_own_folder_and_tabulates_them(dem
     """`embedtune train -m experiment=temperature_sweep`: three points (Hydra's basic launcher), each in
     points/<overrides>/ seeded with hard links to the run's stages, and one sweep table at the end."""
     run, _, _ = demo_run
+    stale = embedtune("train", *RUN, f"paths.runs={run.parent}", "point=stale", cwd=run.parent)
+    assert stale.returncode == 2 and "run `embedtune mine` first" in stale.stderr  # an earlier test re-filtered
+    mined = embedtune("mine", *RUN, f"paths.runs={run.parent}", cwd=run.parent)
+    assert mined.returncode == 0, mined.stderr[-2000:]
     result = embedtune("train", "-m", "experiment=temperature_sweep", *RUN, f"paths.runs={run.parent}", "logger=none",
                        cwd=run.parent)
     assert result.returncode == 0, result.stderr[-3000:]
-    points = sorted(p.name for p in (run / "points").iterdir())
+    points = sorted(p.name for p in (run / "points").iterdir() if p.name.startswith("debug="))
     assert points == [f"debug=tiny,experiment=temperature_sweep,loss.temperature={t}" for t in ("0.02", "0.05", "0.1")]
     for point in points:
         folder = run / "points" / point

@@ -20,14 +20,14 @@ SCRIPT = str(REPO / "tests" / "dist_train.py")
 STEPS = 60
 
 
-def start(model, out, processes: int) -> subprocess.Popen:
-    args = [SCRIPT, "--model", str(model), "--out", str(out), "--steps", str(STEPS), "--rows", "40"]
+def start(model, out, processes: int, *extra: str) -> subprocess.Popen:
+    args = [SCRIPT, "--model", str(model), "--out", str(out), "--steps", str(STEPS), "--rows", "40", *extra]
     if processes == 1:
         command, env = [sys.executable, *args], {**os.environ, "OMP_NUM_THREADS": "1"}
     else:
         command, env = accelerate_launch_command(args, processes)
     return subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, start_new_session=True)  # its own process group: kill -9 hits every process
 
 
 def logged_steps(out) -> int:
@@ -62,6 +62,34 @@ def test_signal_checkpoints_and_the_rerun_resumes_to_the_same_weights(tmp_path, 
         logs[out_dir] = again.communicate(timeout=300)
         assert again.returncode == 0, logs[out_dir][1][-3000:]
     assert f"train: resuming from {split / stopped['final']} (step {step} of {STEPS})" in "".join(logs[split])
+    a, b = weights(whole / f"step-{STEPS}"), weights(split / f"step-{STEPS}")
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert diff <= 1e-6, f"resumed run differs by {diff:.2e}"
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_kill_9_mid_step_then_the_same_command_completes_with_the_same_weights(tmp_path, tiny_model_dir, processes):
+    """SIGKILL to every process (no handler runs, a checkpoint may be half written): the rerun resumes from
+    the newest complete checkpoint and ends where a run that was never killed ends."""
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    proc = start(tiny_model_dir, split, processes, "--save-every", "3")
+    deadline = time.time() + 240
+    while logged_steps(split) < 8 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "training ended before it was killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert not (split / "result.json").exists()  # it did not finish
+    killed_at = logged_steps(split)
+    assert 8 <= killed_at < STEPS
+    logs = {}
+    for out_dir in (split, whole):
+        again = start(tiny_model_dir, out_dir, processes, "--save-every", "3")
+        logs[out_dir] = "".join(again.communicate(timeout=300))
+        assert again.returncode == 0, logs[out_dir][-3000:]
+    resumed = int(logs[split].split("train: resuming from ")[1].split("(step ")[1].split(" ")[0])
+    assert resumed % 3 == 0 and 6 <= resumed <= killed_at
+    assert not list(split.glob(".step-*.tmp"))  # a half-written checkpoint does not survive the next save
     a, b = weights(whole / f"step-{STEPS}"), weights(split / f"step-{STEPS}")
     diff = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert diff <= 1e-6, f"resumed run differs by {diff:.2e}"

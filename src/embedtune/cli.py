@@ -50,9 +50,11 @@ def _hydra_main(stage: str) -> None:
     @hydra.main(version_base=None, config_path="conf", config_name="config")
     def app(dcfg) -> None:
         from embedtune import pipeline, sweep
+        from embedtune.validate import check_config
 
         try:
             cfg = OmegaConf.to_object(dcfg)
+            check_config(cfg)
             cfg.point = sweep.point_name(cfg.point)
             if cfg.point:
                 run = pipeline.RunFolder(cfg)
@@ -67,6 +69,11 @@ def _hydra_main(stage: str) -> None:
                 pipeline.STAGES[stage](cfg)
         except EmbedtuneError as e:
             print(f"embedtune {stage}: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except OSError as e:  # a full or read-only disk, a vanished mount: name it, no traceback
+            where = f" ({e.filename})" if e.filename else ""
+            print(f"embedtune {stage}: error: {e.strerror or e}{where}; files already written are intact (each is "
+                  "written under a temporary name, then renamed): fix the storage and rerun", file=sys.stderr)
             sys.exit(2)
 
     app()

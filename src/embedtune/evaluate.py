@@ -69,6 +69,12 @@ def use_bf16(precision: str) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cache_fingerprint(model_fingerprint: str, precision: str) -> str:
+    """Embedding-cache key: the model and the arithmetic that embedded with it (bf16 and fp32 vectors differ,
+    so a stage run at another eval.precision never reads the other's vectors)."""
+    return f"{model_fingerprint}|{'bf16' if use_bf16(precision) else 'fp32'}"
+
+
 def autocast(precision: str):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.autocast(device, dtype=torch.bfloat16, enabled=use_bf16(precision))

@@ -43,8 +43,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except OSError as e:
-        if e.filename not in (str(tmp), str(path)) and Path(e.filename or "") != tmp:
-            raise  # an error about another file, raised inside the caller's block
+        if e.filename is not None and e.filename not in (str(tmp), str(path)) and Path(e.filename) != tmp:
+            raise  # an error about another file, raised inside the caller's block (a nameless one, e.g.
+            # pyarrow's "No space left on device", is about the file being written)
         raise EmbedtuneError(f"cannot write {path}: {e.strerror}") from e
     finally:
         tmp.unlink(missing_ok=True)

@@ -84,6 +84,11 @@ class Encoder(nn.Module):
                 pooling = _st_pooling(Path(source)) or "mean"
         if pooling not in ("mean", "cls"):
             raise EmbedtuneError(f"model.pooling={pooling} is not one of mean, cls, auto")
+        folder = Path(source)
+        if folder.is_dir() and not list(folder.glob("*.safetensors")) and list(folder.glob("*.bin")):
+            raise EmbedtuneError(f"cannot load model '{source}': it has only pickled weights "
+                                 f"({', '.join(p.name for p in folder.glob('*.bin'))}), which can run code when "
+                                 "loaded; embedtune loads safetensors only (convert them where you trust the file)")
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
             backbone = AutoModel.from_pretrained(source, use_safetensors=True)

@@ -123,11 +123,12 @@ def roundtrip(cfg, run: RunFolder, queries: list[dict], passages: list[dict], te
     import torch
 
     from embedtune.encode import EmbeddingCache
-    from embedtune.evaluate import autocast
+    from embedtune.evaluate import autocast, cache_fingerprint
     from embedtune.filter import roundtrip_ranks
     from embedtune.model import Encoder
 
-    encoder, cache = on_device(Encoder.load(cfg.model)), EmbeddingCache(run.cache, base_fingerprint(cfg))
+    encoder = on_device(Encoder.load(cfg.model))
+    cache = EmbeddingCache(run.cache, cache_fingerprint(base_fingerprint(cfg), cfg.eval.precision))
     with autocast(cfg.eval.precision):
         passage_emb = cache.encode(encoder, [texts[p["id"]] for p in passages], "passage", cfg.mining.batch_size,
                                    desc="filter: passages")
@@ -147,7 +148,7 @@ def _passages(run: RunFolder) -> list[dict]:
 
 def mine(cfg) -> dict:
     from embedtune.encode import EmbeddingCache
-    from embedtune.evaluate import autocast
+    from embedtune.evaluate import autocast, cache_fingerprint
     from embedtune.mine import mine_hard_negatives
     from embedtune.model import Encoder, passage_text
 
@@ -159,7 +160,7 @@ def mine(cfg) -> dict:
     passages = _passages(run)
     several = init_process_group_from_env()  # under accelerate launch / torchrun: ranks split the encoding
     encoder = on_device(Encoder.load(cfg.model))
-    cache = EmbeddingCache(run.cache, base_fingerprint(cfg))
+    cache = EmbeddingCache(run.cache, cache_fingerprint(base_fingerprint(cfg), cfg.eval.precision))
     with autocast(cfg.eval.precision):
         passage_emb = cache.encode(encoder, [passage_text(p["title"], p["text"]) for p in passages], "passage",
                                    cfg.mining.batch_size, desc="mine: passages")
@@ -216,7 +217,11 @@ def train(cfg) -> dict:
     same_weights = dict(log_every=0, eval_every=None, save_every=None, keep_checkpoints=0, resume=True,
                         halt_at_step=None)
     config = [cfg.model, cfg.peft, cfg.loss, dataclasses.replace(cfg.train, **same_weights)]
-    stage = Stage("train", run.checkpoints, config, {"negatives": load_manifest(run.negatives)})
+    negatives, pairs = load_manifest(run.negatives), load_manifest(run.pairs)
+    if negatives["inputs"].get("pairs") != pairs.get("run_id", pairs["key"]):
+        raise EmbedtuneError(f"{run.negatives} was mined from older pairs than {run.pairs} (filter ran again "
+                             "since): run `embedtune mine` first (or `embedtune run`, which reruns what is stale)")
+    stage = Stage("train", run.checkpoints, config, {"negatives": negatives})
     if _skip(stage, cfg.force):
         return load_manifest(run.checkpoints)
     rows = read_rows(run.negatives / "train.parquet")
@@ -270,7 +275,7 @@ def _eval_sets(cfg, run: RunFolder) -> list:
 
 def evaluate(cfg) -> dict:
     from embedtune.encode import EmbeddingCache
-    from embedtune.evaluate import evaluate_set, markdown_table, recall_table
+    from embedtune.evaluate import cache_fingerprint, evaluate_set, markdown_table, recall_table
     from embedtune.model import Encoder
     from embedtune.plots import plot_metrics, plot_recall, plot_training
 
@@ -287,7 +292,7 @@ def evaluate(cfg) -> dict:
                         "tuned:" + train_manifest["run_id"])}
     results: dict[str, dict] = {s.name: {} for s in sets}
     for label, (load, fp) in models.items():
-        encoder, cache = load(), EmbeddingCache(run.cache, fp)
+        encoder, cache = load(), EmbeddingCache(run.cache, cache_fingerprint(fp, cfg.eval.precision))
         for s in sets:
             results[s.name][label] = evaluate_set(encoder, cache, s, cfg.eval, label)
     if cfg.eval.bm25:

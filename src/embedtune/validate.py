@@ -1,0 +1,63 @@
+"""Settings that are each well-typed (Hydra checks types and key names) but out of range or impossible
+together: all of them named at once, before any stage reads, loads or writes anything."""
+
+from __future__ import annotations
+
+from embedtune.errors import EmbedtuneError
+
+
+def problems(cfg) -> list[str]:
+    found: list[str] = []
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            found.append(message)
+
+    t, loss, mining, filt, corpus, peft = cfg.train, cfg.loss, cfg.mining, cfg.filter, cfg.corpus, cfg.peft
+    need(loss.temperature > 0, f"loss.temperature={loss.temperature} must be > 0 (scores are divided by it)")
+    need(all(d > 0 for d in loss.matryoshka_dims or []),
+         f"loss.matryoshka_dims={loss.matryoshka_dims} must be positive dimensions")
+    need(t.batch_size >= 1, f"train.batch_size={t.batch_size} must be >= 1")
+    need(t.chunk_size >= 1, f"train.chunk_size={t.chunk_size} must be >= 1")
+    need(not (t.grad_cache and t.chunk_size > t.batch_size),
+         f"train.chunk_size={t.chunk_size} is larger than train.batch_size={t.batch_size}: with train.grad_cache=true "
+         "a chunk would hold the whole batch and caching saves nothing; lower train.chunk_size or set grad_cache=false")
+    need(t.hard_negatives >= 0, f"train.hard_negatives={t.hard_negatives} must be >= 0")
+    need(t.hard_negatives <= mining.num_negatives,
+         f"train.hard_negatives={t.hard_negatives} is more than mining.num_negatives={mining.num_negatives} mined per query")
+    need(t.lr > 0, f"train.lr={t.lr} must be > 0")
+    need(0 <= t.warmup_ratio < 1, f"train.warmup_ratio={t.warmup_ratio} must be in [0, 1)")
+    need(t.epochs > 0 or t.max_steps is not None, f"train.epochs={t.epochs} must be > 0 (or set train.max_steps)")
+    need(t.grad_clip > 0, f"train.grad_clip={t.grad_clip} must be > 0")
+    need(t.mixed_precision in ("no", "bf16", "fp16"), f"train.mixed_precision={t.mixed_precision} is not one of no, bf16, fp16")
+    for name in ("max_steps", "save_every", "eval_every", "halt_at_step"):
+        value = getattr(t, name)
+        need(value is None or value >= 1, f"train.{name}={value} must be >= 1 (or null)")
+    need(t.keep_checkpoints >= 1, f"train.keep_checkpoints={t.keep_checkpoints} must be >= 1")
+    need(mining.num_negatives >= 0, f"mining.num_negatives={mining.num_negatives} must be >= 0")
+    need(mining.top_k > mining.num_negatives + mining.skip_top,
+         f"mining.top_k={mining.top_k} must exceed mining.num_negatives + mining.skip_top "
+         f"({mining.num_negatives} + {mining.skip_top}): the positive is among the candidates too")
+    need(mining.margin is None or 0 < mining.margin <= 1, f"mining.margin={mining.margin} must be in (0, 1] or null")
+    if mining.sample_ranks is not None:
+        ranks = list(mining.sample_ranks)
+        need(len(ranks) == 2 and 0 <= ranks[0] < ranks[1] <= mining.top_k,
+             f"mining.sample_ranks={ranks} must be [a, b] with 0 <= a < b <= mining.top_k={mining.top_k}")
+    need(mining.index in ("auto", "torch", "faiss"), f"mining.index={mining.index} is not one of auto, torch, faiss")
+    need(0 <= filt.dev_fraction < 1 and 0 <= filt.test_fraction < 1 and filt.dev_fraction + filt.test_fraction < 1,
+         f"filter.dev_fraction={filt.dev_fraction} + filter.test_fraction={filt.test_fraction} must be below 1 "
+         "(each in [0, 1)): training needs documents too")
+    need(corpus.chunk_tokens >= 8, f"corpus.chunk_tokens={corpus.chunk_tokens} must be >= 8")
+    need(0 <= corpus.chunk_overlap < corpus.chunk_tokens,
+         f"corpus.chunk_overlap={corpus.chunk_overlap} must be in [0, corpus.chunk_tokens={corpus.chunk_tokens})")
+    need(cfg.eval.precision in ("auto", "bf16", "fp32"), f"eval.precision={cfg.eval.precision} is not one of auto, bf16, fp32")
+    if peft.enabled:
+        need(peft.r >= 1, f"peft.r={peft.r} must be >= 1")
+        need(bool(peft.target_modules), "peft.target_modules is empty: LoRA needs modules to adapt")
+    return found
+
+
+def check_config(cfg) -> None:
+    found = problems(cfg)
+    if found:
+        raise EmbedtuneError("invalid settings (nothing was run):\n  - " + "\n  - ".join(found))

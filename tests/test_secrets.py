@@ -1,0 +1,45 @@
+"""An API key given through its environment variable never reaches a file: a whole `embedtune run` with the
+openai backend (a real HTTP server on 127.0.0.1) and W&B offline, then every file of the run and its output
+are searched for the key."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from test_openai_backend import ChatServer
+
+SECRET = "sk-live-embedtune-9f8e7d6c5b4a39281706"
+
+
+def query_from_prompt(messages) -> str:
+    """A scripted generator: the first words of the passage in the prompt, as a search query."""
+    text = messages[-1]["content"]
+    words = re.findall(r"[A-Za-z]{4,}", text.split("Passage", 1)[-1])
+    return " ".join(words[-12:-6]) or "abnormal phenotype"
+
+
+def test_api_key_from_the_environment_is_in_no_file_and_no_log(tiny_lm_dir, tmp_path):
+    server = ChatServer(tiny_lm_dir, answer=query_from_prompt)
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "EMBEDTUNE_KEY": SECRET,
+           "OMP_NUM_THREADS": "2"}
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "embedtune.cli", "run", "debug=tiny", "logger=wandb", "logger.kind=wandb",
+             f"paths.runs={tmp_path / 'runs'}", "generator.backend=openai", "generator.model=scripted",
+             f"generator.api_base={server.url}", "generator.api_key_env=EMBEDTUNE_KEY"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
+    finally:
+        server.close()
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {r["auth"] for r in server.requests} == {f"Bearer {SECRET}"}  # the key was used ...
+    run = tmp_path / "runs" / "demo"
+    assert (run / "model" / "README.md").exists() and list(run.rglob("*.wandb")), "no model card or W&B file"
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) > 30
+    leaked = [str(p) for p in files if SECRET.encode() in p.read_bytes()]
+    assert leaked == []  # ... and written nowhere: configs, manifests, logs, W&B files, model card
+    assert SECRET not in result.stdout + result.stderr
+    assert "EMBEDTUNE_KEY" in (run / "config.generate.yaml").read_text()  # the variable's name is what is saved
