@@ -30,6 +30,30 @@ def start(model, out, processes: int, *extra: str) -> subprocess.Popen:
                             text=True, start_new_session=True)  # its own process group: kill -9 hits every process
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and every descendant at once (torch's launcher starts its workers in their own
+    process groups, so a group kill would leave them running)."""
+    from pathlib import Path
+
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    tree, grew = {pid}, True
+    while grew:
+        more = {child for child, parent in parents.items() if parent in tree} - tree
+        tree |= more
+        grew = bool(more)
+    for member in tree:
+        try:
+            os.kill(member, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def logged_steps(out) -> int:
     path = out / "metrics.jsonl"
     if not path.exists():
@@ -77,7 +101,7 @@ def test_kill_9_mid_step_then_the_same_command_completes_with_the_same_weights(t
     while logged_steps(split) < 8 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     assert proc.poll() is None, "training ended before it was killed"
-    os.killpg(proc.pid, signal.SIGKILL)
+    kill_tree(proc.pid)
     proc.communicate(timeout=60)
     assert not (split / "result.json").exists()  # it did not finish
     killed_at = logged_steps(split)

@@ -42,4 +42,4 @@ def test_api_key_from_the_environment_is_in_no_file_and_no_log(tiny_lm_dir, tmp_
     leaked = [str(p) for p in files if SECRET.encode() in p.read_bytes()]
     assert leaked == []  # ... and written nowhere: configs, manifests, logs, W&B files, model card
     assert SECRET not in result.stdout + result.stderr
-    assert "EMBEDTUNE_KEY" in (run / "config.generate.yaml").read_text()  # the variable's name is what is saved
+    assert "EMBEDTUNE_KEY" in (run / "config.run.yaml").read_text()  # the variable's name is what is saved
