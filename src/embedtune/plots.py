@@ -15,6 +15,18 @@ def _pyplot():
     return plt
 
 
+def _label(ax, title: str) -> None:
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+
+
+def _save(plt, fig, path: Path) -> list[str]:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path.name]
+
+
 def plot_metrics(results: dict[str, dict[str, dict]], path: Path) -> list[str]:
     """One panel per evaluation set: bars of each metric for each model."""
     plt = _pyplot()
@@ -28,12 +40,8 @@ def plot_metrics(results: dict[str, dict[str, dict]], path: Path) -> list[str]:
             ax.bar_label(bars, fmt="%.2f", fontsize=7)
         ax.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(metrics))], metrics)
         ax.set_ylim(0, 1.05)
-        ax.set_title(name, fontsize=10)
-        ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path.name]
+        _label(ax, name)
+    return _save(plt, fig, path)
 
 
 def plot_recall(results: dict[str, dict[str, dict]], path: Path) -> list[str]:
@@ -51,12 +59,8 @@ def plot_recall(results: dict[str, dict[str, dict]], path: Path) -> list[str]:
         ax.set_ylabel("Recall@k")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-        ax.set_title(name, fontsize=10)
-        ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path.name]
+        _label(ax, name)
+    return _save(plt, fig, path)
 
 
 def plot_training(metrics_path: Path, path: Path) -> list[str]:
@@ -72,7 +76,4 @@ def plot_training(metrics_path: Path, path: Path) -> list[str]:
     b.plot(steps, [r["train/lr"] for r in rows], color="tab:orange")
     b.set_xlabel("step")
     b.set_ylabel("learning rate")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path.name]
+    return _save(plt, fig, path)

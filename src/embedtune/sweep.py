@@ -125,7 +125,7 @@ def plot_sweep(rows: list[dict], path: Path) -> bool:
     columns = sorted({k for r in rows for k in r["metrics"]}, key=lambda k: (not k.endswith("nDCG@10"), k))
     if not columns:
         return False
-    from embedtune.plots import _pyplot
+    from embedtune.plots import _pyplot, _save
 
     plt = _pyplot()
     metric = columns[0]
@@ -134,9 +134,7 @@ def plot_sweep(rows: list[dict], path: Path) -> bool:
     ax.bar_label(bars, fmt="%.3f", fontsize=8)
     ax.set_xticks(range(len(rows)), [r["point"] for r in rows], rotation=20, ha="right", fontsize=7)
     ax.set_ylabel(metric)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
     return True
 
 
