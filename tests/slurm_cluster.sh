@@ -42,6 +42,7 @@ start() {
   command -v slurmctld >/dev/null || { log "SLURM is not installed"; exit 3; }
   if [ -f "$STATE/pids" ]; then stop; fi
   mkdir -p "$STATE"/{log,spool/ctld,spool/d,run,munge,mysql,mysqlrun}
+  chmod 755 "$STATE"  # mktemp -d makes it 0700: munge and mysql must reach their folders inside
   : > "$STATE/pids"
   local host mem
   host=$(hostname -s)
