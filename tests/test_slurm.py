@@ -224,4 +224,5 @@ def test_hydra_multirun_through_the_submitit_launcher(slurm, pipeline_run, tmp_p
     assert (sweep / "sweep.png").stat().st_size > 1000 and "sweep:" in proc.stdout
     jobs = {p.name for p in (sweep / ".submitit").iterdir() if "_" in p.name and p.name[0].isdigit()}  # array tasks
     assert len(jobs) == 2
-    assert all(state == "COMPLETED" for job in jobs for state in job_states(job, slurm).values())
+    states = wait_for(sorted(jobs), slurm, timeout=120)  # accounting may lag a moment behind the job's end
+    assert set(states.values()) == {"COMPLETED"}, states
