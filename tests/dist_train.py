@@ -42,10 +42,11 @@ def main() -> None:
     ap.add_argument("--logger", default="none")
     ap.add_argument("--eval-every", type=int, default=None)
     ap.add_argument("--save-every", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=1e-3)
     args = ap.parse_args()
     cfg = TrainConfig(batch_size=args.batch, hard_negatives=2, max_steps=args.steps, epochs=args.epochs,
                       halt_at_step=args.halt, chunk_size=args.chunk, grad_cache=not args.no_cache,
-                      lr=1e-3, warmup_ratio=0.2, mixed_precision=args.precision, log_every=1, seed=3,
+                      lr=args.lr, warmup_ratio=0.2, mixed_precision=args.precision, log_every=1, seed=3,
                       eval_every=args.eval_every, save_every=args.save_every, keep_checkpoints=2)
     peft = PeftConfig(enabled=args.lora, r=4, alpha=8, dropout=0.1, target_modules=["query", "value"])
     train = data(args.rows, cfg)

@@ -117,3 +117,23 @@ def test_kill_9_mid_step_then_the_same_command_completes_with_the_same_weights(t
     a, b = weights(whole / f"step-{STEPS}"), weights(split / f"step-{STEPS}")
     diff = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert diff <= 1e-6, f"resumed run differs by {diff:.2e}"
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, tiny_model_dir):
+    """lr=1e4 blows the weights up within a few steps: training stops at the first non-finite loss or
+    gradient norm, before the update, naming the step; every checkpoint left holds finite weights."""
+    out = tmp_path / "nan"
+    proc = start(tiny_model_dir, out, 1, "--save-every", "1", "--lr", "1e4")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    message = err.strip().splitlines()[-1]
+    assert "EmbedtuneError: train: " in message and (" is nan in step " in message or " is inf in step " in message)
+    failed_at = int(message.split(" in step ")[1].split(";")[0])
+    newest = message.split("newest checkpoint (")[1].split(")")[0]
+    assert newest == f"step-{failed_at - 1}" and 2 <= failed_at < STEPS
+    assert not (out / f"step-{failed_at}").exists()
+    kept = sorted(out.glob("step-*"))
+    assert kept and newest in [p.name for p in kept]
+    for checkpoint in kept:
+        tensors = weights(checkpoint)
+        assert all(bool(t.isfinite().all()) for t in tensors.values()), checkpoint

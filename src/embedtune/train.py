@@ -171,10 +171,14 @@ def run_training(model_cfg: ModelConfig, peft_cfg: PeftConfig, loss_cfg: LossCon
             batch = data.batch(step, accelerator.process_index)
             loss, n_tokens = contrastive_step(encoder, batch, loss_cfg, accelerator, cfg.chunk_size,
                                               cfg.grad_cache, normalize)
-            if not torch.isfinite(loss):
-                raise EmbedtuneError(f"train: loss is {loss.item()} at step {step}; lower train.lr or raise "
-                                     "loss.temperature (the last checkpoint is intact)")
             grad_norm = accelerator.clip_grad_norm_(encoder.parameters(), cfg.grad_clip)
+            for what, value in (("loss", loss), ("gradient norm", grad_norm)):
+                if value is not None and not torch.isfinite(torch.as_tensor(value)):  # the same on every rank
+                    newest = last or resumed
+                    raise EmbedtuneError(
+                        f"train: {what} is {float(value)} in step {step + 1}; stopped before applying it, the newest "
+                        f"checkpoint ({newest.name if newest else 'none yet'}) is intact; lower train.lr or raise "
+                        "loss.temperature")
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
