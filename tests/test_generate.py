@@ -187,3 +187,52 @@ def test_few_shot_examples_bootstrapped_from_the_corpus_are_shared_by_shards(tin
         halves.append(run_generate(part, passages_dir, tmp_path / "two", manifest))
     assert halves[0] is None and halves[1]["counts"]["queries"] == 12
     assert rows_of(tmp_path / "two") == rows_of(tmp_path / "one")
+
+
+GENERATE_ONE_SHARD = """
+import json, sys
+from pathlib import Path
+from embedtune.generate.runner import GeneratorConfig, run_generate
+model, passages, out, index = sys.argv[1:5]
+cfg = GeneratorConfig(model=model, dtype="float32", max_new_tokens=32, batch_size=1, max_passages=None)
+cfg.shard.index, cfg.shard.count = int(index), 2
+run_generate(cfg, Path(passages), Path(out), json.loads((Path(passages) / "manifest.json").read_text()))
+"""
+
+
+def test_kill_9_mid_shard_then_rerun_loses_and_duplicates_nothing(tiny_lm_dir, tmp_path):
+    """Shard 1 of 2 is SIGKILLed while it generates (after its progress bar appeared, before its .done);
+    running it again finishes the shard and the merge equals a run that was never killed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    passages = write_passages(tmp_path / "passages", 300)
+
+    def shard(out, index, background=False):
+        command = [sys.executable, "-c", GENERATE_ONE_SHARD, str(tiny_lm_dir), str(passages), str(out), str(index)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        if background:
+            return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    shard(killed, 0)
+    proc = shard(killed, 1, background=True)
+    seen = ""
+    while "generate:   0%" not in seen and proc.poll() is None:
+        seen += proc.stderr.read(1)
+    time.sleep(0.5)
+    assert proc.poll() is None and not (killed / "shard-1-of-2.done").exists(), "the shard ended before the kill"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (killed / "manifest.json").exists()
+    shard(killed, 1)  # the same command again
+    for index in (0, 1):
+        shard(whole, index)
+    got, expected = rows_of(killed), rows_of(whole)
+    assert len(got) == 300 and len({r[1] for r in got}) == 300  # every passage once, no duplicate query id
+    assert got == expected
