@@ -55,13 +55,7 @@ def _hydra_main(stage: str) -> None:
         try:
             cfg = OmegaConf.to_object(dcfg)
             check_config(cfg)
-            cfg.point = sweep.point_name(cfg.point)
-            if cfg.point:
-                run = pipeline.RunFolder(cfg)
-                seeded = sweep.seed_point(run.base, run.root)
-                if seeded:
-                    print(f"point {cfg.point}: linked {', '.join(seeded)} from {run.base}")
-                sweep.record_point(cfg, stage, run.root)
+            sweep.enter_point(cfg, stage)  # a sweep point (or point=...): its own seeded folder
             _save_config(cfg, stage)
             if stage == "run":
                 pipeline.run_all(cfg)

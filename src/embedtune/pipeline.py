@@ -122,13 +122,12 @@ def roundtrip(cfg, run: RunFolder, queries: list[dict], passages: list[dict], te
     `exempt`), each with its rank; and how many were dropped."""
     import torch
 
-    from embedtune.encode import EmbeddingCache
-    from embedtune.evaluate import autocast, cache_fingerprint
+    from embedtune.evaluate import autocast
     from embedtune.filter import roundtrip_ranks
     from embedtune.model import Encoder
 
     encoder = on_device(Encoder.load(cfg.model))
-    cache = EmbeddingCache(run.cache, cache_fingerprint(base_fingerprint(cfg), cfg.eval.precision))
+    cache = embedding_cache(run, base_fingerprint(cfg), cfg)
     with autocast(cfg.eval.precision):
         passage_emb = cache.encode(encoder, [texts[p["id"]] for p in passages], "passage", cfg.mining.batch_size,
                                    desc="filter: passages")
@@ -147,8 +146,7 @@ def _passages(run: RunFolder) -> list[dict]:
 
 
 def mine(cfg) -> dict:
-    from embedtune.encode import EmbeddingCache
-    from embedtune.evaluate import autocast, cache_fingerprint
+    from embedtune.evaluate import autocast
     from embedtune.mine import mine_hard_negatives
     from embedtune.model import Encoder, passage_text
 
@@ -160,7 +158,7 @@ def mine(cfg) -> dict:
     passages = _passages(run)
     several = init_process_group_from_env()  # under accelerate launch / torchrun: ranks split the encoding
     encoder = on_device(Encoder.load(cfg.model))
-    cache = EmbeddingCache(run.cache, cache_fingerprint(base_fingerprint(cfg), cfg.eval.precision))
+    cache = embedding_cache(run, base_fingerprint(cfg), cfg)
     with autocast(cfg.eval.precision):
         passage_emb = cache.encode(encoder, [passage_text(p["title"], p["text"]) for p in passages], "passage",
                                    cfg.mining.batch_size, desc="mine: passages")
@@ -186,6 +184,14 @@ def on_device(encoder):
     if torch.cuda.is_available():
         return encoder.to(torch.device("cuda", local_rank() % torch.cuda.device_count()))
     return encoder
+
+
+def embedding_cache(run: RunFolder, model_fingerprint: str, cfg):
+    """The run's embedding cache for one model at eval.precision (shared by filter, mine and eval)."""
+    from embedtune.encode import EmbeddingCache
+    from embedtune.evaluate import cache_fingerprint
+
+    return EmbeddingCache(run.cache, cache_fingerprint(model_fingerprint, cfg.eval.precision))
 
 
 def base_fingerprint(cfg) -> str:
@@ -274,8 +280,7 @@ def _eval_sets(cfg, run: RunFolder) -> list:
 
 
 def evaluate(cfg) -> dict:
-    from embedtune.encode import EmbeddingCache
-    from embedtune.evaluate import cache_fingerprint, evaluate_set, markdown_table, recall_table
+    from embedtune.evaluate import evaluate_set, markdown_table, recall_table
     from embedtune.model import Encoder
     from embedtune.plots import plot_metrics, plot_recall, plot_training
 
@@ -292,7 +297,7 @@ def evaluate(cfg) -> dict:
                         "tuned:" + train_manifest["run_id"])}
     results: dict[str, dict] = {s.name: {} for s in sets}
     for label, (load, fp) in models.items():
-        encoder, cache = load(), EmbeddingCache(run.cache, cache_fingerprint(fp, cfg.eval.precision))
+        encoder, cache = load(), embedding_cache(run, fp, cfg)
         for s in sets:
             results[s.name][label] = evaluate_set(encoder, cache, s, cfg.eval, label)
     if cfg.eval.bm25:

@@ -72,13 +72,27 @@ def record_point(cfg, stage: str, root: Path) -> None:
     """In a multirun, leave point.json in the job's Hydra output folder: which point, and its run folder."""
     from hydra.core.hydra_config import HydraConfig
 
+    from embedtune.io import write_json
+
     if not cfg.point or not HydraConfig.initialized():
         return
     hc = HydraConfig.get()
-    from embedtune.io import write_json
-
     write_json({"point": cfg.point, "stage": stage, "overrides": list(hc.overrides.task), "folder": str(root)},
                Path(hc.runtime.output_dir) / RECORD)
+
+
+def enter_point(cfg, stage: str) -> None:
+    """Before a stage: name the point (cfg.point), seed its folder from the run, leave point.json."""
+    from embedtune.pipeline import RunFolder
+
+    cfg.point = point_name(cfg.point)
+    if not cfg.point:
+        return
+    run = RunFolder(cfg)
+    seeded = seed_point(run.base, run.root)
+    if seeded:
+        print(f"point {cfg.point}: linked {', '.join(seeded)} from {run.base}")
+    record_point(cfg, stage, run.root)
 
 
 def point_metrics(folder: Path) -> dict[str, float]:
@@ -112,8 +126,13 @@ def collect(sweep_dir: Path) -> list[dict]:
     return rows
 
 
+def _columns(rows: list[dict]) -> list[str]:
+    """Every metric any point has, nDCG@10 columns first."""
+    return sorted({k for r in rows for k in r["metrics"]}, key=lambda k: (not k.endswith("nDCG@10"), k))
+
+
 def sweep_table(rows: list[dict]) -> str:
-    columns = sorted({k for r in rows for k in r["metrics"]}, key=lambda k: (not k.endswith("nDCG@10"), k))
+    columns = _columns(rows)
     lines = ["| point | " + " | ".join(columns) + " |", "| --- | " + " | ".join("---:" for _ in columns) + " |"]
     for r in rows:
         cells = [f"{r['metrics'][c]:.4f}" if c in r["metrics"] else "" for c in columns]
@@ -122,7 +141,7 @@ def sweep_table(rows: list[dict]) -> str:
 
 
 def plot_sweep(rows: list[dict], path: Path) -> bool:
-    columns = sorted({k for r in rows for k in r["metrics"]}, key=lambda k: (not k.endswith("nDCG@10"), k))
+    columns = _columns(rows)
     if not columns:
         return False
     from embedtune.plots import _pyplot, _save
