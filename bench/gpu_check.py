@@ -114,7 +114,7 @@ def generation_speed(assets: Path, work: Path, n: int, batch_sizes: list[int], m
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from embedtune.generate.backends import BackendConfig, TransformersBackend
-    from embedtune.generate.prompts import PromptConfig, render
+    from embedtune.generate.prompts import PromptConfig, passage_for_prompt, render
 
     folder = work / "smollm2-random"
     torch.manual_seed(0)
@@ -125,7 +125,8 @@ def generation_speed(assets: Path, work: Path, n: int, batch_sizes: list[int], m
                                                 max_new_tokens=max_new_tokens))
     prompt_cfg = PromptConfig(domain="human phenotypes (clinical signs, symptoms and abnormalities)")
     passages = json.loads((assets / "hpo.json").read_text())["passages"][:n]
-    prompts = [backend.format(render("keyword", p["title"], p["text"], prompt_cfg)) for p in passages]
+    prompts = [render("keyword", passage_for_prompt(p["title"], p["text"], prompt_cfg.passage_max_chars), prompt_cfg,
+                      max_new_tokens) for p in passages]
     backend.generate(prompts[:8])  # warm-up
     rows = []
     for b in batch_sizes:

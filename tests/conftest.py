@@ -85,7 +85,7 @@ def tiny_lm_dir(tmp_path_factory) -> Path:
     (folder / "model.safetensors").unlink()
     (folder / "config.json").unlink()
     config = LlamaConfig(vocab_size=len(tiny_vocab()), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
                          pad_token_id=0, bos_token_id=2, eos_token_id=3)
     with torch.random.fork_rng():
         torch.manual_seed(3)

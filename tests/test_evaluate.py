@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from embedtune.errors import EmbedtuneError
 from embedtune.evaluate import METRICS, RECALL_KS, markdown_table, recall_table, trec_metrics, use_bf16
 
 # q1: relevant d1 (grade 1) at rank 2 and d2 (grade 2) at rank 4
@@ -41,9 +42,11 @@ def test_trec_metrics_match_hand_computed_values():
         "MRR@10": 0.5 / 4,                # q1's first hit at rank 2; q2's at 11 is past the cut
         "MAP@100": (0.5 * (1 / 2 + 2 / 4) + 1 / 11) / 4,
     }
-    assert set(m) == set(METRICS) | {"recall_curve"}
+    assert set(m) == set(METRICS) | {"recall_curve", "per_query"}
     for key, value in expected.items():
         assert m[key] == pytest.approx(value, abs=1e-4), key
+    assert sorted(m["per_query"]) == sorted(QRELS) and m["per_query"]["q1"] == pytest.approx(ndcg_q1, abs=1e-4)
+    assert sum(m["per_query"].values()) / len(QRELS) == pytest.approx(m["nDCG@10"])
     # q1: d1 at rank 2 (half its relevant set), d2 at rank 4 (all of it); q2's d5 at rank 11
     curve = {1: 0.0, 3: 0.5 / 4, 5: 1.0 / 4, 10: 1.0 / 4, 20: 2.0 / 4, 50: 2.0 / 4, 100: 2.0 / 4}
     assert list(m["recall_curve"]) == [str(k) for k in RECALL_KS]
@@ -117,3 +120,21 @@ def test_bm25_ranks_the_lexical_match_first_and_misses_a_paraphrase():
     assert m["queries"] == 3 and m["documents"] == 4
     assert math.isclose(m["nDCG@10"], 2 / 3, rel_tol=1e-9)  # 1, 1 and 0
     assert math.isclose(m["MRR@10"], 2 / 3, rel_tol=1e-9)
+
+
+def test_paired_bootstrap_interval_brackets_the_mean_difference_and_flags_noise():
+    import random
+
+    from embedtune.evaluate import paired_bootstrap
+
+    rng = random.Random(0)
+    base = {f"q{i}": rng.random() for i in range(2000)}
+    better = {q: min(1.0, v + 0.05) for q, v in base.items()}
+    ci = paired_bootstrap(base, better)
+    assert ci["low"] < ci["diff"] < ci["high"] and ci["significant"] and ci["queries"] == 2000
+    assert ci == paired_bootstrap(base, better)  # seeded
+    noisy = {q: v + rng.gauss(0, 0.2) for q, v in base.items()}
+    shifted = paired_bootstrap(base, noisy)
+    assert shifted["low"] < 0 < shifted["high"] and not shifted["significant"]
+    with pytest.raises(EmbedtuneError):
+        paired_bootstrap({"a": 1.0}, {"b": 1.0})

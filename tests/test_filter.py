@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from embedtune.errors import EmbedtuneError
-from embedtune.filter import (FilterConfig, copy_overlap, filter_queries, roundtrip_ranks, split_pairs,
-                              write_splits)
+from embedtune.filter import (FilterConfig, counts, filter_queries, is_copy, longest_shared_run, roundtrip_ranks,
+                              split_pairs, write_splits)
 from embedtune.io import read_rows
 
 
@@ -37,24 +37,24 @@ def test_filter_queries_counts_each_reason():
         q("two words"),                                      # exactly min_words: kept
     ]
     kept, dropped = filter_queries(queries, FilterConfig(min_words=2, max_words=24))
-    assert dropped == {"empty": 2, "too_short": 1, "too_long": 1, "copy": 0, "duplicate": 2, "near_duplicate": 0}
+    assert counts(dropped) == {"empty": 2, "too_short": 1, "too_long": 1, "copy": 0, "duplicate": 2, "near_duplicate": 0}
     assert texts(kept) == [" ".join(["word"] * 24), "what causes renal cysts?", "what causes renal stones?",
                            "two words"]
-    assert len(kept) + sum(dropped.values()) == len(queries)
+    assert len(kept) + sum(counts(dropped).values()) == len(queries)
 
 
 def test_filter_queries_keeps_the_first_of_duplicates_and_the_rows_themselves():
     queries = [q("Is it genetic?", 1), q("is it GENETIC", 2), q("Is it genetic...", 3)]
     kept, dropped = filter_queries(queries, FilterConfig())
     assert kept == [queries[0]]
-    assert dropped["duplicate"] == 2
+    assert [r["query_id"] for r in dropped["duplicate"]] == ["q2", "q3"]
 
 
 def test_filter_queries_dedup_off_keeps_duplicates():
     queries = [q("Is it genetic?"), q("is it genetic")]
     kept, dropped = filter_queries(queries, FilterConfig(dedup=False, near_dedup=False))
     assert texts(kept) == texts(queries)
-    assert dropped == {"empty": 0, "too_short": 0, "too_long": 0, "copy": 0, "duplicate": 0, "near_duplicate": 0}
+    assert counts(dropped) == {"empty": 0, "too_short": 0, "too_long": 0, "copy": 0, "duplicate": 0, "near_duplicate": 0}
 
 
 def test_filter_queries_length_filters_apply_before_dedup():
@@ -62,7 +62,7 @@ def test_filter_queries_length_filters_apply_before_dedup():
     kept, dropped = filter_queries([q("genetic"), q("genetic"), q("genetic cause")],
                                    FilterConfig(min_words=2))
     assert texts(kept) == ["genetic cause"]
-    assert dropped == {"empty": 0, "too_short": 2, "too_long": 0, "copy": 0, "duplicate": 0, "near_duplicate": 0}
+    assert counts(dropped) == {"empty": 0, "too_short": 2, "too_long": 0, "copy": 0, "duplicate": 0, "near_duplicate": 0}
 
 
 def test_filter_queries_keeps_non_latin_words_apart():
@@ -154,20 +154,24 @@ def test_write_splits_writes_one_parquet_per_split(tmp_path: Path):
 def test_near_duplicates_share_their_set_of_words():
     queries = [q("enlarged heart"), q("Heart, enlarged"), q("enlarged heart muscle")]
     kept, dropped = filter_queries(queries, FilterConfig())
-    assert texts(kept) == ["enlarged heart", "enlarged heart muscle"] and dropped["near_duplicate"] == 1
+    assert texts(kept) == ["enlarged heart", "enlarged heart muscle"] and len(dropped["near_duplicate"]) == 1
 
 
-def test_copy_filter_drops_long_verbatim_spans_but_keeps_short_title_like_queries():
+def test_copy_filter_drops_passage_excerpts_but_keeps_term_names_and_paraphrases():
     passage = "Patchy sclerosis of the 1st metacarpal. Uneven increase in bone density within the first metacarpal."
-    queries = [q("Patchy sclerosis of the 1st metacarpal. Uneven increase in bone density"),  # a copied span
-               q("patchy sclerosis of the 1st metacarpal"),                                 # title-like: kept
-               q("uneven bone density in the thumb bone of the hand")]                       # paraphrase: kept
-    kept, dropped = filter_queries(queries, FilterConfig(copy_max_overlap=0.8, copy_min_words=8),
-                                   {queries[0]["passage_id"]: passage})
-    assert dropped["copy"] == 1 and texts(kept) == [queries[1]["text"], queries[2]["text"]]
-    assert copy_overlap(queries[0]["text"], passage) == 1.0 and copy_overlap(queries[2]["text"], passage) < 0.3
-    kept, dropped = filter_queries(queries, FilterConfig(copy_max_overlap=None), {queries[0]["passage_id"]: passage})
-    assert dropped["copy"] == 0
+    queries = [q("Patchy sclerosis of the 1st metacarpal. Uneven increase in bone density", 0),  # an excerpt
+               q("patchy sclerosis of the 1st metacarpal", 1),                # the term name (6 words, verbatim)
+               q("uneven bone density in the thumb bone of the hand", 2),     # a paraphrase
+               q("increase in bone density within the first metacarpal bone", 3)]  # 8 of 9 words one run
+    passages = {"p0": passage}
+    assert longest_shared_run(queries[0]["text"], passage) == 11 and longest_shared_run(queries[2]["text"], passage) == 2
+    kept, dropped = filter_queries(queries, FilterConfig(copy_max_share=0.9, copy_min_words=6), passages)
+    assert [r["query_id"] for r in dropped["copy"]] == ["q0", "q1"]
+    kept, dropped = filter_queries(queries, FilterConfig(copy_max_share=0.9, copy_min_words=7), passages)
+    assert [r["query_id"] for r in dropped["copy"]] == ["q0"]  # term names below copy_min_words stay
+    assert is_copy(queries[3]["text"], passage, FilterConfig(copy_max_share=0.8))
+    kept, dropped = filter_queries(queries, FilterConfig(copy_max_share=None), passages)
+    assert dropped["copy"] == [] and len(kept) == 4
 
 
 def test_roundtrip_ranks_count_passages_scoring_above_the_own_one():

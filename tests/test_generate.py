@@ -1,36 +1,84 @@
 """generate: prompts, output cleaning, the transformers backend, and the sharded runner with merge."""
 
 import json
+from collections import defaultdict
 
 import pytest
+import torch
 from conftest import write_passages
 
 from embedtune.errors import EmbedtuneError
-from embedtune.generate.prompts import FewShot, PromptConfig, clean_query, flatten, render
-from embedtune.generate.runner import GeneratorConfig, read_queries, run_generate, select_passages
+from embedtune.generate.backends import (Answer, BackendConfig, NoRepeatInAnswer, StopAtNewline, answer_of,
+                                        first_line, shared_start)
+from embedtune.generate.prompts import PromptConfig, builtin_types, cut, render
+from embedtune.generate.runner import GeneratorConfig, query_types, read_queries, run_generate, select_passages
+from embedtune.validate import check_generator
 
 
-def test_render_fills_domain_and_cuts_long_passages_at_a_word():
-    cfg = PromptConfig(domain="cardiology", passage_max_chars=40,
-                       examples=[FewShot(passage="Fast heart beat.", query="tachycardia")])
-    messages = render("keyword", "Title", "word " * 50, cfg)
-    assert [m["role"] for m in messages] == ["user", "assistant", "user"]
-    assert "cardiology" in messages[-1]["content"] and messages[1]["content"] == "tachycardia"
-    text = messages[-1]["content"].split("Text: ", 1)[1]
+def test_render_shows_each_types_examples_as_earlier_turns_and_as_a_completion():
+    cfg = PromptConfig(domain="cardiology")
+    prompt = render("keyword", cut("Title. " + "word " * 200, 40), cfg, max_new_tokens=48)
+    roles = [m["role"] for m in prompt.messages]
+    assert roles == ["system"] + ["user", "assistant"] * 3 + ["user"]
+    assert "cardiology" in prompt.messages[0]["content"]
+    assert prompt.messages[2]["content"] == "sourdough starter wild yeast"  # the first example's answer
+    text = prompt.messages[-1]["content"].split("Text: ", 1)[1].split("\n\n")[0]
     assert text.startswith("Title. word") and text.endswith(" ...") and len(text) <= 45
-    flat = flatten(messages)
-    assert flat.endswith("\nQuery:") and "Query: tachycardia\n\n" in flat
+    assert prompt.completion.endswith("\nSearch:") and "Search: force majeure clause flood\n\n" in prompt.completion
+    assert prompt.max_new_tokens == builtin_types()["keyword"].max_new_tokens and prompt.group == "keyword"
+    assert render("keyword", "t", cfg, max_new_tokens=4).max_new_tokens == 4  # generator.max_new_tokens caps
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ('"Enlarged heart"\nExplanation: ...', "Enlarged heart"),
-    ("Query: small kidneys", "small kidneys"),
-    ("\n\n1. short   stature  ", "short stature"),
-    ("- fever in children", "fever in children"),
-    ("   ", ""),
-])
-def test_clean_query(raw, expected):
-    assert clean_query(raw) == expected
+def test_query_types_are_distinct_seeded_and_follow_the_mix():
+    cfg = GeneratorConfig(queries_per_passage=2)
+    cfg.prompt.mix = {"keyword": 1.0, "question": 1.0, "claim": 1.0, "plain": 0.0}
+    drawn = [query_types(f"p{i}", cfg) for i in range(3000)]
+    assert all(len(set(t)) == 2 and "plain" not in t for t in drawn)
+    assert drawn == [query_types(f"p{i}", cfg) for i in range(3000)]  # a function of (seed, passage id)
+    one = GeneratorConfig()
+    one.prompt.mix = {"keyword": 3.0, "question": 1.0, "claim": 0.0, "plain": 0.0}
+    share = sum(query_types(f"p{i}", one) == ["keyword"] for i in range(4000)) / 4000
+    assert 0.72 < share < 0.78  # weights 3:1
+
+
+def test_generator_settings_are_checked_together():
+    cfg = GeneratorConfig(queries_per_passage=3)
+    cfg.prompt.mix = {"keyword": 1.0, "haiku": 1.0}
+    with pytest.raises(EmbedtuneError) as error:
+        check_generator(cfg)
+    assert "haiku" in str(error.value) and "queries_per_passage=3" in str(error.value)
+
+
+def test_first_line_shared_start_and_no_repeat_in_answer():
+    assert first_line("\n  keyword one\nThe query is") == "  keyword one".lstrip()
+    assert answer_of("cut off mid", hit_limit=True) == Answer("cut off mid", False)
+    assert answer_of("ended\nmore", hit_limit=True).finished
+    assert shared_start([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
+    assert shared_start([[1, 2, 3], [1, 2, 3]]) == 2  # every sequence keeps a token of its own
+    scores = torch.zeros(2, 10)
+    processor = NoRepeatInAnswer(prompt_length=2, n=3)
+    out = processor(torch.tensor([[9, 9, 4, 5, 6, 4, 5], [9, 9, 1, 2, 3, 4, 5]]), scores)
+    assert out[0, 6] == -float("inf") and torch.isfinite(out[0, :6]).all()  # 4 5 -> 6 again would repeat
+    assert torch.isfinite(out[1]).all()
+
+
+def byte_level_tokenizer():
+    """A real byte-level BPE tokenizer (GPT-2 style, as most generators use), trained here on a few lines."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["heart rate\nthe heart\n\nblood flow", "kidney stones\nrenal cysts"] * 20,
+                            vocab_size=300, min_frequency=1, show_progress=False)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer)
+
+
+def test_stop_at_newline_once_the_answer_has_text():
+    tokenizer = byte_level_tokenizer()
+    newline, word = tokenizer.convert_tokens_to_ids("Ċ"), tokenizer("heart")["input_ids"][0]
+    stop = StopAtNewline(tokenizer, prompt_length=1)
+    rows = torch.tensor([[5, word, newline], [5, newline, newline], [5, newline, word]])
+    assert stop(rows, None).tolist() == [True, False, False]  # a leading line break does not end the answer
 
 
 def test_select_passages_is_a_stable_sample():
@@ -85,25 +133,54 @@ def test_rerun_skips_finished_shards_and_config_change_regenerates(tiny_lm_dir, 
     assert shard.stat().st_mtime_ns != stamp  # another key: regenerated
 
 
-def test_several_queries_per_passage_need_sampling(tiny_lm_dir, passages_dir, tmp_path):
+def test_several_queries_per_passage_each_of_another_type(tiny_lm_dir, passages_dir, tmp_path):
     manifest = json.loads((passages_dir / "manifest.json").read_text())
-    with pytest.raises(EmbedtuneError, match="temperature"):
-        run_generate(config(tiny_lm_dir, queries_per_template=2), passages_dir, tmp_path / "q", manifest)
-    sampled = config(tiny_lm_dir, queries_per_template=2, temperature=1.0)
-    sampled.prompt.templates = ["keyword", "question"]
-    result = run_generate(sampled, passages_dir, tmp_path / "q", manifest)
+    cfg = config(tiny_lm_dir, queries_per_passage=2)
+    cfg.prompt.mix = {"keyword": 1.0, "question": 1.0, "claim": 1.0, "plain": 0.0}
+    result = run_generate(cfg, passages_dir, tmp_path / "q", manifest)
     queries = read_queries(tmp_path / "q")
-    assert result["counts"]["queries"] == len(queries) == 12 * 2 * 2
-    assert {q["prompt"] for q in queries} == {"keyword", "question"}
+    assert result["counts"]["queries"] == len(queries) == 12 * 2
+    per_passage = defaultdict(set)
+    for q in queries:
+        per_passage[q["passage_id"]].add(q["prompt"])
+    assert all(len(kinds) == 2 and "plain" not in kinds for kinds in per_passage.values())
     assert len({q["query_id"] for q in queries}) == len(queries)
+    assert {"raw", "finished", "reason", "chatter"} <= set(queries[0])
+    assert sum(result["counts"]["dropped"].values()) + result["counts"]["extracted"] == 24
 
 
-def test_unknown_template_is_named(tiny_lm_dir, passages_dir, tmp_path):
+def test_prefill_starts_every_answer_and_is_kept_in_the_raw_output(tiny_lm_dir, passages_dir, tmp_path):
     manifest = json.loads((passages_dir / "manifest.json").read_text())
     cfg = config(tiny_lm_dir)
-    cfg.prompt.templates = ["haiku"]
+    cfg.prompt.mix = {"keyword": 1.0, "question": 0.0, "claim": 0.0, "plain": 0.0}
+    cfg.prompt.types["keyword"].prefill = "heart"
+    run_generate(cfg, passages_dir, tmp_path / "q", manifest)
+    queries = read_queries(tmp_path / "q")
+    assert all(q["raw"].startswith("heart") for q in queries) and len(queries) == 12
+
+
+def test_unknown_query_type_is_named_before_loading_the_model(passages_dir, tmp_path):
+    manifest = json.loads((passages_dir / "manifest.json").read_text())
+    cfg = GeneratorConfig(model="/does/not/exist", max_passages=None)
+    cfg.prompt.mix = {"haiku": 1.0}
     with pytest.raises(EmbedtuneError, match="haiku"):
         run_generate(cfg, passages_dir, tmp_path / "q", manifest)
+
+
+def test_the_cached_few_shot_start_changes_no_answer(tiny_lm_dir):
+    """Batches reuse the keys and values of the prompts' shared start, with padding between it and each
+    passage: every answer equals the one generated for that prompt alone, without cache or padding."""
+    from embedtune.generate.backends import MIN_SHARED_TOKENS, TransformersBackend
+
+    backend = TransformersBackend(BackendConfig(model=str(tiny_lm_dir), dtype="float32", batch_size=4))
+    passages = [("the heart " * n + "and the blood").strip() for n in (1, 7, 3, 12, 5, 2)]
+    prompts = [render("keyword", p, PromptConfig(), max_new_tokens=6) for p in passages]
+    ids = backend.token_ids(prompts)
+    assert shared_start(ids) >= MIN_SHARED_TOKENS
+    batched = backend.generate(prompts)
+    alone = [backend._generate_batch([row], [], None, 6)[0] for row in ids]
+    assert [a.text for a in batched] == [a.text for a in alone]
+    assert any(a.text for a in batched)
 
 
 def test_two_processes_under_accelerate_launch_match_one_process(tiny_lm_dir, passages_dir, tmp_path):
@@ -142,7 +219,7 @@ def test_seq2seq_generators_work_too(tiny_model_dir, tmp_path):
     import torch
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from embedtune.generate.backends import BackendConfig, TransformersBackend
+    from embedtune.generate.backends import TransformersBackend
 
     folder = tmp_path / "t5"
     shutil.copytree(tiny_model_dir, folder)
@@ -156,37 +233,10 @@ def test_seq2seq_generators_work_too(tiny_model_dir, tmp_path):
         T5ForConditionalGeneration(config).save_pretrained(folder, safe_serialization=True)
     backend = TransformersBackend(BackendConfig(model=str(folder), dtype="float32", max_new_tokens=5, batch_size=2))
     assert backend.seq2seq
-    prompts = [backend.format(render("keyword", "Heart", "the heart and the blood", PromptConfig()))] * 3
-    out = backend.generate(prompts)
+    prompts = [render("keyword", "Heart. the heart and the blood", PromptConfig(), max_new_tokens=5)] * 3
+    out = [answer.text for answer in backend.generate(prompts)]
     assert len(out) == 3 and out[0] == out[1] == out[2]  # greedy: same prompt, same answer
     assert "Text:" not in out[0]  # the encoder's input is not part of a seq2seq output
-
-
-def test_few_shot_examples_bootstrapped_from_the_corpus_are_shared_by_shards(tiny_lm_dir, passages_dir, tmp_path):
-    from embedtune.generate.backends import TransformersBackend
-    from embedtune.generate.runner import bootstrap_examples
-    from embedtune.io import read_stage_table
-
-    cfg = config(tiny_lm_dir)
-    cfg.prompt.sample_examples = 2
-    passages = read_stage_table(passages_dir).to_pylist()
-    backend = TransformersBackend(cfg)
-    examples = bootstrap_examples(passages, cfg, backend)
-    texts = {f"{p['title']}. {p['text']}" for p in passages}
-    assert 1 <= len(examples) <= 2 and all(e.passage in texts and e.query for e in examples)
-    assert bootstrap_examples(list(reversed(passages)), cfg, backend) == examples  # order-free sample
-    manifest = json.loads((passages_dir / "manifest.json").read_text())
-    single = run_generate(cfg, passages_dir, tmp_path / "one", manifest)
-    plain = run_generate(config(tiny_lm_dir), passages_dir, tmp_path / "plain", manifest)
-    assert single["key"] != plain["key"]
-    halves = []
-    for index in (0, 1):
-        part = config(tiny_lm_dir)
-        part.prompt.sample_examples = 2
-        part.shard.index, part.shard.count = index, 2
-        halves.append(run_generate(part, passages_dir, tmp_path / "two", manifest))
-    assert halves[0] is None and halves[1]["counts"]["queries"] == 12
-    assert rows_of(tmp_path / "two") == rows_of(tmp_path / "one")
 
 
 GENERATE_ONE_SHARD = """

@@ -10,6 +10,7 @@ from conftest import write_passages
 
 from embedtune.errors import EmbedtuneError
 from embedtune.generate.backends import BackendConfig, TransformersBackend
+from embedtune.generate.prompts import Prompt
 from embedtune.generate.runner import GeneratorConfig, read_queries, run_generate
 
 SECRET = "sk-test-0123456789abcdef"
@@ -20,8 +21,7 @@ class ChatServer:
     an HTTP status (429, 500), "malformed" JSON, a "truncated" body, or "slow" (past the client timeout)."""
 
     def __init__(self, model_dir, faults=(), answer=None):
-        self.backend = TransformersBackend(BackendConfig(model=str(model_dir), dtype="float32", max_new_tokens=4,
-                                                         batch_size=1))
+        self.backend = TransformersBackend(BackendConfig(model=str(model_dir), dtype="float32", batch_size=1))
         self.answer = answer  # optional: messages -> reply text, in place of the model (a scripted judge)
         self.faults, self.requests, self.lock = list(faults), [], threading.Lock()
         server = self
@@ -45,10 +45,12 @@ class ChatServer:
                     time.sleep(1.5)
                 with server.lock:
                     if server.answer is not None:
-                        text = server.answer(body["messages"])
+                        text, finish = server.answer(body["messages"]), "stop"
                     else:
-                        text = server.backend.generate([server.backend.format(body["messages"])])[0]
-                answer = {"choices": [{"message": {"role": "assistant", "content": text}}]}
+                        prompt = Prompt(body["messages"], "", body["max_tokens"])  # the server's chat template
+                        reply = server.backend.generate([prompt])[0]
+                        text, finish = reply.text, "stop" if reply.finished else "length"
+                answer = {"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": finish}]}
                 self.reply(200, json.dumps(answer).encode())
 
             def reply(self, status, payload, length=None):
@@ -72,6 +74,23 @@ def passages_dir(tmp_path):
     return write_passages(tmp_path / "passages", 6)
 
 
+@pytest.fixture(scope="module")
+def chat_lm_dir(tiny_lm_dir, tmp_path_factory):
+    """The tiny LM with a chat template, as served models have: the server and the local backend then read
+    the same chat messages the same way."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("chat_lm") / "model"
+    shutil.copytree(tiny_lm_dir, folder)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} {% endfor %}"
+                               "{% if add_generation_prompt %}assistant:{% endif %}")
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
 def openai_config(server, **kw):
     defaults = dict(backend="openai", model="tiny", api_base=server.url, max_new_tokens=4, max_passages=None,
                     api_key_env="EMBEDTUNE_TEST_KEY", concurrency=3, backoff_s=0.01, backoff_max_s=0.05,
@@ -88,32 +107,35 @@ def rows(folder):
     return sorted((q["passage_id"], q["query_id"], q["text"]) for q in read_queries(folder))
 
 
-def test_same_queries_as_the_local_backend_and_key_only_in_the_header(tiny_lm_dir, passages_dir, tmp_path,
+def test_same_queries_as_the_local_backend_and_key_only_in_the_header(chat_lm_dir, passages_dir, tmp_path,
                                                                        monkeypatch):
     monkeypatch.setenv("EMBEDTUNE_TEST_KEY", SECRET)
-    server = ChatServer(tiny_lm_dir)
+    server = ChatServer(chat_lm_dir)
     try:
         manifest = run(openai_config(server), passages_dir, tmp_path / "remote")
     finally:
         server.close()
-    local = GeneratorConfig(model=str(tiny_lm_dir), dtype="float32", max_new_tokens=4, batch_size=1,
+    local = GeneratorConfig(model=str(chat_lm_dir), dtype="float32", max_new_tokens=4, batch_size=1,
                             max_passages=None)
     run(local, passages_dir, tmp_path / "local")
     assert manifest["counts"]["queries"] == 6
     assert rows(tmp_path / "remote") == rows(tmp_path / "local")
     assert {r["auth"] for r in server.requests} == {f"Bearer {SECRET}"}
+    body = server.requests[0]["body"]
+    assert body["stop"] == ["\n"] and body["max_tokens"] == 4  # the type's length, capped by max_new_tokens
+    assert [m["role"] for m in body["messages"]] == ["system"] + ["user", "assistant"] * 3 + ["user"]
     for path in (tmp_path / "remote").rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
 
 
-def test_retries_through_429_500_malformed_truncated_and_slow_answers(tiny_lm_dir, passages_dir, tmp_path):
-    server = ChatServer(tiny_lm_dir, faults=[429, 500, "malformed", "truncated", "slow", 503])
+def test_retries_through_429_500_malformed_truncated_and_slow_answers(chat_lm_dir, passages_dir, tmp_path):
+    server = ChatServer(chat_lm_dir, faults=[429, 500, "malformed", "truncated", "slow", 503])
     try:
         manifest = run(openai_config(server), passages_dir, tmp_path / "q")
     finally:
         server.close()
-    assert manifest["counts"]["queries"] == 6 and manifest["counts"]["empty"] == 0
+    assert manifest["counts"]["queries"] == 6 and "empty" not in manifest["counts"]["dropped"]
     assert len(server.requests) == 6 + 6  # every fault cost one retry
 
 

@@ -57,6 +57,27 @@ def test_report_compares_base_and_tuned_on_human_and_synthetic_queries(demo_run)
         assert f"![{png}]({png})" in report
 
 
+def test_queries_report_shows_the_user_what_was_kept_and_why_the_rest_was_not(demo_run):
+    import pyarrow.parquet as pq
+
+    run, result, _ = demo_run
+    report = (run / "queries" / "report.md").read_text()
+    for section in ("| chatter (labels", "| passage copies", "## Dropped, by reason", "## By query type",
+                    "random kept queries per type", "![query lengths](lengths.png)"):
+        assert section in report
+    assert (run / "queries" / "lengths.png").stat().st_size > 1000
+    train = {r["query"] for r in pq.read_table(run / "pairs" / "train.parquet").to_pylist()}
+    dev_test = {r["query"] for s in ("dev", "test") for r in pq.read_table(run / "pairs" / f"{s}.parquet").to_pylist()}
+    shown = [line.split(" | ")[0].lstrip("| ") for line in report.split("random kept queries per type")[1]
+             .split("## Up to")[0].splitlines() if line.startswith("| ") and not line.startswith("| query")]
+    assert shown and all(q in train | dev_test for q in shown)  # the samples are real kept queries
+    pairs = json.loads((run / "pairs" / "manifest.json").read_text())
+    assert pairs["counts"]["kept"] + sum(pairs["counts"]["dropped"].values()) == pairs["counts"]["generated"] == 24
+    assert 0 <= pairs["rates"]["chatter_in_kept"] <= 1 and pairs["rates"]["kept_train"] == len(train)
+    assert "queries: kept" in result.stdout and "passage copies" in result.stdout
+    assert "../queries/report.md" in (run / "eval" / "report.md").read_text()
+
+
 def test_splits_do_not_share_documents(demo_run):
     import pyarrow.parquet as pq
 

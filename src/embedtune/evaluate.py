@@ -52,7 +52,24 @@ def trec_metrics(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, in
     return {"nDCG@10": mean(per_query, "ndcg_cut_10"), "R@1": mean(per_query, "recall_1"),
             "R@10": mean(per_query, "recall_10"), "R@100": mean(per_query, "recall_100"),
             "MRR@10": mean(rr, "recip_rank"), "MAP@100": mean(per_query, "map_cut_100"),
-            "recall_curve": {str(k): mean(per_query, f"recall_{k}") for k in RECALL_KS}}
+            "recall_curve": {str(k): mean(per_query, f"recall_{k}") for k in RECALL_KS},
+            "per_query": {q: per_query.get(q, {}).get("ndcg_cut_10", 0.0) for q in qrels}}  # nDCG@10, for intervals
+
+
+def paired_bootstrap(a: dict[str, float], b: dict[str, float], draws: int = 1000, seed: int = 0) -> dict:
+    """Mean of b - a over the queries both score, and its 95% interval from `draws` resamples of the queries
+    (paired: each draw takes the same queries for both). Significant when the interval excludes 0."""
+    import numpy as np
+
+    keys = sorted(set(a) & set(b))
+    if not keys:
+        raise EmbedtuneError("paired_bootstrap: the two runs share no query")
+    diff = np.array([b[k] - a[k] for k in keys])
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(draws, len(diff)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"diff": float(diff.mean()), "low": float(lo), "high": float(hi), "queries": len(keys),
+            "significant": bool(lo > 0 or hi < 0)}
 
 
 def use_bf16(precision: str) -> bool:
@@ -107,6 +124,15 @@ def markdown_table(results: dict[str, dict[str, dict]]) -> str:
         if "base" in models and "tuned" in models:
             d = {k: models["tuned"][k] - models["base"][k] for k in METRICS}
             lines.append(f"| {name} | tuned - base | | " + " | ".join(f"{d[k]:+.3f}" for k in METRICS) + " |")
+    intervals = [(name, models["base"], models["tuned"]) for name, models in results.items()
+                 if "base" in models and "tuned" in models and "per_query" in models["base"]]
+    if intervals:
+        lines.append("")
+        for name, base, tuned in intervals:
+            ci = paired_bootstrap(base["per_query"], tuned["per_query"])
+            lines.append(f"{name}: tuned - base nDCG@10 {ci['diff']:+.3f}, 95% interval [{ci['low']:+.3f}, "
+                         f"{ci['high']:+.3f}] (paired bootstrap over {ci['queries']:,} queries, 1,000 draws)"
+                         + ("" if ci["significant"] else ": not significant") + "  ")
     return "\n".join(lines) + "\n"
 
 

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from embedtune.generate.backends import BackendConfig, make_backend
+from embedtune.generate.prompts import Prompt
 
 PROMPT = ("Rate how well the passage answers the search query, from 1 (unrelated) to 5 (a perfect answer). "
           "Reply with the number only.\n\nQuery: {query}\n\nPassage: {passage}")
@@ -30,6 +31,9 @@ def judge_queries(queries: list[dict], passages: dict[str, str], cfg: JudgeConfi
     if not queries:
         return []
     backend = make_backend(cfg)
-    prompts = [backend.format([{"role": "user", "content": PROMPT.format(
-        query=q["text"], passage=passages[q["passage_id"]][:cfg.passage_max_chars])}]) for q in queries]
-    return [parse_score(text) for text in backend.generate(prompts)]
+    prompts = []
+    for q in queries:
+        text = PROMPT.format(query=q["text"], passage=passages[q["passage_id"]][:cfg.passage_max_chars])
+        prompts.append(Prompt([{"role": "user", "content": text}], f"{text}\n\nScore:", cfg.max_new_tokens,
+                              group="judge"))
+    return [parse_score(answer.text) for answer in backend.generate(prompts)]

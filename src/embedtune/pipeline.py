@@ -80,21 +80,26 @@ def filter_and_split(cfg) -> dict:
     from embedtune.filter import filter_queries, split_of, split_pairs, write_splits
     from embedtune.generate.runner import read_queries
     from embedtune.model import passage_text
+    from embedtune.query_report import EXTRACTION_STAGE, rates, reason_counts, write_query_report
 
     run = RunFolder(cfg)
     config = [cfg.filter, cfg.model if cfg.filter.roundtrip_top_k else None]
     stage = Stage("filter", run.pairs, config, {"queries": load_manifest(run.queries)})
     if _skip(stage, cfg.force):
         return load_manifest(run.pairs)
-    queries = read_queries(run.queries)
+    outputs = read_queries(run.queries)
     passages = _passages(run)
     texts = {p["id"]: passage_text(p["title"], p["text"]) for p in passages}
-    kept, dropped = filter_queries(queries, cfg.filter, texts)
     doc_of = {p["id"]: f"{p['source']}\x00{p['doc_id']}" for p in passages}
-    unknown = [q["passage_id"] for q in kept if q["passage_id"] not in doc_of]
+    unknown = [q["passage_id"] for q in outputs if q["passage_id"] not in doc_of]
     if unknown:
         raise EmbedtuneError(f"{len(unknown)} queries name passages that are not in passages/ (e.g. {unknown[0]}): "
                              "rerun generate after prepare (force=true)")
+    extraction: dict[str, list[dict]] = {}
+    for q in outputs:
+        if q["reason"]:
+            extraction.setdefault(q["reason"], []).append(q)
+    kept, dropped = filter_queries([q for q in outputs if not q["reason"]], cfg.filter, texts)
     if cfg.filter.roundtrip_top_k:
         # held-out test queries are not filtered by the base model: that would bias the base-vs-tuned test
         held_out = {q["query_id"] for q in kept if split_of(doc_of[q["passage_id"]], cfg.filter) == "test"}
@@ -105,21 +110,29 @@ def filter_and_split(cfg) -> dict:
         scores = judge_queries(kept, texts, cfg.filter.judge)
         judged = [{**q, "judge_score": s} for q, s in zip(kept, scores)]
         kept = [q for q in judged if q["judge_score"] >= cfg.filter.judge.min_score]
-        dropped["judge"] = len(judged) - len(kept)
+        dropped["judge"] = [q for q in judged if q["judge_score"] < cfg.filter.judge.min_score]
     splits = split_pairs(kept, doc_of, cfg.filter)
     write_splits(splits, run.pairs)
-    counts = {"generated": len(queries), "kept": len(kept), "dropped": dropped,
-              **{s: len(rows) for s, rows in splits.items()}}
-    print(f"filter: kept {len(kept):,} of {len(queries):,} queries ({len(kept) / max(1, len(queries)):.0%}); dropped "
-          + ", ".join(f"{k} {v:,}" for k, v in dropped.items()) + "; "
+    by_stage = {EXTRACTION_STAGE: dict(sorted(extraction.items())), "filter": dropped}
+    train_ids = {q["query_id"] for q in splits["train"]}
+    measured = rates(outputs, [q for q in kept if q["query_id"] in train_ids], texts, cfg.filter)
+    report = write_query_report(run.queries, cfg.run_name, outputs, kept, train_ids, by_stage,
+                                {p["id"]: p["title"] for p in passages}, measured, cfg.filter.seed)
+    counts_out = {"generated": len(outputs), "kept": len(kept), "dropped": reason_counts(by_stage),
+                  **{s: len(rows) for s, rows in splits.items()}}
+    print(f"filter: kept {len(kept):,} of {len(outputs):,} outputs ({len(kept) / max(1, len(outputs)):.0%}); dropped "
+          + ", ".join(f"{k} {v:,}" for k, v in counts_out["dropped"].items() if v) + "; "
           + ", ".join(f"{s} {len(r):,}" for s, r in splits.items()))
-    return stage.finish(counts, files=[f"{s}.parquet" for s in splits])
+    print(f"filter: chatter in {measured['chatter_in_outputs']:.1%} of outputs, {measured['chatter_in_kept']:.1%} of "
+          f"kept training queries; passage copies {measured['copies_in_outputs']:.1%} and "
+          f"{measured['copies_in_kept']:.1%}; samples in {report}")
+    return stage.finish(counts_out, files=[f"{s}.parquet" for s in splits], rates=measured, report=str(report))
 
 
 def roundtrip(cfg, run: RunFolder, queries: list[dict], passages: list[dict], texts: dict[str, str],
               exempt: set[str]):
     """Queries whose own passage the base model ranks in the top `filter.roundtrip_top_k` (or whose id is in
-    `exempt`), each with its rank; and how many were dropped."""
+    `exempt`), each with its rank; and the dropped ones."""
     import torch
 
     from embedtune.evaluate import autocast
@@ -136,9 +149,9 @@ def roundtrip(cfg, run: RunFolder, queries: list[dict], passages: list[dict], te
     row_of = {p["id"]: n for n, p in enumerate(passages)}
     positives = torch.tensor([row_of[q["passage_id"]] for q in queries], dtype=torch.long)
     ranks = roundtrip_ranks(query_emb, passage_emb, positives) if queries else []
-    kept = [{**q, "roundtrip_rank": r} for q, r in zip(queries, ranks)
-            if r <= cfg.filter.roundtrip_top_k or q["query_id"] in exempt]
-    return kept, len(queries) - len(kept)
+    ranked = [{**q, "roundtrip_rank": r} for q, r in zip(queries, ranks)]
+    keep = [r["roundtrip_rank"] <= cfg.filter.roundtrip_top_k or r["query_id"] in exempt for r in ranked]
+    return [r for r, k in zip(ranked, keep) if k], [r for r, k in zip(ranked, keep) if not k]
 
 
 def _passages(run: RunFolder) -> list[dict]:
@@ -312,8 +325,10 @@ def evaluate(cfg) -> dict:
     plots = plot_metrics(results, run.eval / "metrics.png")
     plots += plot_recall(results, run.eval / "recall.png")
     plots += plot_training(run.checkpoints / "metrics.jsonl", run.eval / "training.png")
+    queries_report = Path("..") / run.queries.name / "report.md"
     report = (f"# embedtune eval: {cfg.run_name}\n\nBase model `{cfg.model.name}` vs tuned "
-              f"(`{train_manifest['final']}`). Metrics by trec_eval (pytrec_eval), mean over queries.\n\n"
+              f"(`{train_manifest['final']}`). Metrics by trec_eval (pytrec_eval), mean over queries. "
+              f"The synthetic training queries, with samples: [{queries_report}]({queries_report}).\n\n"
               f"{table}\nRecall@k:\n\n{recall_table(results)}\n" + "".join(f"![{p}]({p})\n" for p in plots))
     with atomic_path(run.eval / "report.md") as tmp:
         tmp.write_text(report, encoding="utf-8")
@@ -384,7 +399,13 @@ def run_all(cfg) -> dict:
         if name == "train" and result.get("halted") is not None:
             print("run: training stopped before its last step; `embedtune run` again resumes it")
             return times
-    print("\nstage wall times: " + ", ".join(f"{n} {t:.0f}s" for n, t in times.items())
+    pairs = load_manifest(RunFolder(cfg).pairs)
+    measured = pairs.get("rates", {})
+    print(f"\nqueries: kept {pairs['counts']['kept']:,} of {pairs['counts']['generated']:,} outputs "
+          f"({pairs['counts']['kept'] / max(1, pairs['counts']['generated']):.0%}); of the kept training queries "
+          f"{measured.get('chatter_in_kept', 0):.1%} chatter, {measured.get('copies_in_kept', 0):.1%} passage copies "
+          f"(samples: {RunFolder(cfg).queries / 'report.md'})")
+    print("stage wall times: " + ", ".join(f"{n} {t:.0f}s" for n, t in times.items())
           + f" (total {sum(times.values()) / 60:.1f} min)")
     print(f"report: {RunFolder(cfg).eval / 'report.md'}   model: {RunFolder(cfg).model}")
     return times

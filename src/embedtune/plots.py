@@ -77,3 +77,17 @@ def plot_training(metrics_path: Path, path: Path) -> list[str]:
     b.set_xlabel("step")
     b.set_ylabel("learning rate")
     return _save(plt, fig, path)
+
+
+def plot_lengths(lengths: dict[str, list[int]], path: Path) -> list[str]:
+    """Histogram of kept query lengths in words, stacked by query type."""
+    if not any(lengths.values()):
+        return []
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    top = max(max(v) for v in lengths.values() if v)
+    ax.hist(list(lengths.values()), bins=range(1, top + 2), label=list(lengths), stacked=True, align="left")
+    ax.set_xlabel("words per kept query")
+    ax.set_ylabel("queries")
+    _label(ax, "Kept query lengths by type")
+    return _save(plt, fig, path)

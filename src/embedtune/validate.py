@@ -51,13 +51,44 @@ def problems(cfg) -> list[str]:
     need(0 <= corpus.chunk_overlap < corpus.chunk_tokens,
          f"corpus.chunk_overlap={corpus.chunk_overlap} must be in [0, corpus.chunk_tokens={corpus.chunk_tokens})")
     need(cfg.eval.precision in ("auto", "bf16", "fp32"), f"eval.precision={cfg.eval.precision} is not one of auto, bf16, fp32")
+    found += generator_problems(cfg.generator)
     if peft.enabled:
         need(peft.r >= 1, f"peft.r={peft.r} must be >= 1")
         need(bool(peft.target_modules), "peft.target_modules is empty: LoRA needs modules to adapt")
     return found
 
 
+def generator_problems(gen) -> list[str]:
+    """The query-type mix and per-passage count (also checked by `generate` when called as a library)."""
+    found = []
+    unknown = sorted(set(gen.prompt.mix) - set(gen.prompt.types))
+    if unknown:
+        found.append(f"generator.prompt.mix names unknown query types {unknown} (known: {', '.join(gen.prompt.types)}; "
+                     "add one under generator.prompt.types)")
+    if any(w < 0 for w in gen.prompt.mix.values()) or not any(w > 0 for w in gen.prompt.mix.values()):
+        found.append(f"generator.prompt.mix={dict(gen.prompt.mix)} needs weights >= 0, at least one > 0")
+    active = sum(1 for w in gen.prompt.mix.values() if w > 0)
+    if not 1 <= gen.queries_per_passage <= max(active, 1):
+        found.append(f"generator.queries_per_passage={gen.queries_per_passage} must be in [1, {active}]: each query "
+                     f"of a passage has its own type, and the mix has {active}")
+    for name, qtype in gen.prompt.types.items():
+        if not qtype.instruction.strip():
+            found.append(f"generator.prompt.types.{name}.instruction is empty")
+        if qtype.max_new_tokens < 1:
+            found.append(f"generator.prompt.types.{name}.max_new_tokens={qtype.max_new_tokens} must be >= 1")
+    if gen.max_new_tokens < 1:
+        found.append(f"generator.max_new_tokens={gen.max_new_tokens} must be >= 1")
+    return found
+
+
+def check_generator(gen) -> None:
+    _raise(generator_problems(gen))
+
+
 def check_config(cfg) -> None:
-    found = problems(cfg)
+    _raise(problems(cfg))
+
+
+def _raise(found: list[str]) -> None:
     if found:
         raise EmbedtuneError("invalid settings (nothing was run):\n  - " + "\n  - ".join(found))

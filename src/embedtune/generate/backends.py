@@ -1,7 +1,9 @@
-"""Generation backends behind one interface: `generate(prompts) -> list[str]` (one completion per prompt)."""
+"""Generation backends behind one interface: `generate(prompts) -> list[Answer]`, one per `Prompt`, each cut at
+the first line break (an answer is one line; what a small model writes after it is chatter)."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Optional
 
@@ -10,6 +12,9 @@ from tqdm import tqdm
 
 from embedtune.assets import resolve_model
 from embedtune.errors import EmbedtuneError
+from embedtune.generate.prompts import Prompt
+
+MIN_SHARED_TOKENS = 16  # a shared prompt start shorter than this is not worth a cache
 
 
 @dataclass
@@ -19,8 +24,9 @@ class BackendConfig:
     gguf_file: Optional[str] = None   # GGUF file inside `model` (aliases set it themselves)
     dtype: str = "bfloat16"           # weights and activations: bfloat16 (2-3x faster on recent CPUs) or float32
     device: str = "auto"              # auto (cuda when available) | cpu | cuda
-    batch_size: int = 16              # prompts per forward pass (sorted by length to cut padding)
-    max_new_tokens: int = 24          # longest completion
+    batch_size: int = 32              # prompts per forward pass (sorted by length to cut padding)
+    prefix_cache: bool = True         # transformers: compute the prompts' shared few-shot start once and reuse it
+    max_new_tokens: int = 48          # longest answer (each query type may ask for fewer)
     temperature: float = 0.0          # 0 = greedy decoding
     top_p: float = 0.95               # nucleus sampling when temperature > 0
     api_base: Optional[str] = None    # openai: server URL up to /v1 (e.g. http://127.0.0.1:8000/v1)
@@ -32,8 +38,74 @@ class BackendConfig:
     backoff_max_s: float = 30.0       # openai: longest retry delay
 
 
+@dataclass(frozen=True)
+class Answer:
+    text: str        # the answer's first line
+    finished: bool   # False when it ran into max_new_tokens (a ramble or a loop, cut mid-way)
+
+
+def first_line(text: str) -> str:
+    """The answer up to its first line break after some text."""
+    stripped = text.lstrip()
+    return stripped.split("\n", 1)[0] if stripped else ""
+
+
+def answer_of(text: str, hit_limit: bool) -> Answer:
+    """An answer is finished when the model ended it (end of sequence or a line break) within its budget."""
+    return Answer(first_line(text), not hit_limit or "\n" in text.lstrip())
+
+
+class NoRepeatInAnswer:
+    """Logits processor: no word-piece 3-gram twice within the answer (the prompt may repeat freely, so
+    passage terms can still be copied). Greedy decoding of small models otherwise loops ("blood blood ...")
+    until max_new_tokens."""
+
+    def __init__(self, prompt_length: int, n: int = 3):
+        self.prompt_length, self.n = prompt_length, n
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        answer = input_ids[:, self.prompt_length:].tolist()
+        for row, tokens in enumerate(answer):
+            if len(tokens) < self.n:
+                continue
+            tail = tuple(tokens[len(tokens) - self.n + 1:])
+            banned = [tokens[i + self.n - 1] for i in range(len(tokens) - self.n + 1)
+                      if tuple(tokens[i:i + self.n - 1]) == tail]
+            if banned:
+                scores[row, banned] = -float("inf")
+        return scores
+
+
+class StopAtNewline:
+    """Stopping criterion: a row is done once it wrote a line break after some non-blank text."""
+
+    def __init__(self, tokenizer, prompt_length: int):
+        pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        self.newline = torch.tensor(["\n" in p for p in pieces])
+        self.text = torch.tensor([bool(p.strip()) for p in pieces])
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        new = input_ids[:, self.prompt_length:].cpu()
+        started = self.text[new[:, :-1]].any(dim=1)
+        return (self.newline[new[:, -1]] & started).to(input_ids.device)
+
+
+def shared_start(sequences: list[list[int]]) -> int:
+    """Length of the longest common start of token sequences, leaving every sequence at least one token."""
+    n = min(len(s) for s in sequences) - 1
+    first = sequences[0]
+    for s in sequences[1:]:
+        i = 0
+        while i < n and s[i] == first[i]:
+            i += 1
+        n = i
+    return max(n, 0)
+
+
 class TransformersBackend:
-    """Any causal or seq2seq model transformers can load, GGUF included; batched with left padding."""
+    """Any causal or seq2seq model transformers can load, GGUF included. Prompts of one group (one query
+    type) share their long few-shot start: its keys and values are computed once and reused by every batch."""
 
     def __init__(self, cfg: BackendConfig):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
@@ -55,46 +127,92 @@ class TransformersBackend:
         self.device = device
         self.cfg = cfg
         self.seq2seq = config.is_encoder_decoder
-        self.tokenizer.padding_side = "left"  # decoder-only generation continues from the right edge
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.chat = getattr(self.tokenizer, "chat_template", None) is not None
         self.name = cfg.model
+        self._stop: Optional[StopAtNewline] = None
 
-    def format(self, messages: list[dict[str, str]]) -> str:
-        from embedtune.generate.prompts import flatten
-
+    def text_of(self, prompt: Prompt) -> str:
         if self.chat:
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return flatten(messages)
+            text = self.tokenizer.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
+        else:
+            text = prompt.completion
+        return text + prompt.prefill
+
+    def token_ids(self, prompts: list[Prompt]) -> list[list[int]]:
+        texts = [self.text_of(p) for p in prompts]
+        return self.tokenizer(texts, add_special_tokens=not self.chat)["input_ids"]
 
     @torch.inference_mode()
-    def generate(self, prompts: list[str], seed: int = 0) -> list[str]:
-        lengths = [len(p) for p in prompts]
-        order = sorted(range(len(prompts)), key=lengths.__getitem__, reverse=True)
-        out: list[str] = [""] * len(prompts)
-        sample = self.cfg.temperature > 0
-        options = dict(max_new_tokens=self.cfg.max_new_tokens, do_sample=sample,
-                       pad_token_id=self.tokenizer.pad_token_id)
-        if sample:
-            options.update(temperature=self.cfg.temperature, top_p=self.cfg.top_p)
+    def generate(self, prompts: list[Prompt], seed: int = 0) -> list[Answer]:
+        ids = self.token_ids(prompts)
+        out: list[Answer] = [Answer("", True)] * len(prompts)
+        groups: dict[tuple[str, int], list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault((p.group, p.max_new_tokens), []).append(i)
         with tqdm(total=len(prompts), desc="generate", unit="query", mininterval=2.0) as bar:
-            for start in range(0, len(order), self.cfg.batch_size):
-                idx = order[start:start + self.cfg.batch_size]
-                torch.manual_seed(seed + start)  # sampling depends only on the batch's position
-                enc = self.tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
-                                     add_special_tokens=not self.chat, return_token_type_ids=False).to(self.device)
-                tokens = self.model.generate(**enc, **options)
-                if not self.seq2seq:
-                    tokens = tokens[:, enc["input_ids"].shape[1]:]
-                for i, text in zip(idx, self.tokenizer.batch_decode(tokens, skip_special_tokens=True)):
-                    out[i] = text
-                bar.update(len(idx))
+            for (_, max_new_tokens), members in groups.items():
+                cacheable = self.cfg.prefix_cache and not self.seq2seq and len(members) > 1
+                shared = shared_start([ids[i] for i in members]) if cacheable else 0
+                prefix = ids[members[0]][:shared] if shared >= MIN_SHARED_TOKENS else []
+                cache = self._prefix_cache(prefix)
+                order = sorted(members, key=lambda i: len(ids[i]), reverse=True)
+                for start in range(0, len(order), self.cfg.batch_size):
+                    batch = order[start:start + self.cfg.batch_size]
+                    torch.manual_seed(seed + start)  # sampling depends only on the batch's position
+                    answers = self._generate_batch([ids[i][len(prefix):] for i in batch], prefix, cache,
+                                                   max_new_tokens)
+                    for i, answer in zip(batch, answers):
+                        out[i] = answer
+                    bar.update(len(batch))
         return out
+
+    def _prefix_cache(self, prefix: list[int]):
+        if not prefix:
+            return None
+        return self.model(torch.tensor([prefix], device=self.device), use_cache=True).past_key_values
+
+    def _generate_batch(self, suffixes: list[list[int]], prefix: list[int], prefix_cache,
+                        max_new_tokens: int) -> list[Answer]:
+        """Padding goes between the cached prefix and each suffix: positions come from the attention mask,
+        so every row reads as prefix + its own text."""
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        pad = self.tokenizer.pad_token_id
+        width = max(len(s) for s in suffixes)
+        rows = [prefix + [pad] * (width - len(s)) + s for s in suffixes]
+        mask = [[1] * len(prefix) + [0] * (width - len(s)) + [1] * len(s) for s in suffixes]
+        input_ids = torch.tensor(rows, device=self.device)
+        options = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, do_sample=self.cfg.temperature > 0,
+                       attention_mask=torch.tensor(mask, device=self.device))
+        if self.cfg.temperature > 0:
+            options.update(temperature=self.cfg.temperature, top_p=self.cfg.top_p)
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(rows))
+            options["past_key_values"] = cache
+        if not self.seq2seq:
+            if self._stop is None:
+                self._stop = StopAtNewline(self.tokenizer, 0)
+            self._stop.prompt_length = input_ids.shape[1]
+            options["stopping_criteria"] = StoppingCriteriaList([self._stop])
+            options["logits_processor"] = LogitsProcessorList([NoRepeatInAnswer(input_ids.shape[1])])
+        tokens = self.model.generate(input_ids=input_ids, **options)
+        if not self.seq2seq:
+            tokens = tokens[:, input_ids.shape[1]:]
+        ends = {pad, *self._eos_ids()}
+        texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        full = tokens.shape[1] >= max_new_tokens
+        return [answer_of(text, full and row[-1].item() not in ends) for text, row in zip(texts, tokens)]
+
+    def _eos_ids(self) -> list[int]:
+        eos = self.model.generation_config.eos_token_id
+        return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
 
 
 class VLLMBackend:
-    """vLLM on GPU nodes (optional dependency); the same prompts and sampling settings as the others."""
+    """vLLM on GPU nodes (optional dependency): the same prompts, with vLLM's own prefix caching."""
 
     def __init__(self, cfg: BackendConfig):
         try:
@@ -105,19 +223,19 @@ class VLLMBackend:
         resolved = resolve_model(cfg.model)
         gguf = cfg.gguf_file or resolved.gguf_file
         model = f"{resolved.path}/{gguf}" if gguf else resolved.path
-        self.llm = LLM(model=model, dtype=cfg.dtype, seed=0)
+        self.llm = LLM(model=model, dtype=cfg.dtype, seed=0, enable_prefix_caching=True)
         self.tokenizer = self.llm.get_tokenizer()
         self.chat = getattr(self.tokenizer, "chat_template", None) is not None
         self.params = SamplingParams
         self.cfg, self.name = cfg, cfg.model
 
-    def format(self, messages: list[dict[str, str]]) -> str:
-        return TransformersBackend.format(self, messages)
-
-    def generate(self, prompts: list[str], seed: int = 0) -> list[str]:
-        params = self.params(max_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
-                             top_p=self.cfg.top_p if self.cfg.temperature > 0 else 1.0, seed=seed)
-        return [out.outputs[0].text for out in self.llm.generate(prompts, params)]
+    def generate(self, prompts: list[Prompt], seed: int = 0) -> list[Answer]:
+        texts = [TransformersBackend.text_of(self, p) for p in prompts]
+        params = [self.params(max_tokens=p.max_new_tokens, temperature=self.cfg.temperature, stop=["\n"],
+                              top_p=self.cfg.top_p if self.cfg.temperature > 0 else 1.0, seed=seed + i)
+                  for i, p in enumerate(prompts)]
+        return [answer_of(out.outputs[0].text, out.outputs[0].finish_reason == "length")
+                for out in self.llm.generate(texts, params)]
 
 
 def make_backend(cfg: BackendConfig):

@@ -8,13 +8,14 @@ never stored on the config, logged or written anywhere.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 
 from tqdm import tqdm
 
 from embedtune.errors import EmbedtuneError
+from embedtune.generate.backends import Answer, answer_of
+from embedtune.generate.prompts import Prompt
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -30,9 +31,6 @@ class OpenAIBackend:
         self.url = cfg.api_base.rstrip("/") + "/chat/completions"
         self.name = cfg.model
 
-    def format(self, messages: list[dict[str, str]]) -> str:
-        return json.dumps(messages)  # the server applies the model's chat template
-
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.cfg.api_key_env) if self.cfg.api_key_env else None
@@ -40,14 +38,20 @@ class OpenAIBackend:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
-    def _body(self, prompt: str, seed: int) -> dict:
-        body = {"model": self.cfg.model, "messages": json.loads(prompt), "max_tokens": self.cfg.max_new_tokens,
-                "temperature": self.cfg.temperature, "seed": seed}
+    def _body(self, prompt: Prompt, seed: int) -> dict:
+        """The server applies the model's chat template; a prefill goes as a final assistant message, which
+        llama.cpp's server and vLLM (with continue_final_message) continue."""
+        messages = list(prompt.messages)
+        body = {"model": self.cfg.model, "messages": messages, "max_tokens": prompt.max_new_tokens,
+                "temperature": self.cfg.temperature, "seed": seed, "stop": ["\n"]}
+        if prompt.prefill:
+            messages.append({"role": "assistant", "content": prompt.prefill})
+            body.update(continue_final_message=True, add_generation_prompt=False)
         if self.cfg.temperature > 0:
             body["top_p"] = self.cfg.top_p
         return body
 
-    async def _one(self, client, limit: asyncio.Semaphore, prompt: str, seed: int) -> str:
+    async def _one(self, client, limit: asyncio.Semaphore, prompt: Prompt, seed: int) -> Answer:
         import httpx
 
         problem = ""
@@ -70,23 +74,24 @@ class OpenAIBackend:
             if response.status_code != 200:
                 raise EmbedtuneError(f"{self.url}: HTTP {response.status_code}: {response.text[:200]}")
             try:
-                return response.json()["choices"][0]["message"]["content"] or ""
+                choice = response.json()["choices"][0]
+                return answer_of(choice["message"]["content"] or "", choice.get("finish_reason") == "length")
             except (ValueError, KeyError, IndexError, TypeError):
                 problem = "malformed response body"
         raise EmbedtuneError(f"{self.url}: gave up after {self.cfg.max_retries + 1} attempts ({problem})")
 
-    async def _all(self, prompts: list[str], seed: int) -> list[str]:
+    async def _all(self, prompts: list[Prompt], seed: int) -> list[Answer]:
         import httpx
 
         limit = asyncio.Semaphore(self.cfg.concurrency)
         timeout = httpx.Timeout(self.cfg.timeout_s)
         async with httpx.AsyncClient(timeout=timeout) as client:
             with tqdm(total=len(prompts), desc="generate", unit="query", mininterval=2.0) as bar:
-                async def run(i: int, prompt: str) -> str:
-                    text = await self._one(client, limit, prompt, seed + i)
+                async def run(i: int, prompt: Prompt) -> Answer:
+                    answer = await self._one(client, limit, prompt, seed + i)
                     bar.update(1)
-                    return text
+                    return answer
                 return await asyncio.gather(*(run(i, p) for i, p in enumerate(prompts)))
 
-    def generate(self, prompts: list[str], seed: int = 0) -> list[str]:
+    def generate(self, prompts: list[Prompt], seed: int = 0) -> list[Answer]:
         return asyncio.run(self._all(prompts, seed))

@@ -6,10 +6,10 @@ holding the stage key, so a rerun skips finished shards and a changed config reg
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -17,19 +17,20 @@ from typing import Optional
 from embedtune.distributed import ShardConfig, shard_of_worker
 from embedtune.errors import EmbedtuneError
 from embedtune.generate.backends import BackendConfig, make_backend
-from embedtune.generate.prompts import TEMPLATES, FewShot, PromptConfig, clean_query, render
+from embedtune.generate.extract import extract_query
+from embedtune.generate.prompts import PromptConfig, passage_for_prompt, render
 from embedtune.io import atomic_path, read_parquet, read_stage_table, write_parquet
 from embedtune.manifest import Stage
 
-QUERY_COLUMNS = ["query_id", "passage_id", "text", "generator", "prompt"]
+QUERY_COLUMNS = ["query_id", "passage_id", "text", "raw", "finished", "reason", "chatter", "generator", "prompt"]
 
 
 @dataclass
 class GeneratorConfig(BackendConfig):
     prompt: PromptConfig = field(default_factory=PromptConfig)
-    queries_per_template: int = 1        # completions per passage and template (sampled when > 1)
+    queries_per_passage: int = 1         # queries per passage, each of another type drawn from prompt.mix
     max_passages: Optional[int] = 2000   # deterministic sample of the corpus to write queries for (null: all)
-    seed: int = 0                        # sample choice and sampling seed
+    seed: int = 0                        # sample choice, type draw and sampling seed
     shard: ShardConfig = field(default_factory=ShardConfig)
 
 
@@ -44,58 +45,50 @@ def select_passages(ids: list[str], cfg: GeneratorConfig) -> set[str]:
     return set(sorted(ids, key=lambda i: _h(f"{cfg.seed}\x00{i}"))[:cfg.max_passages])
 
 
+def query_types(passage_id: str, cfg: GeneratorConfig) -> list[str]:
+    """The `queries_per_passage` distinct types of one passage: a weighted draw without replacement from
+    prompt.mix (key u^(1/w) per type, largest first), seeded by the passage id, so shards agree."""
+    def key(kind: str, weight: float) -> float:
+        u = (_h(f"type\x00{cfg.seed}\x00{passage_id}\x00{kind}") % 2**52 + 0.5) / 2**52
+        return u ** (1.0 / weight)
+    ranked = sorted(((key(k, w), k) for k, w in cfg.prompt.mix.items() if w > 0), reverse=True)
+    return [kind for _, kind in ranked[:cfg.queries_per_passage]]
+
+
 def shard_name(index: int, count: int) -> str:
     return f"shard-{index}-of-{count}"
 
 
-def bootstrap_examples(passages: list[dict], cfg: GeneratorConfig, backend) -> list[FewShot]:
-    """Few-shot examples from the corpus itself: zero-shot queries for a fixed, seeded sample of passages
-    (every shard picks the same sample from the full passage list, so all shards share the examples)."""
-    sample = sorted(passages, key=lambda p: _h(f"example\x00{cfg.seed}\x00{p['id']}"))[:cfg.prompt.sample_examples]
-    template = cfg.prompt.templates[0]
-    zero_shot = dataclasses.replace(cfg.prompt, examples=[])
-    prompts = [backend.format(render(template, p["title"], p["text"], zero_shot)) for p in sample]
-    examples = []
-    for p, raw in zip(sample, backend.generate(prompts, seed=cfg.seed)):
-        query = clean_query(raw)
-        if query:
-            text = f"{p['title']}. {p['text']}" if p["title"] else p["text"]
-            examples.append(FewShot(passage=text[:cfg.prompt.passage_max_chars], query=query))
-    return examples
-
-
 def generate_shard(passages: list[dict], cfg: GeneratorConfig, index: int, count: int) -> list[dict]:
-    mine = [p for p in passages if _h(p["id"]) % count == index]
-    if cfg.queries_per_template > 1 and cfg.temperature <= 0:
-        raise EmbedtuneError("generator.queries_per_template > 1 needs generator.temperature > 0 "
-                             "(greedy decoding repeats the same query)")
-    for template in cfg.prompt.templates:
-        if template not in TEMPLATES:
-            raise EmbedtuneError(f"generator.prompt.templates: unknown template '{template}' "
-                                 f"(known: {', '.join(TEMPLATES)})")
+    from embedtune.validate import check_generator
+
+    check_generator(cfg)
+    own = [p for p in passages if _h(p["id"]) % count == index]
     backend = make_backend(cfg)
-    prompt_cfg = cfg.prompt
-    if prompt_cfg.sample_examples and not prompt_cfg.examples:
-        prompt_cfg = dataclasses.replace(prompt_cfg, examples=bootstrap_examples(passages, cfg, backend))
-    jobs = [(p, t, k) for p in mine for t in cfg.prompt.templates for k in range(cfg.queries_per_template)]
-    prompts = [backend.format(render(t, p["title"], p["text"], prompt_cfg)) for p, t, _ in jobs]
+    jobs = [(p, kind, passage_for_prompt(p["title"], p["text"], cfg.prompt.passage_max_chars))
+            for p in own for kind in query_types(p["id"], cfg)]
+    prompts = [render(kind, text, cfg.prompt, cfg.max_new_tokens) for _, kind, text in jobs]
     try:
         outputs = backend.generate(prompts, seed=cfg.seed + index)
     except EmbedtuneError as e:
         raise EmbedtuneError(f"generate: shard {shard_name(index, count)} failed, finished shards are kept: {e}") from e
     rows = []
-    for (p, t, k), raw in zip(jobs, outputs):
-        qid = hashlib.sha1(f"{p['id']}\x00{t}\x00{k}".encode()).hexdigest()[:16]
-        rows.append({"query_id": qid, "passage_id": p["id"], "text": clean_query(raw),
-                     "generator": backend.name, "prompt": t})
+    for (p, kind, text), prompt, answer in zip(jobs, prompts, outputs):
+        raw = prompt.prefill + answer.text
+        examples = [ex.query for ex in cfg.prompt.types[kind].examples]
+        found = extract_query(raw, kind, text, examples, answer.finished)
+        qid = hashlib.sha1(f"{p['id']}\x00{kind}\x000".encode()).hexdigest()[:16]
+        rows.append({"query_id": qid, "passage_id": p["id"], "text": found.query, "raw": raw,
+                     "finished": answer.finished, "reason": found.reason, "chatter": found.chatter,
+                     "generator": backend.name, "prompt": kind})
     return rows
 
 
 def run_generate(cfg: GeneratorConfig, passages_dir: Path, out_dir: Path, passages_manifest: dict,
                  force: bool = False) -> Optional[dict]:
     """Write this worker's shard (unless done), then merge if every shard is there; returns the manifest."""
-    operational = ("shard", "batch_size", "device", "concurrency", "max_retries", "timeout_s", "backoff_s",
-                   "backoff_max_s", "api_key_env")
+    operational = ("shard", "batch_size", "prefix_cache", "device", "concurrency", "max_retries", "timeout_s",
+                   "backoff_s", "backoff_max_s", "api_key_env")
     config = {k: v for k, v in cfg.__dict__.items() if k not in operational}
     stage = Stage("generate", out_dir, config, {"passages": passages_manifest})
     index, count = shard_of_worker(cfg.shard)
@@ -131,8 +124,10 @@ def merge(stage: Stage, out_dir: Path, count: int) -> Optional[dict]:
         print(f"generate: waiting for {len(missing)} of {count} shards: {', '.join(missing[:10])}")
         return None
     files = [f"{shard_name(i, count)}.parquet" for i in range(count)]
-    empty = sum(1 for f in files for t in read_parquet(out_dir / f, ["text"])["text"].to_pylist() if not t)
-    return stage.finish({"queries": rows, "empty": empty}, files=files, generation_seconds=round(seconds, 1))
+    reasons = Counter(r for f in files for r in read_parquet(out_dir / f, ["reason"])["reason"].to_pylist())
+    dropped = {reason: n for reason, n in sorted(reasons.items()) if reason}
+    counts = {"queries": rows, "extracted": reasons[""], "dropped": dropped}
+    return stage.finish(counts, files=files, generation_seconds=round(seconds, 1))
 
 
 def read_queries(folder: Path) -> list[dict]:
