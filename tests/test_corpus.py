@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -429,3 +430,57 @@ def test_chunk_documents_drops_passages_below_min_chars(tokenizer):
 def test_chunk_documents_overlap_must_be_below_window(tokenizer, word_doc, overlap):
     with pytest.raises(EmbedtuneError, match=f"chunk_overlap={overlap}.*chunk_tokens=20"):
         chunk_documents([word_doc], tokenizer, CorpusConfig(chunk_tokens=20, chunk_overlap=overlap))
+
+
+# ---------------------------------------------------------------- repeated ids and drop counts
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_repeated_ids_with_different_texts_stop_with_both_records_named(tmp_path: Path, fmt):
+    records = [{"uid": "a", "text": "Aspirin thins blood."}, {"uid": "b", "text": "Beta blockers slow the heart."},
+               {"uid": "a", "text": "Antacids neutralise stomach acid."}]
+    path = tmp_path / f"docs.{fmt}"
+    if fmt == "jsonl":
+        write_jsonl(path, records)
+    else:
+        pq.write_table(pa.Table.from_pylist(records), path)
+    cfg = CorpusConfig(format=fmt, path=str(path), id_field="uid", title_field=None)
+    with pytest.raises(EmbedtuneError) as e:
+        read(cfg)
+    message = str(e.value)
+    where = (f"{path}:3", f"{path}:1") if fmt == "jsonl" else (f"{path}: row 3", f"{path}: row 1")
+    assert message.startswith(where[0]) and where[1] in message and "'a'" in message
+    assert "corpus.duplicate_ids" in message
+    cfg.duplicate_ids = "keep_first"
+    counts = Counter()
+    docs = list(read_documents(cfg, counts))
+    assert [(d.doc_id, d.text) for d in docs] == [("a", "Aspirin thins blood."), ("b", "Beta blockers slow the heart.")]
+    assert counts["repeated_id_dropped"] == 1
+    cfg.duplicate_ids = "suffix"
+    docs = read(cfg)
+    assert [d.doc_id for d in docs] == ["a", "b", "a#2"] and docs[2].text.startswith("Antacids")
+
+
+def test_prepare_counts_every_dropped_row(tmp_path: Path, tokenizer):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "a.txt").write_bytes(b"Caf\xe9 au lait is coffee with milk, served hot in a bowl.")  # latin-1
+    (tmp_path / "c" / "b.txt").write_text("   \n\t ", encoding="utf-8")                                 # empty
+    (tmp_path / "c" / "c.txt").write_text("Caf\ufffd au lait is coffee with milk, served hot in a bowl.", encoding="utf-8")
+    (tmp_path / "c" / "d.txt").write_text("Tiny.", encoding="utf-8")                                      # too short
+    counts = Counter()
+    cfg = CorpusConfig(format="files", path=str(tmp_path / "c"), min_chars=20)
+    docs = clean_documents(read_documents(cfg, counts), counts)
+    passages = chunk_documents(docs, tokenizer, cfg, counts)
+    assert len(passages) == 2  # a and c: titles differ ("a", "c"), so they are not exact duplicates
+    assert counts == {"invalid_utf8_chars_replaced": 1, "files_with_invalid_utf8": 1, "empty_after_cleaning": 1,
+                      "passage_too_short": 1}
+    same_title = [Document("x", "T", "Same text of some length here.", "s"), Document("y", "T", "Same text of some length here.", "s")]
+    chunk_documents(same_title, tokenizer, CorpusConfig(), counts)
+    assert counts["duplicate_passage"] == 1
+
+
+def test_invalid_utf8_in_jsonl_is_counted(tmp_path: Path):
+    path = tmp_path / "docs.jsonl"
+    path.write_bytes(b'{"text": "caf\xe9 and \xff\xfe bytes"}\n{"text": "fine \xef\xbf\xbd already"}\n')
+    counts = Counter()
+    docs = list(read_documents(CorpusConfig(format="jsonl", path=str(path), title_field=None), counts))
+    assert len(docs) == 2 and counts["invalid_utf8_chars_replaced"] == 3

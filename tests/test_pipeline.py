@@ -119,6 +119,24 @@ def test_export_matches_trained_encoder(demo_run):
     assert "| hpo (test, human) | tuned |" in (run / "model" / "README.md").read_text()
 
 
+def test_status_says_what_run_would_redo(demo_run):
+    run, _, _ = demo_run
+    result = embedtune("status", *RUN, f"paths.runs={run.parent}", cwd=run.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    assert list(lines) == ["prepare", "generate", "filter", "mine", "train", "eval", "export"]
+    assert all(line.split()[1] == "done" for line in lines.values()), result.stdout
+    assert "passages 300" in lines["prepare"] and "generated 24" in lines["filter"]
+    changed = embedtune("status", *RUN, f"paths.runs={run.parent}", "mining.num_negatives=1", cwd=run.parent)
+    states = {line.split()[0]: line.split()[1] for line in changed.stdout.splitlines()[1:]}
+    assert states == {"prepare": "done", "generate": "done", "filter": "done", "mine": "stale", "train": "stale",
+                      "eval": "stale", "export": "stale"}
+    manifests = {s: json.loads((run / f / "manifest.json").read_text())["counts"]
+                 for s, f in (("prepare", "passages"), ("mine", "negatives"), ("train", "checkpoints"))}
+    assert "dropped" in manifests["prepare"] and "queries_with_fewer_negatives" in manifests["mine"]
+    assert manifests["train"]["pairs_dropped_per_epoch"] == 0  # one process: nothing to even out
+
+
 def test_rerun_skips_every_stage(demo_run):
     run, _, first_seconds = demo_run
     result = embedtune("run", *RUN, f"paths.runs={run.parent}", cwd=run.parent)

@@ -1,4 +1,9 @@
-"""Read BEIR-format retrieval sets: corpus.jsonl, queries.jsonl, qrels/<split>.tsv."""
+"""Read BEIR-format retrieval sets: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.
+
+Read in full before any model is loaded, so a broken set stops the stage at once. A repeated document id,
+query id or (query, document) judgement is an error naming the file, both lines and the id: keeping either
+silently would score one text's judgements against another's.
+"""
 
 from __future__ import annotations
 
@@ -16,22 +21,45 @@ class RetrievalSet:
     corpus: dict[str, str]              # doc id -> text the encoder reads
     queries: dict[str, str]             # query id -> text (only those with judgements)
     qrels: dict[str, dict[str, int]]    # query id -> {doc id: relevance}
+    missing_documents: int = 0          # judgements naming documents absent from the corpus (they lower recall)
+    unjudged_queries: int = 0           # queries in queries.jsonl without a judgement in this split
 
 
 def _jsonl(path: Path, required: tuple[str, ...]):
+    """(line number, record) of a BEIR JSONL file, with every repeated `_id` named."""
     if not path.exists():
         raise EmbedtuneError(f"missing BEIR file {path}")
+    first_line: dict[str, int] = {}
     for lineno, record in iter_jsonl(path):
         for key in required:
             if key not in record:
                 raise EmbedtuneError(f"{path}:{lineno}: missing field '{key}'")
-        yield record
+        record_id = str(record["_id"])
+        if record_id in first_line:
+            raise EmbedtuneError(f"{path}:{lineno}: _id '{record_id}' repeats line {first_line[record_id]}; "
+                                 "BEIR ids must be unique")
+        first_line[record_id] = lineno
+        yield lineno, {**record, "_id": record_id}
+
+
+def _grade(text: str) -> int | None:
+    """An integer grade ("2", or "2.0" as some exporters write it); None for anything else ("0.5", "high")."""
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+        return int(value) if value.is_integer() else None
 
 
 def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """query id -> {document id: grade}; grades are integers (BEIR), a judgement appears once."""
     if not path.exists():
         raise EmbedtuneError(f"missing BEIR qrels file {path}")
     qrels: dict[str, dict[str, int]] = {}
+    first_line: dict[tuple[str, str], int] = {}
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             parts = line.rstrip("\n").split("\t")
@@ -42,10 +70,15 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
             if len(parts) != 3:
                 raise EmbedtuneError(f"{path}:{lineno}: expected 3 tab-separated columns "
                                      "(query-id, corpus-id, score)")
-            try:
-                score = int(float(parts[2]))
-            except ValueError as e:
-                raise EmbedtuneError(f"{path}:{lineno}: score '{parts[2]}' is not a number") from e
+            score = _grade(parts[2])
+            if score is None:
+                raise EmbedtuneError(f"{path}:{lineno}: score '{parts[2]}' is not an integer grade "
+                                     "(BEIR grades are 0, 1, 2, ...)")
+            pair = (parts[0], parts[1])
+            if pair in first_line:
+                raise EmbedtuneError(f"{path}:{lineno}: query '{pair[0]}' and document '{pair[1]}' are judged "
+                                     f"again (first on line {first_line[pair]})")
+            first_line[pair] = lineno
             qrels.setdefault(parts[0], {})[parts[1]] = score
     return qrels
 
@@ -53,11 +86,14 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
 def read_beir(folder: Path, split: str, name: str) -> RetrievalSet:
     folder = Path(folder)
     corpus = {r["_id"]: passage_text(r.get("title") or "", r["text"])
-              for r in _jsonl(folder / "corpus.jsonl", ("_id", "text"))}
+              for _, r in _jsonl(folder / "corpus.jsonl", ("_id", "text"))}
     qrels = read_qrels(folder / "qrels" / f"{split}.tsv")
-    queries = {r["_id"]: r["text"] for r in _jsonl(folder / "queries.jsonl", ("_id", "text")) if r["_id"] in qrels}
+    all_queries = {r["_id"]: r["text"] for _, r in _jsonl(folder / "queries.jsonl", ("_id", "text"))}
+    queries = {q: text for q, text in all_queries.items() if q in qrels}
     missing = [q for q in qrels if q not in queries]
     if missing:
         raise EmbedtuneError(f"{folder}/qrels/{split}.tsv names {len(missing)} queries that are not in "
                              f"queries.jsonl (e.g. {missing[0]})")
-    return RetrievalSet(name, corpus, queries, qrels)
+    absent = sum(1 for docs in qrels.values() for d in docs if d not in corpus)
+    return RetrievalSet(name, corpus, queries, qrels, missing_documents=absent,
+                        unjudged_queries=len(all_queries) - len(queries))

@@ -19,6 +19,7 @@ stages:
   eval      base vs tuned on held-out synthetic and human-labelled queries
   export    sentence-transformers folder with a model card
   run       all of the above in order (stages that are up to date are skipped)
+  status    for each stage of a run: done, stale (run would redo it) or missing; its counts and wall time
 
 `embedtune <stage> --help` lists the config groups and every option.
 """
@@ -29,7 +30,7 @@ def _save_config(cfg, stage: str) -> None:
 
     from embedtune import distributed
     from embedtune.io import atomic_path
-    from embedtune.pipeline import RunFolder
+    from embedtune.runs import RunFolder
 
     if not distributed.is_main():
         return
@@ -54,6 +55,11 @@ def _hydra_main(stage: str) -> None:
 
         try:
             cfg = OmegaConf.to_object(dcfg)
+            if stage == "status":
+                from embedtune.runs import status_lines
+
+                print("\n".join(status_lines(cfg)))
+                return
             check_config(cfg)
             sweep.enter_point(cfg, stage)  # a sweep point (or point=...): its own seeded folder
             _save_config(cfg, stage)
@@ -79,7 +85,7 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # e.g. its GGUF advice to use float32 (bf16 is 3x faster here)
     from embedtune.pipeline import STAGES
 
-    if len(sys.argv) < 2 or sys.argv[1] not in (*STAGES, "run"):
+    if len(sys.argv) < 2 or sys.argv[1] not in (*STAGES, "run", "status"):
         print(USAGE, file=sys.stderr)
         sys.exit(0 if len(sys.argv) >= 2 and sys.argv[1] in ("-h", "--help") else 2)
     stage = sys.argv.pop(1)

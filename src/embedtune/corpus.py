@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import sys
 import re
+import sys
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
@@ -30,6 +31,7 @@ class CorpusConfig:
     text_field: str = "text"          # JSONL/Parquet field with the document text
     title_field: Optional[str] = "title"  # JSONL/Parquet field with a title (null: none)
     id_field: Optional[str] = None    # JSONL/Parquet field with a document id (null: the record's position)
+    duplicate_ids: str = "error"      # a repeated id: error (name both records) | keep_first | suffix (id#2, id#3)
     chunk_tokens: int = 200           # passage length bound in base-model tokens (title not counted)
     chunk_overlap: int = 32           # tokens shared by consecutive chunks of one document
     min_chars: int = 20               # passages shorter than this after cleaning are dropped
@@ -85,15 +87,19 @@ def _pdf_to_text(path: Path) -> str:
         raise EmbedtuneError(f"{path}: not a readable PDF ({type(e).__name__}: {e})") from e
 
 
-def _read_text_file(path: Path) -> str:
+def _read_text_file(path: Path, counts: Optional[Counter] = None) -> str:
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
-        return raw.decode("utf-8", errors="replace")  # keep the document; bad bytes become U+FFFD
+        text = raw.decode("utf-8", errors="replace")  # keep the document; bad bytes become U+FFFD
+        if counts is not None:
+            counts["invalid_utf8_chars_replaced"] += text.count("\ufffd") - raw.count("\ufffd".encode())
+            counts["files_with_invalid_utf8"] += 1
+        return text
 
 
-def read_files(root: Path, extensions: list[str]) -> Iterator[Document]:
+def read_files(root: Path, extensions: list[str], counts: Optional[Counter] = None) -> Iterator[Document]:
     suffixes = tuple(s.lower() for s in extensions)
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
     if not files:
@@ -102,11 +108,11 @@ def read_files(root: Path, extensions: list[str]) -> Iterator[Document]:
         rel = path.relative_to(root).as_posix()
         suffix = path.suffix.lower()
         if suffix in HTML_SUFFIXES:
-            title, text = _html_to_text(_read_text_file(path))
+            title, text = _html_to_text(_read_text_file(path, counts))
         elif suffix in PDF_SUFFIXES:
             title, text = "", _pdf_to_text(path)
         else:
-            title, text = "", _read_text_file(path)
+            title, text = "", _read_text_file(path, counts)
         yield Document(doc_id=rel, title=title or path.stem, text=text, source=rel)
 
 
@@ -121,8 +127,8 @@ def _field(record: dict, name: str, where: str, required: bool) -> str:
     return "" if value is None else str(value)
 
 
-def _records_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
-    for lineno, record in iter_jsonl(path):
+def _records_jsonl(path: Path, counts: Optional[Counter] = None) -> Iterator[tuple[str, dict]]:
+    for lineno, record in iter_jsonl(path, counts):
         yield f"{path}:{lineno}", record
 
 
@@ -144,19 +150,36 @@ def _records_parquet(path: Path, cfg: CorpusConfig) -> Iterator[tuple[str, dict]
             yield f"{path}: row {row}", record
 
 
-def read_records(path: Path, cfg: CorpusConfig, beir: bool) -> Iterator[Document]:
-    records = _records_parquet(path, cfg) if path.suffix == ".parquet" else _records_jsonl(path)
+def read_records(path: Path, cfg: CorpusConfig, beir: bool, counts: Optional[Counter] = None) -> Iterator[Document]:
+    """Documents of a JSONL/Parquet/BEIR file. A repeated id is never silent: every later dict keyed by it
+    would keep one text for another's queries (corpus.duplicate_ids says what to do instead of stopping)."""
+    records = _records_parquet(path, cfg) if path.suffix == ".parquet" else _records_jsonl(path, counts)
     text_field, title_field, id_field = ("text", "title", "_id") if beir else (
         cfg.text_field, cfg.title_field, cfg.id_field)
+    first_seen: dict[str, str] = {}
+    repeats: Counter = Counter()
     for n, (where, record) in enumerate(records):
         text = _field(record, text_field, where, required=True)
         title = _field(record, title_field, where, required=False) if title_field else ""
         doc_id = _field(record, id_field, where, required=True) if id_field else str(n)
+        if doc_id in first_seen:
+            if cfg.duplicate_ids == "keep_first":
+                if counts is not None:
+                    counts["repeated_id_dropped"] += 1
+                continue
+            if cfg.duplicate_ids != "suffix":
+                raise EmbedtuneError(f"{where}: id '{doc_id}' ({id_field}) repeats {first_seen[doc_id]}; ids must be "
+                                     "unique (or set corpus.duplicate_ids=keep_first or suffix)")
+            repeats[doc_id] += 1
+            doc_id = f"{doc_id}#{repeats[doc_id] + 1}"
+            if counts is not None:
+                counts["repeated_id_renamed"] += 1
+        first_seen.setdefault(doc_id, where)
         yield Document(doc_id=doc_id, title=title, text=text, source=path.name)
 
 
-def read_documents(cfg: CorpusConfig) -> Iterator[Document]:
-    """Documents of the configured corpus, in a stable order."""
+def read_documents(cfg: CorpusConfig, counts: Optional[Counter] = None) -> Iterator[Document]:
+    """Documents of the configured corpus, in a stable order (`counts` gathers what was dropped or changed)."""
     if cfg.format == "hpo":
         from embedtune.hpo import load_terms
 
@@ -171,13 +194,13 @@ def read_documents(cfg: CorpusConfig) -> Iterator[Document]:
         if cfg.format == "files":
             if not path.is_dir():
                 raise EmbedtuneError(f"corpus.path {path} must be a folder for corpus.format=files")
-            docs = read_files(path, cfg.extensions)
+            docs = read_files(path, cfg.extensions, counts)
         elif cfg.format in ("jsonl", "parquet", "beir"):
             if path.is_dir() and cfg.format == "beir":
                 path = path / "corpus.jsonl"
             if not path.is_file():
                 raise EmbedtuneError(f"corpus.path {path} must be a file for corpus.format={cfg.format}")
-            docs = read_records(path, cfg, beir=cfg.format == "beir")
+            docs = read_records(path, cfg, beir=cfg.format == "beir", counts=counts)
         else:
             raise EmbedtuneError(f"corpus.format={cfg.format} is not one of hpo, files, jsonl, parquet, beir")
     for n, doc in enumerate(docs):
@@ -224,8 +247,10 @@ def chunk_spans(offsets: list[tuple[int, int]], size: int, overlap: int,
         start = before[0] if before else after[0] if after else nxt
 
 
-def chunk_documents(docs: list[Document], tokenizer, cfg: CorpusConfig) -> list[dict]:
-    """Passages (schema of DESIGN.md) from cleaned documents; exact duplicates (title + text) dropped."""
+def chunk_documents(docs: list[Document], tokenizer, cfg: CorpusConfig, counts: Optional[Counter] = None) -> list[dict]:
+    """Passages (schema of DESIGN.md) from cleaned documents; exact duplicates (title + text) dropped, and
+    passages shorter than corpus.min_chars (`counts` gets both numbers)."""
+    counts = Counter() if counts is None else counts
     if cfg.chunk_overlap >= cfg.chunk_tokens:
         raise EmbedtuneError(f"corpus.chunk_overlap={cfg.chunk_overlap} must be below "
                              f"corpus.chunk_tokens={cfg.chunk_tokens}")
@@ -240,9 +265,11 @@ def chunk_documents(docs: list[Document], tokenizer, cfg: CorpusConfig) -> list[
             for n, (start, end, n_tokens) in enumerate(spans):
                 text = doc.text[start:end].strip()
                 if len(text) < cfg.min_chars:
+                    counts["passage_too_short"] += 1
                     continue
                 key = hashlib.sha1(f"{doc.title.lower()}\x00{text.lower()}".encode("utf-8")).digest()
                 if key in seen:
+                    counts["duplicate_passage"] += 1
                     continue
                 seen.add(key)
                 passages.append({"id": passage_id(doc.source, doc.doc_id, n), "doc_id": doc.doc_id,
@@ -250,10 +277,12 @@ def chunk_documents(docs: list[Document], tokenizer, cfg: CorpusConfig) -> list[
     return passages
 
 
-def clean_documents(docs: Iterator[Document]) -> list[Document]:
+def clean_documents(docs: Iterator[Document], counts: Optional[Counter] = None) -> list[Document]:
     out = []
     for doc in docs:
         doc.title, doc.text = clean_text(doc.title), clean_text(doc.text)
         if doc.text:
             out.append(doc)
+        elif counts is not None:
+            counts["empty_after_cleaning"] += 1
     return out

@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
@@ -94,11 +95,20 @@ def read_stage_table(folder: str | os.PathLike, columns: list[str] | None = None
     return pa.concat_tables([read_parquet(folder / name, columns) for name in manifest["files"]])
 
 
-def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; a bad line is an error naming file:line."""
+def iter_jsonl(path: str | os.PathLike, counts: Counter | None = None) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; a bad line is an error naming file:line. Invalid UTF-8
+    becomes U+FFFD, counted in `counts["invalid_utf8_chars_replaced"]`."""
     path = Path(path)
-    with open(path, encoding="utf-8-sig", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                line = raw.decode("utf-8", errors="replace")
+                if counts is not None:
+                    counts["invalid_utf8_chars_replaced"] += line.count("\ufffd") - raw.count("\ufffd".encode())
             if not line.strip():
                 continue
             try:

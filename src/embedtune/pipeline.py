@@ -4,36 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import Counter
 from pathlib import Path
 
 from embedtune.distributed import init_process_group_from_env, is_main, local_rank
 from embedtune.errors import EmbedtuneError
 from embedtune.io import atomic_path, read_rows, read_stage_table, write_json, write_parquet
-from embedtune.manifest import MANIFEST, Stage, load_manifest
+from embedtune.manifest import MANIFEST, load_manifest
+from embedtune.runs import RunFolder, skip, stage_of
 
 PASSAGE_FILE_ROWS = 100_000
-
-
-class RunFolder:
-    def __init__(self, cfg):
-        self.base = Path(cfg.paths.runs) / cfg.run_name
-        self.root = self.base / "points" / cfg.point if cfg.point else self.base  # sweep points: sweep.py
-        self.passages = self.root / "passages"
-        self.queries = self.root / "queries"
-        self.pairs = self.root / "pairs"
-        self.negatives = self.root / "negatives"
-        self.checkpoints = self.root / "checkpoints"
-        self.model = self.root / "model"
-        self.eval = self.root / "eval"
-        self.benchmarks = self.root / "benchmarks"
-        self.cache = self.root / "cache" / "embeddings"
-
-
-def _skip(stage: Stage, force: bool) -> bool:
-    if stage.is_done() and not force:
-        print(f"{stage.name}: up to date ({stage.folder / MANIFEST}); force=true reruns it")
-        return True
-    return False
 
 
 def prepare(cfg) -> dict:
@@ -43,14 +23,15 @@ def prepare(cfg) -> dict:
     from embedtune.corpus import chunk_documents, clean_documents, read_documents
 
     run = RunFolder(cfg)
-    stage = Stage("prepare", run.passages, [cfg.corpus, cfg.model.name], {})
-    if _skip(stage, cfg.force):
+    stage = stage_of(cfg, "prepare")
+    if skip(stage, cfg.force):
         return load_manifest(run.passages)
-    docs = clean_documents(read_documents(cfg.corpus))
+    dropped: Counter = Counter()
+    docs = clean_documents(read_documents(cfg.corpus, dropped), dropped)
     if not docs:
         raise EmbedtuneError(f"corpus '{cfg.corpus.name}' has no documents with text")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.model.name).path)
-    passages = chunk_documents(docs, tokenizer, cfg.corpus)
+    passages = chunk_documents(docs, tokenizer, cfg.corpus, dropped)
     if not passages:
         raise EmbedtuneError(f"corpus '{cfg.corpus.name}': every passage is shorter than corpus.min_chars")
     files = []
@@ -64,8 +45,9 @@ def prepare(cfg) -> dict:
         release, terms = load_terms()
         # a corpus slice (corpus.max_documents) gets the matching slice of the labelled set
         extra["benchmark"] = write_beir(run.benchmarks / "hpo", terms[:cfg.corpus.max_documents], release)
-    counts = {"documents": len(docs), "passages": len(passages)}
-    print(f"prepare: {len(docs):,} documents -> {len(passages):,} passages")
+    counts = {"documents": len(docs), "passages": len(passages), "dropped": dict(sorted(dropped.items()))}
+    print(f"prepare: {len(docs):,} documents -> {len(passages):,} passages"
+          + "".join(f"; {k.replace('_', ' ')} {v:,}" for k, v in sorted(dropped.items())))
     return stage.finish(counts, files=files, **extra)
 
 
@@ -83,9 +65,8 @@ def filter_and_split(cfg) -> dict:
     from embedtune.query_report import EXTRACTION_STAGE, rates, reason_counts, write_query_report
 
     run = RunFolder(cfg)
-    config = [cfg.filter, cfg.model if cfg.filter.roundtrip_top_k else None]
-    stage = Stage("filter", run.pairs, config, {"queries": load_manifest(run.queries)})
-    if _skip(stage, cfg.force):
+    stage = stage_of(cfg, "filter")
+    if skip(stage, cfg.force):
         return load_manifest(run.pairs)
     outputs = read_queries(run.queries)
     passages = _passages(run)
@@ -164,8 +145,8 @@ def mine(cfg) -> dict:
     from embedtune.model import Encoder, passage_text
 
     run = RunFolder(cfg)
-    stage = Stage("mine", run.negatives, [cfg.mining, cfg.model], {"pairs": load_manifest(run.pairs)})
-    if _skip(stage, cfg.force):
+    stage = stage_of(cfg, "mine")
+    if skip(stage, cfg.force):
         return load_manifest(run.negatives)
     pairs = read_rows(run.pairs / "train.parquet")
     passages = _passages(run)
@@ -185,8 +166,11 @@ def mine(cfg) -> dict:
         return {}
     write_parquet(rows, run.negatives / "train.parquet")
     n_neg = [len(r["negative_ids"]) for r in rows]
-    counts = {"queries": len(rows), "negatives": sum(n_neg), "queries_without_negatives": n_neg.count(0)}
-    print(f"mine: {sum(n_neg):,} hard negatives for {len(rows):,} queries")
+    short = sum(1 for n in n_neg if n < cfg.mining.num_negatives)
+    counts = {"queries": len(rows), "negatives": sum(n_neg), "queries_without_negatives": n_neg.count(0),
+              "queries_with_fewer_negatives": short}
+    print(f"mine: {sum(n_neg):,} hard negatives for {len(rows):,} queries; {short:,} got fewer than "
+          f"{cfg.mining.num_negatives} ({n_neg.count(0):,} none)")
     return stage.finish(counts, files=["train.parquet"])
 
 
@@ -232,16 +216,12 @@ def train(cfg) -> dict:
     from embedtune.train import TrainData, run_training
 
     run = RunFolder(cfg)
-    # settings that do not change the trained weights stay out of the stage key
-    same_weights = dict(log_every=0, eval_every=None, save_every=None, keep_checkpoints=0, resume=True,
-                        halt_at_step=None)
-    config = [cfg.model, cfg.peft, cfg.loss, dataclasses.replace(cfg.train, **same_weights)]
     negatives, pairs = load_manifest(run.negatives), load_manifest(run.pairs)
     if negatives["inputs"].get("pairs") != pairs.get("run_id", pairs["key"]):
         raise EmbedtuneError(f"{run.negatives} was mined from older pairs than {run.pairs} (filter ran again "
                              "since): run `embedtune mine` first (or `embedtune run`, which reruns what is stale)")
-    stage = Stage("train", run.checkpoints, config, {"negatives": negatives})
-    if _skip(stage, cfg.force):
+    stage = stage_of(cfg, "train")
+    if skip(stage, cfg.force):
         return load_manifest(run.checkpoints)
     rows = read_rows(run.negatives / "train.parquet")
     queries = {r["query_id"]: r["query"] for r in read_rows(run.pairs / "train.parquet")}
@@ -261,8 +241,10 @@ def train(cfg) -> dict:
     if not main:  # one writer of the manifest
         return result
     print(f"train: {result['steps']} steps, {result['pairs']:,} pairs in {result['seconds']:.0f}s "
-          f"({result['pairs_per_s']:.1f} pairs/s, {result['processes']} process(es))")
-    return stage.finish({"steps": result["steps"], "pairs": result["pairs"]}, **result)
+          f"({result['pairs_per_s']:.1f} pairs/s, {result['processes']} process(es)); "
+          f"{result['pairs_dropped_per_epoch']} pair(s) per epoch left out to give every process as many")
+    return stage.finish({"steps": result["steps"], "pairs": result["pairs"],
+                         "pairs_dropped_per_epoch": result["pairs_dropped_per_epoch"]}, **result)
 
 
 def final_encoder_dir(run: RunFolder) -> Path:
@@ -299,9 +281,8 @@ def evaluate(cfg) -> dict:
 
     run = RunFolder(cfg)
     train_manifest = load_manifest(run.checkpoints)
-    stage = Stage("eval", run.eval, [dataclasses.replace(cfg.eval, batch_size=0), cfg.model],
-                  {"train": train_manifest, "pairs": load_manifest(run.pairs)})
-    if _skip(stage, cfg.force):
+    stage = stage_of(cfg, "eval")
+    if skip(stage, cfg.force):
         return load_manifest(run.eval)
     sets = _eval_sets(cfg, run)
     several = init_process_group_from_env()  # under accelerate launch / torchrun: ranks split the encoding
@@ -326,16 +307,19 @@ def evaluate(cfg) -> dict:
     plots += plot_recall(results, run.eval / "recall.png")
     plots += plot_training(run.checkpoints / "metrics.jsonl", run.eval / "training.png")
     queries_report = Path("..") / run.queries.name / "report.md"
+    caveats = "".join(f"{s.name}: {s.missing_documents:,} judgements name documents absent from the corpus "
+                      f"(no model can retrieve them; they lower recall).\n\n" for s in sets if s.missing_documents)
     report = (f"# embedtune eval: {cfg.run_name}\n\nBase model `{cfg.model.name}` vs tuned "
               f"(`{train_manifest['final']}`). Metrics by trec_eval (pytrec_eval), mean over queries. "
               f"The synthetic training queries, with samples: [{queries_report}]({queries_report}).\n\n"
-              f"{table}\nRecall@k:\n\n{recall_table(results)}\n" + "".join(f"![{p}]({p})\n" for p in plots))
+              f"{caveats}{table}\nRecall@k:\n\n{recall_table(results)}\n" + "".join(f"![{p}]({p})\n" for p in plots))
     with atomic_path(run.eval / "report.md") as tmp:
         tmp.write_text(report, encoding="utf-8")
     write_json(results, run.eval / "report.json")
     print("\n" + table)
     counts = {name: next(iter(r.values()))["queries"] for name, r in results.items()}
-    return stage.finish(counts, table=table, plots=plots)
+    judged = {s.name: {"missing_documents": s.missing_documents, "unjudged_queries": s.unjudged_queries} for s in sets}
+    return stage.finish(counts, table=table, plots=plots, sets=judged)
 
 
 def export(cfg) -> dict:
@@ -343,13 +327,10 @@ def export(cfg) -> dict:
     from embedtune.model import passage_text
 
     run = RunFolder(cfg)
-    train_manifest = load_manifest(run.checkpoints)
-    inputs = {"train": train_manifest}
-    if (run.eval / MANIFEST).exists():
-        inputs["eval"] = load_manifest(run.eval)
-    stage = Stage("export", run.model, cfg.export, inputs)
-    if _skip(stage, cfg.force):
+    stage = stage_of(cfg, "export")
+    if skip(stage, cfg.force):
         return load_manifest(run.model)
+    inputs = {"eval": load_manifest(run.eval)} if (run.eval / MANIFEST).exists() else {}
     sample = [passage_text(p["title"], p["text"]) for p in _passages(run)[:64]]
     card = model_card(cfg, run, inputs)
     result = export_model(final_encoder_dir(run), run.model, sample, cfg.export, card)

@@ -83,7 +83,7 @@ def record_point(cfg, stage: str, root: Path) -> None:
 
 def enter_point(cfg, stage: str) -> None:
     """Before a stage: name the point (cfg.point), seed its folder from the run, leave point.json."""
-    from embedtune.pipeline import RunFolder
+    from embedtune.runs import RunFolder
 
     cfg.point = point_name(cfg.point)
     if not cfg.point:

@@ -225,4 +225,5 @@ def run_training(model_cfg: ModelConfig, peft_cfg: PeftConfig, loss_cfg: LossCon
         last = resumed
     return {"final": last.name, "steps": total, "pairs": pairs_done, "seconds": round(seconds, 1),
             "pairs_per_s": round(pairs_done / max(seconds, 1e-9), 2), "halted": halted, "stopped_by": stopped_by,
-            "processes": accelerator.num_processes, "main_process": accelerator.is_main_process}
+            "processes": accelerator.num_processes, "main_process": accelerator.is_main_process,
+            "pairs_dropped_per_epoch": len(data.rows) - data.per_epoch}  # to give every process as many

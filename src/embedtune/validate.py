@@ -47,6 +47,8 @@ def problems(cfg) -> list[str]:
     need(0 <= filt.dev_fraction < 1 and 0 <= filt.test_fraction < 1 and filt.dev_fraction + filt.test_fraction < 1,
          f"filter.dev_fraction={filt.dev_fraction} + filter.test_fraction={filt.test_fraction} must be below 1 "
          "(each in [0, 1)): training needs documents too")
+    need(corpus.duplicate_ids in ("error", "keep_first", "suffix"),
+         f"corpus.duplicate_ids={corpus.duplicate_ids} is not one of error, keep_first, suffix")
     need(corpus.chunk_tokens >= 8, f"corpus.chunk_tokens={corpus.chunk_tokens} must be >= 8")
     need(0 <= corpus.chunk_overlap < corpus.chunk_tokens,
          f"corpus.chunk_overlap={corpus.chunk_overlap} must be in [0, corpus.chunk_tokens={corpus.chunk_tokens})")

@@ -84,13 +84,19 @@ def generate_shard(passages: list[dict], cfg: GeneratorConfig, index: int, count
     return rows
 
 
+OPERATIONAL = ("shard", "batch_size", "prefix_cache", "device", "concurrency", "max_retries", "timeout_s",
+               "backoff_s", "backoff_max_s", "api_key_env")  # settings that do not change the queries
+
+
+def generate_stage(cfg: GeneratorConfig, out_dir: Path, passages_manifest: dict) -> Stage:
+    config = {k: v for k, v in cfg.__dict__.items() if k not in OPERATIONAL}
+    return Stage("generate", out_dir, config, {"passages": passages_manifest})
+
+
 def run_generate(cfg: GeneratorConfig, passages_dir: Path, out_dir: Path, passages_manifest: dict,
                  force: bool = False) -> Optional[dict]:
     """Write this worker's shard (unless done), then merge if every shard is there; returns the manifest."""
-    operational = ("shard", "batch_size", "prefix_cache", "device", "concurrency", "max_retries", "timeout_s",
-                   "backoff_s", "backoff_max_s", "api_key_env")
-    config = {k: v for k, v in cfg.__dict__.items() if k not in operational}
-    stage = Stage("generate", out_dir, config, {"passages": passages_manifest})
+    stage = generate_stage(cfg, out_dir, passages_manifest)
     index, count = shard_of_worker(cfg.shard)
     if stage.is_done() and not force:
         return json.loads((out_dir / "manifest.json").read_text())
