@@ -124,15 +124,26 @@ def markdown_table(results: dict[str, dict[str, dict]]) -> str:
         if "base" in models and "tuned" in models:
             d = {k: models["tuned"][k] - models["base"][k] for k in METRICS}
             lines.append(f"| {name} | tuned - base | | " + " | ".join(f"{d[k]:+.3f}" for k in METRICS) + " |")
-    intervals = [(name, models["base"], models["tuned"]) for name, models in results.items()
-                 if "base" in models and "tuned" in models and "per_query" in models["base"]]
-    if intervals:
-        lines.append("")
-        for name, base, tuned in intervals:
-            ci = paired_bootstrap(base["per_query"], tuned["per_query"])
-            lines.append(f"{name}: tuned - base nDCG@10 {ci['diff']:+.3f}, 95% interval [{ci['low']:+.3f}, "
-                         f"{ci['high']:+.3f}] (paired bootstrap over {ci['queries']:,} queries, 1,000 draws)"
-                         + ("" if ci["significant"] else ": not significant") + "  ")
+    return "\n".join(lines) + "\n"
+
+
+def comparisons(results: dict[str, dict[str, dict]]) -> list[dict]:
+    """tuned - base and tuned - bm25 on every set: nDCG@10 difference with its paired-bootstrap 95% interval."""
+    rows = []
+    for name, models in results.items():
+        for other in ("base", "bm25"):
+            if "tuned" in models and other in models and "per_query" in models[other]:
+                ci = paired_bootstrap(models[other]["per_query"], models["tuned"]["per_query"])
+                rows.append({"set": name, "comparison": f"tuned - {other}", **ci})
+    return rows
+
+
+def comparison_table(rows: list[dict]) -> str:
+    lines = ["| set | comparison | nDCG@10 difference | 95% interval | |", "| --- | --- | ---: | --- | --- |"]
+    for r in rows:
+        verdict = "significant" if r["significant"] else "not significant (the interval contains 0)"
+        lines.append(f"| {r['set']} | {r['comparison']} | {r['diff']:+.3f} | [{r['low']:+.3f}, {r['high']:+.3f}] "
+                     f"| {verdict} |")
     return "\n".join(lines) + "\n"
 
 

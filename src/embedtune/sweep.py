@@ -95,6 +95,34 @@ def enter_point(cfg, stage: str) -> None:
     record_point(cfg, stage, run.root)
 
 
+def tuned_per_query(folder: Path) -> dict[str, dict[str, float]]:
+    """The tuned model's per-query nDCG@10 on each eval set of a point (for intervals between points)."""
+    report = folder / "eval" / "report.json"
+    if not report.exists():
+        return {}
+    return {name: models["tuned"]["per_query"] for name, models in json.loads(report.read_text()).items()
+            if isinstance(models, dict) and "per_query" in models.get("tuned", {})}
+
+
+def against_first(rows: list[dict]) -> str:
+    """Each later point's tuned nDCG@10 minus the first point's, per eval set, with a paired-bootstrap 95%
+    interval over the set's queries; a difference whose interval contains 0 is marked not significant."""
+    from embedtune.evaluate import paired_bootstrap
+
+    first = tuned_per_query(Path(rows[0]["folder"]))
+    lines = []
+    for r in rows[1:]:
+        for name, scores in tuned_per_query(Path(r["folder"])).items():
+            if name in first:
+                ci = paired_bootstrap(first[name], scores)
+                lines.append(f"| {r['point']} | {name} | {ci['diff']:+.4f} | [{ci['low']:+.4f}, {ci['high']:+.4f}] | "
+                             + ("significant" if ci["significant"] else "not significant") + " |")
+    if not lines:
+        return ""
+    return (f"Against the first point ({rows[0]['point']}), tuned nDCG@10, paired bootstrap (1,000 draws):\n\n"
+            "| point | set | difference | 95% interval | |\n| --- | --- | ---: | --- | --- |\n" + "\n".join(lines) + "\n")
+
+
 def point_metrics(folder: Path) -> dict[str, float]:
     """What a point achieved: the tuned model's nDCG@10 / R@10 per eval set (eval/report.json), and the last
     logged training loss and dev metrics (checkpoints/metrics.jsonl)."""
@@ -104,7 +132,7 @@ def point_metrics(folder: Path) -> dict[str, float]:
     report = folder / "eval" / "report.json"
     if report.exists():
         for name, models in json.loads(report.read_text()).items():
-            if "tuned" in models:
+            if isinstance(models, dict) and "tuned" in models:
                 metrics[f"{name} nDCG@10"] = models["tuned"]["nDCG@10"]
                 metrics[f"{name} R@10"] = models["tuned"]["R@10"]
     logged = folder / "checkpoints" / "metrics.jsonl"
@@ -164,6 +192,8 @@ def write_report(sweep_dir: Path) -> str | None:
     if not rows:
         return None
     table = sweep_table(rows)
+    compared = against_first(rows)
+    table += f"\n{compared}" if compared else ""
     plot = plot_sweep(rows, sweep_dir / "sweep.png")
     with atomic_path(sweep_dir / "sweep.md") as tmp:
         tmp.write_text(f"# embedtune sweep: {sweep_dir}\n\n{table}" + ("\n![sweep.png](sweep.png)\n" if plot else ""),
