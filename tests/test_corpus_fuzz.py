@@ -119,3 +119,27 @@ def test_a_parquet_file_with_any_columns(tokenizer, columns, rows, text_as_int):
         passages_or_named_error(cfg, tokenizer, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+words = st.lists(st.sampled_from(["heart", "lung", "kidney", "fever", "valve", "murmur", "chest", "pain", "renal",
+                                  "stone", "cough", "blood"]), min_size=5, max_size=120).map(" ".join)
+
+
+@FUZZ
+@given(texts=st.lists(words, min_size=1, max_size=8, unique=True), as_files=st.booleans())
+def test_valid_inputs_always_yield_a_passage_per_document(tokenizer, texts, as_files):
+    """The positive control of the properties above: well-formed documents are never lost or refused."""
+    root = Path(tempfile.mkdtemp(prefix="fuzz-valid-"))
+    try:
+        if as_files:
+            for n, text in enumerate(texts):
+                (root / f"doc{n}.txt").write_text(text, encoding="utf-8")
+            cfg = CorpusConfig(format="files", path=str(root), chunk_tokens=64, chunk_overlap=8)
+        else:
+            path = root / "corpus.jsonl"
+            path.write_text("".join(json.dumps({"id": f"d{n}", "text": t}) + "\n" for n, t in enumerate(texts)))
+            cfg = CorpusConfig(format="jsonl", path=str(path), id_field="id", chunk_tokens=64, chunk_overlap=8)
+        passages = passages_or_named_error(cfg, tokenizer, root)
+        assert len({p["doc_id"] for p in passages}) == len(texts)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -186,8 +186,13 @@ def test_roundtrip_filter_keeps_queries_whose_passage_ranks_high(demo_run):
     ranks = {s: [r["roundtrip_rank"] for r in pq.read_table(run / "pairs" / f"{s}.parquet").to_pylist()]
              for s in ("train", "dev", "test")}
     assert ranks["train"] and all(1 <= r <= 3 for r in ranks["train"] + ranks["dev"])
-    assert all(r >= 1 for r in ranks["test"])  # test is ranked but not filtered: no selection by the base model
+    assert all(r >= 1 for r in ranks["test"])
     assert sum(map(len, ranks.values())) == manifest["counts"]["kept"]
+    # test is ranked but not filtered (no selection by the base model): the same test split as with no round trip
+    unfiltered = embedtune("filter", *RUN, f"paths.runs={run.parent}", "filter.roundtrip_top_k=null", cwd=run.parent)
+    assert unfiltered.returncode == 0, unfiltered.stderr[-2000:]
+    test_without = pq.read_table(run / "pairs" / "test.parquet").column("query_id").to_pylist()
+    assert len(test_without) == len(ranks["test"]) > 0
 
 
 def test_train_stage_under_accelerate_launch_with_two_processes(demo_run, tmp_path):
@@ -264,8 +269,10 @@ def test_sweep_recipe_trains_each_point_in_its_own_folder_and_tabulates_them(dem
     """`embedtune train -m experiment=temperature_sweep`: three points (Hydra's basic launcher), each in
     points/<overrides>/ seeded with hard links to the run's stages, and one sweep table at the end."""
     run, _, _ = demo_run
+    refiltered = embedtune("filter", *RUN, f"paths.runs={run.parent}", "force=true", cwd=run.parent)
+    assert refiltered.returncode == 0, refiltered.stderr[-2000:]
     stale = embedtune("train", *RUN, f"paths.runs={run.parent}", "point=stale", cwd=run.parent)
-    assert stale.returncode == 2 and "run `embedtune mine` first" in stale.stderr  # an earlier test re-filtered
+    assert stale.returncode == 2 and "run `embedtune mine` first" in stale.stderr  # negatives predate the pairs
     mined = embedtune("mine", *RUN, f"paths.runs={run.parent}", cwd=run.parent)
     assert mined.returncode == 0, mined.stderr[-2000:]
     result = embedtune("train", "-m", "experiment=temperature_sweep", *RUN, f"paths.runs={run.parent}", "logger=none",

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 from typing import Optional
 
+from embedtune.errors import EmbedtuneError
 from embedtune.io import write_json
 
 
@@ -55,6 +57,11 @@ def latest_checkpoint(out_dir: Path, key: str) -> Optional[Path]:
 
 
 def load_checkpoint(accelerator, path: Path) -> dict:
-    """Restore model, optimizer, scheduler and RNG from `path`; returns its train_state.json."""
-    accelerator.load_state(str(path / "state"))
+    """Restore model, optimizer, scheduler and RNG from `path`; returns its train_state.json. Every file is
+    read as plain tensors (torch's weights_only): a checkpoint holding other pickled objects is refused."""
+    try:
+        accelerator.load_state(str(path / "state"))
+    except pickle.UnpicklingError as e:
+        raise EmbedtuneError(f"{path}: a file of this checkpoint holds more than tensors; refusing to unpickle it "
+                             f"({str(e).splitlines()[0]}). Delete the checkpoint to resume from an earlier one") from e
     return json.loads((path / "train_state.json").read_text())

@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from embedtune.distributed import group_size
+from embedtune.errors import EmbedtuneError
 from embedtune.io import atomic_path
 
 
@@ -85,7 +86,11 @@ class EmbeddingCache:
         keys_path = self.folder / "keys.json"
         if keys_path.exists():
             keys = json.loads(keys_path.read_text())
-            vectors = np.load(self.folder / "vectors.npy", allow_pickle=False)
+            try:
+                vectors = np.load(self.folder / "vectors.npy", allow_pickle=False)
+            except ValueError as e:  # an object array: loading it would unpickle (run) whatever it holds
+                raise EmbedtuneError(f"{self.folder / 'vectors.npy'}: not a plain array of numbers ({e}); refusing "
+                                     "to load it. Delete the folder and the embeddings are computed again") from e
             if len(keys) == len(vectors):
                 self.index = {k: i for i, k in enumerate(keys)}
                 self.vectors = vectors
