@@ -1,19 +1,23 @@
 """Training throughput and memory of `embedtune train` against sentence-transformers, on this machine.
 
-    python bench/train.py [--steps 6] [--big-steps 3] [--repeats 2] [--out bench/results]
+    python bench/train.py [--steps 20] [--big-steps 4] [--seeds 0,1,2] [--out bench/results]
 
 Same model (the packaged all-MiniLM-L6-v2), same data (HPO pairs: an exact or layperson synonym as the
 query, the term's name + definition as the passage; in-batch negatives only), max length 128, same
-learning rate. Every measurement runs in its own process (peak RSS is per run), and the two sides of each
-comparison alternate, `--repeats` times, so drift on a shared machine hits both. pairs/s counts steps
-after the first (warm-up) and includes data preparation, forward, backward and the optimizer step.
+learning rate, and the same batches: for each data seed both sides read the pairs in one seeded order
+(sentence-transformers through a sequential batch sampler, embedtune by placing the rows where its own
+seeded epoch order puts them). Every measurement runs in its own process (peak RSS is per run); the two
+sides alternate, once per data seed, so drift on a shared machine hits both. pairs/s counts the `--steps`
+steps after a first (warm-up) step and includes data preparation, forward, backward and the optimizer
+step. Tables give the median over seeds and the min-max range.
 
 Tables:
   1. batch 64: embedtune (length-grouped chunks of 32, graph kept) vs SentenceTransformerTrainer +
      MultipleNegativesRankingLoss, at fp32 and at bf16 autocast.
   2. batch 1024, chunk 32: embedtune gradient caching vs CachedMultipleNegativesRankingLoss
      (mini_batch_size=32).
-  3. peak RSS of embedtune with gradient caching, chunk 32, at global batch 64 / 256 / 1024 / 4096.
+  3. memory of embedtune with gradient caching, chunk 32, at global batch 64 / 256 / 1024 / 4096: RSS
+     before the first step and the peak, and one uncached run at batch 1024 beside it.
 """
 
 from __future__ import annotations
@@ -31,7 +35,10 @@ from pathlib import Path
 MAX_LENGTH = 128
 
 
-def hpo_pairs() -> list[tuple[str, str]]:
+def hpo_pairs(seed: int) -> list[tuple[str, str]]:
+    """Every HPO (synonym, term text) pair, in an order seeded by `seed` (the batches both sides train on)."""
+    import random
+
     from embedtune.hpo import build_queries, load_terms
     from embedtune.model import passage_text
 
@@ -39,12 +46,18 @@ def hpo_pairs() -> list[tuple[str, str]]:
     text = {t.id: passage_text(t.name, t.definition) for t in terms}
     queries, qrels = build_queries(terms)
     by_id = {q["_id"]: q["text"] for q in queries}
-    pairs = [(by_id[q], text[min(docs)]) for split in qrels.values() for q, docs in sorted(split.items())]
-    return sorted(pairs)
+    pairs = sorted((by_id[q], text[min(docs)]) for split in qrels.values() for q, docs in sorted(split.items()))
+    random.Random(seed).shuffle(pairs)
+    return pairs
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_now_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def child_ours(a) -> dict:
@@ -53,27 +66,34 @@ def child_ours(a) -> dict:
     from embedtune.tracking import LoggerConfig, read_metrics
     from embedtune.train import TrainConfig, TrainData, run_training
 
-    pairs = hpo_pairs()
-    rows = [{"query_id": f"q{i}", "passage_id": f"p{i}", "negative_ids": []} for i in range(len(pairs))]
+    pairs = hpo_pairs(a.seed)
     cfg = TrainConfig(batch_size=a.batch, hard_negatives=0, chunk_size=a.chunk, grad_cache=a.cache,
                       max_steps=a.steps, lr=3e-5, mixed_precision="bf16" if a.precision == "bf16" else "no",
                       log_every=1, save_every=None, seed=0, resume=False)
-    data = TrainData(rows, {f"q{i}": q for i, (q, _) in enumerate(pairs)},
-                     {f"p{i}": p for i, (_, p) in enumerate(pairs)}, cfg)
+    placeholder = [{"query_id": "", "passage_id": "", "negative_ids": []}] * len(pairs)
+    order = TrainData(placeholder, {}, {}, cfg).order(0)
+    rows = list(placeholder)
+    for k, i in enumerate(order):  # the k-th row embedtune trains on is the k-th pair in the seeded order
+        rows[i] = {"query_id": f"q{k}", "passage_id": f"p{k}", "negative_ids": []}
+    data = TrainData(rows, {f"q{k}": q for k, (q, _) in enumerate(pairs)},
+                     {f"p{k}": p for k, (_, p) in enumerate(pairs)}, cfg)
+    before = rss_now_mb()
     with tempfile.TemporaryDirectory() as out:
         run_training(ModelConfig(query_max_length=MAX_LENGTH, passage_max_length=MAX_LENGTH), PeftConfig(),
                      LossConfig(temperature=0.05), cfg, LoggerConfig(kind="none"), data, Path(out), "bench", {})
         windows = [m["train/pairs_per_s"] for m in read_metrics(Path(out) / "metrics.jsonl")][1:]
     seconds = sum(a.batch / r for r in windows)
     rate = len(windows) * a.batch / seconds if windows else float("nan")  # one step: memory only
-    return {"pairs_per_s": rate, "peak_rss_mb": peak_rss_mb()}
+    return {"pairs_per_s": rate, "peak_rss_mb": peak_rss_mb(), "rss_before_mb": before, "timed_steps": len(windows)}
 
 
 def child_st(a) -> dict:
     from datasets import Dataset
     from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
                                        SentenceTransformerTrainingArguments)
+    from sentence_transformers.base.sampler import DefaultBatchSampler
     from sentence_transformers.losses import CachedMultipleNegativesRankingLoss, MultipleNegativesRankingLoss
+    from torch.utils.data import SequentialSampler
     from transformers import TrainerCallback
 
     from embedtune.assets import resolve_model
@@ -84,7 +104,10 @@ def child_st(a) -> dict:
         def on_step_end(self, args, state, control, **kwargs):
             Clock.ends.append(time.perf_counter())
 
-    pairs = hpo_pairs()
+    def in_order(dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):
+        return DefaultBatchSampler(SequentialSampler(dataset), batch_size=batch_size, drop_last=drop_last)
+
+    pairs = hpo_pairs(a.seed)
     model = SentenceTransformer(str(resolve_model("minilm-l6").path), device="cpu")
     model.max_seq_length = MAX_LENGTH
     loss = (CachedMultipleNegativesRankingLoss(model, mini_batch_size=a.chunk, show_progress_bar=False)
@@ -93,12 +116,13 @@ def child_st(a) -> dict:
         args = SentenceTransformerTrainingArguments(
             output_dir=out, per_device_train_batch_size=a.batch, max_steps=a.steps, learning_rate=3e-5,
             warmup_ratio=0.1, bf16=a.precision == "bf16", use_cpu=True, report_to="none", save_strategy="no",
-            logging_steps=10_000, dataloader_drop_last=True, seed=0, disable_tqdm=True)
+            logging_steps=10_000, dataloader_drop_last=True, seed=0, disable_tqdm=True, batch_sampler=in_order)
         SentenceTransformerTrainer(model=model, args=args, loss=loss, callbacks=[Clock()],
                                    train_dataset=Dataset.from_dict({"anchor": [q for q, _ in pairs],
                                                                     "positive": [p for _, p in pairs]})).train()
     steps = Clock.ends
-    return {"pairs_per_s": (len(steps) - 1) * a.batch / (steps[-1] - steps[0]), "peak_rss_mb": peak_rss_mb()}
+    return {"pairs_per_s": (len(steps) - 1) * a.batch / (steps[-1] - steps[0]), "peak_rss_mb": peak_rss_mb(),
+            "timed_steps": len(steps) - 1}
 
 
 def run(impl: str, **kw) -> dict:
@@ -114,8 +138,13 @@ def run(impl: str, **kw) -> dict:
     return result
 
 
-def mean(xs):
-    return sum(xs) / len(xs)
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+
+def spread(xs) -> str:
+    return f"{median(xs):.1f} ({min(xs):.1f}-{max(xs):.1f})"
 
 
 def main() -> None:
@@ -128,9 +157,10 @@ def main() -> None:
     child.add_argument("--steps", type=int, required=True)
     child.add_argument("--precision", default="fp32")
     child.add_argument("--cache", action="store_true")
-    ap.add_argument("--steps", type=int, default=6, help="steps per batch-64 run")
-    ap.add_argument("--big-steps", type=int, default=3, help="steps per batch-1024 run")
-    ap.add_argument("--repeats", type=int, default=2)
+    child.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per batch-64 run (after one warm-up step)")
+    ap.add_argument("--big-steps", type=int, default=4, help="timed steps per batch-1024 run")
+    ap.add_argument("--seeds", default="0,1,2", help="data seeds: one alternating repeat each")
     ap.add_argument("--out", default=None, help="folder for train.md and train.png")
     ap.add_argument("--parts", default="small,big,rss", help="which tables: small (batch 64), big (1024), rss")
     a = ap.parse_args()
@@ -139,36 +169,47 @@ def main() -> None:
         return
 
     import torch
-    lines = [f"MiniLM-L6, HPO pairs, max length {MAX_LENGTH}, {torch.get_num_threads()} threads, "
-             f"{a.repeats} alternating repeats (mean)\n"]
+    seeds = [int(x) for x in a.seeds.split(",")]
+    lines = [f"MiniLM-L6, HPO pairs, max length {MAX_LENGTH}, {torch.get_num_threads()} threads; both sides train on the "
+             f"same batches; median (min-max) over {len(seeds)} data seeds, sides alternating\n"]
     parts = a.parts.split(",")
     small, big, rss = {}, {}, {}
     if "small" in parts:
         for precision in ("fp32", "bf16"):
-            for _ in range(a.repeats):
+            for seed in seeds:
                 for impl in ("ours", "st"):
                     small.setdefault((precision, impl), []).append(
-                        run(impl, batch=64, chunk=32, steps=a.steps, precision=precision)["pairs_per_s"])
-        lines += ["| batch 64 | embedtune pairs/s | sentence-transformers MNRL pairs/s | speed-up |",
+                        run(impl, batch=64, chunk=32, steps=a.steps + 1, precision=precision, seed=seed)["pairs_per_s"])
+        lines += [f"| batch 64, {a.steps} timed steps | embedtune pairs/s | sentence-transformers MNRL pairs/s | speed-up |",
                   "| --- | ---: | ---: | ---: |"]
         for precision in ("fp32", "bf16"):
-            ours, st = mean(small[(precision, "ours")]), mean(small[(precision, "st")])
-            lines.append(f"| {precision} | {ours:.1f} | {st:.1f} | {ours / st:.2f}x |")
+            ours, st = small[(precision, "ours")], small[(precision, "st")]
+            ratios = [o / t for o, t in zip(ours, st)]
+            lines.append(f"| {precision} | {spread(ours)} | {spread(st)} | {median(ratios):.2f}x "
+                         f"({min(ratios):.2f}-{max(ratios):.2f}) |")
     if "big" in parts:
-        for _ in range(a.repeats):
+        for seed in seeds:
             for impl in ("ours", "st"):
-                big.setdefault(impl, []).append(
-                    run(impl, batch=1024, chunk=32, steps=a.big_steps, precision="bf16", cache=True)["pairs_per_s"])
-        ours, st = mean(big["ours"]), mean(big["st"])
-        lines += ["", "| batch 1024, chunk 32, bf16 | embedtune grad cache pairs/s | CachedMNRL pairs/s | speed-up |",
-                  "| --- | ---: | ---: | ---: |", f"| | {ours:.1f} | {st:.1f} | {ours / st:.2f}x |"]
+                big.setdefault(impl, []).append(run(impl, batch=1024, chunk=32, steps=a.big_steps + 1, precision="bf16",
+                                                    cache=True, seed=seed)["pairs_per_s"])
+        ratios = [o / t for o, t in zip(big["ours"], big["st"])]
+        lines += ["", f"| batch 1024, chunk 32, bf16, {a.big_steps} timed steps | embedtune grad cache pairs/s | "
+                      "CachedMNRL pairs/s | speed-up |", "| --- | ---: | ---: | ---: |",
+                  f"| | {spread(big['ours'])} | {spread(big['st'])} | {median(ratios):.2f}x "
+                  f"({min(ratios):.2f}-{max(ratios):.2f}) |"]
     if "rss" in parts:
         # the same 4,096 pairs at every batch size (peak memory follows the longest chunk a run meets)
-        rss = {b: run("ours", batch=b, chunk=32, steps=4096 // b, precision="bf16", cache=True)["peak_rss_mb"]
+        rss = {(b, True): run("ours", batch=b, chunk=32, steps=4096 // b, precision="bf16", cache=True)
                for b in (64, 256, 1024, 4096)}
-        lines += ["", "| global batch (chunk 32, grad cache, bf16; same 4,096 pairs) | peak RSS MB | vs batch 64 |",
-                  "| ---: | ---: | ---: |"]
-        lines += [f"| {b} | {m:,.0f} | {m / rss[64]:.2f}x |" for b, m in rss.items()]
+        rss[(1024, False)] = run("ours", batch=1024, chunk=32, steps=4, precision="bf16")
+        base = rss[(64, True)]["peak_rss_mb"] - rss[(64, True)]["rss_before_mb"]
+        lines += ["", "| global batch (chunk 32, bf16; same 4,096 pairs) | gradient caching | RSS before the first "
+                      "step MB | peak RSS MB | training's share (peak - before) | vs batch 64 |",
+                  "| ---: | --- | ---: | ---: | ---: | ---: |"]
+        for (b, cached), m in rss.items():
+            grown = m["peak_rss_mb"] - m["rss_before_mb"]
+            lines.append(f"| {b} | {'yes' if cached else 'no'} | {m['rss_before_mb']:,.0f} | {m['peak_rss_mb']:,.0f} | "
+                         f"{grown:,.0f} | {grown / base:.2f}x |")
     report = "\n".join(lines)
     print("\n" + report)
     if a.out:
@@ -186,19 +227,23 @@ def plot(small, big, rss, path: Path) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     labels = ["b64 fp32", "b64 bf16", "b1024 cached"]
-    ours = [mean(small[("fp32", "ours")]), mean(small[("bf16", "ours")]), mean(big["ours"])]
-    st = [mean(small[("fp32", "st")]), mean(small[("bf16", "st")]), mean(big["st"])]
+    ours = [median(small[("fp32", "ours")]), median(small[("bf16", "ours")]), median(big["ours"])]
+    st = [median(small[("fp32", "st")]), median(small[("bf16", "st")]), median(big["st"])]
     x = range(len(labels))
     ax1.bar([i - 0.2 for i in x], ours, 0.4, label="embedtune")
     ax1.bar([i + 0.2 for i in x], st, 0.4, label="sentence-transformers")
     ax1.set_xticks(list(x), labels)
     ax1.set_ylabel("pairs/s")
     ax1.legend()
-    ax2.plot(list(rss), list(rss.values()), marker="o")
+    cached = {b: m["peak_rss_mb"] - m["rss_before_mb"] for (b, c), m in rss.items() if c}
+    ax2.plot(list(cached), list(cached.values()), marker="o", label="gradient caching")
+    uncached = {b: m["peak_rss_mb"] - m["rss_before_mb"] for (b, c), m in rss.items() if not c}
+    ax2.plot(list(uncached), list(uncached.values()), marker="x", linestyle="none", label="no caching")
+    ax2.legend()
     ax2.set_xscale("log", base=2)
     ax2.set_xlabel("global batch (chunk 32, gradient caching)")
-    ax2.set_ylabel("peak RSS (MB)")
-    ax2.set_ylim(0, max(rss.values()) * 1.2)
+    ax2.set_ylabel("peak - before first step (MB)")
+    ax2.set_ylim(0, max([*cached.values(), *uncached.values()]) * 1.2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

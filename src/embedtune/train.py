@@ -68,12 +68,15 @@ class TrainData:
             return self.cfg.max_steps
         return max(1, math.ceil(self.cfg.epochs * self.steps_per_epoch))
 
+    def order(self, epoch: int) -> list[int]:
+        """The rows of one epoch, in training order: a permutation seeded by (seed, epoch)."""
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.rows), generator=g).tolist()[:self.per_epoch]
+
     def global_rows(self, step: int) -> list[dict]:
         epoch, pos = divmod(step, self.steps_per_epoch)
         if epoch != self._perm_epoch:
-            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
-            perm = torch.randperm(len(self.rows), generator=g).tolist()[:self.per_epoch]
-            self._perm, self._perm_epoch = perm, epoch
+            self._perm, self._perm_epoch = self.order(epoch), epoch
         return [self.rows[i] for i in self._perm[pos * self.cfg.batch_size:(pos + 1) * self.cfg.batch_size]]
 
     def batch(self, step: int, rank: int = 0) -> dict:
