@@ -56,12 +56,12 @@ def pool(args) -> None:
 
 
 def grow(args) -> None:
-    """Add the passages ranked `have..--passages` in the sample order, one query each drawn from `--mix`,
-    to the pool (as an extra file in queries/)."""
+    """Add the passages ranked `have..--passages` in the sample order, `--per-passage` queries each drawn from
+    `--mix`, to the pool (as an extra file in queries/)."""
     root = Path("runs") / args.run
     have = {q["passage_id"] for q in read_queries(root / "queries")}
     table = read_stage_table(root / "passages", ["id", "title", "text"])
-    cfg = GeneratorConfig(max_passages=args.passages)
+    cfg = GeneratorConfig(max_passages=args.passages, queries_per_passage=args.per_passage)
     cfg.prompt.mix = parse_mix(args.mix)
     cfg.prompt.domain = args.domain
     chosen = select_passages(table.column("id").to_pylist(), cfg)
@@ -131,7 +131,7 @@ def table(args) -> None:
         spec = read_json(point)["args"]
         pairs = read_json(folder / "pairs" / "manifest.json")
         report = read_json(folder / "eval" / "report.json")
-        name = next(iter(report))
+        name = next(k for k in report if k != "comparisons")
         base, tuned = report[name]["base"], report[name]["tuned"]
         ci = paired_bootstrap(base["per_query"], tuned["per_query"])
         train_s = read_json(folder / "checkpoints" / "manifest.json")["wall_time_s"]

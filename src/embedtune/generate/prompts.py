@@ -65,9 +65,10 @@ def builtin_types() -> dict[str, QueryType]:
 
 @dataclass
 class PromptConfig:
-    mix: dict[str, float] = field(default_factory=lambda: {"keyword": 1.0, "question": 1.0, "claim": 0.0,
+    mix: dict[str, float] = field(default_factory=lambda: {"keyword": 1.0, "question": 1.0, "claim": 1.0,
                                                            "plain": 0.0})
-                                      # share of each query type (keys of `types`): generator.prompt.mix.claim=1
+                                      # share of each query type (keys of `types`), e.g. generator.prompt.mix.plain=1
+                                      # (chosen on HPO dev: README "Synthetic queries")
     types: dict[str, QueryType] = field(default_factory=builtin_types)  # instruction, examples, lengths per type
     domain: str = "this subject"      # fills {domain}: what the corpus is about, e.g. "human phenotypes"
     system: str = ("You write the search queries that people interested in {domain} type to find texts. "
