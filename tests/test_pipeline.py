@@ -69,7 +69,7 @@ def test_queries_report_shows_the_user_what_was_kept_and_why_the_rest_was_not(de
     train = {r["query"] for r in pq.read_table(run / "pairs" / "train.parquet").to_pylist()}
     dev_test = {r["query"] for s in ("dev", "test") for r in pq.read_table(run / "pairs" / f"{s}.parquet").to_pylist()}
     shown = [line.split(" | ")[0].lstrip("| ") for line in report.split("random kept queries per type")[1]
-             .split("## Up to")[0].splitlines() if line.startswith("| ") and not line.startswith("| query")]
+             .split("## Up to")[0].splitlines() if line.startswith("| ") and not line.startswith(("| query", "| ---"))]
     assert shown and all(q in train | dev_test for q in shown)  # the samples are real kept queries
     pairs = json.loads((run / "pairs" / "manifest.json").read_text())
     assert pairs["counts"]["kept"] + sum(pairs["counts"]["dropped"].values()) == pairs["counts"]["generated"] == 24

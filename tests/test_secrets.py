@@ -15,10 +15,11 @@ SECRET = "sk-live-embedtune-9f8e7d6c5b4a39281706"
 
 
 def query_from_prompt(messages) -> str:
-    """A scripted generator: the first words of the passage in the prompt, as a search query."""
-    text = messages[-1]["content"]
-    words = re.findall(r"[A-Za-z]{4,}", text.split("Passage", 1)[-1])
-    return " ".join(words[-12:-6]) or "abnormal phenotype"
+    """A scripted generator: six words from the middle of the passage in the last user turn, as a search query."""
+    passage = messages[-1]["content"].split("Text: ", 1)[-1].split("\n\n", 1)[0]
+    words = re.findall(r"[A-Za-z]{4,}", passage)
+    middle = len(words) // 2
+    return " ".join(words[max(0, middle - 3):middle + 3]) or "abnormal phenotype"
 
 
 def test_api_key_from_the_environment_is_in_no_file_and_no_log(tiny_lm_dir, tmp_path):

@@ -55,13 +55,14 @@ def assert_clean_failure(result, disk: Path, before: dict[str, str], reason: str
 
 def test_full_disk_stops_with_a_clear_error_and_keeps_earlier_outputs(small_disk, tmp_path):
     before = prepared(small_disk, tmp_path)
-    with open(small_disk / "filler", "wb") as f:  # fill what is left
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
+    fd = os.open(small_disk / "filler", os.O_WRONLY | os.O_CREAT)  # fill what is left (unbuffered: no late flush)
+    try:
+        while os.write(fd, b"\0" * 4096):
             pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
     # another chunk size: prepare reruns and must rewrite its passages, on a full disk
     result = embedtune("prepare", "debug=tiny", "corpus.chunk_tokens=64", f"paths.runs={small_disk}", cwd=tmp_path)
     assert_clean_failure(result, small_disk, before, "No space left on device")

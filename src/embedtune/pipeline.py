@@ -107,6 +107,9 @@ def filter_and_split(cfg) -> dict:
     print(f"filter: chatter in {measured['chatter_in_outputs']:.1%} of outputs, {measured['chatter_in_kept']:.1%} of "
           f"kept training queries; passage copies {measured['copies_in_outputs']:.1%} and "
           f"{measured['copies_in_kept']:.1%}; samples in {report}")
+    if not splits["train"]:
+        raise EmbedtuneError(f"filter: no training query survived ({len(outputs):,} outputs, {len(kept):,} kept, all "
+                             f"held out or dropped); see why in {report}")
     return stage.finish(counts_out, files=[f"{s}.parquet" for s in splits], rates=measured, report=str(report))
 
 
