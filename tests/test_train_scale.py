@@ -44,6 +44,9 @@ def test_halted_and_resumed_run_ends_with_the_same_weights(tmp_path, tiny_model_
     first = json.loads((split / "step-3" / "train_state.json").read_text())
     assert first["step"] == 3 and first["key"] == "k"
     assert "train: resuming from" in proc.stdout + proc.stderr
+    # every rank's RNG state is in the checkpoint (a slow rank once wrote it after rank 0 had renamed the folder)
+    assert len(list((split / "step-3" / "state").glob("random_states_*.pkl"))) == processes
+    assert "no RNG state" not in proc.stdout + proc.stderr
     a, b = weights(whole / "step-6"), weights(split / "step-6")
     assert set(a) == set(b)
     diff = max(float((a[k] - b[k]).abs().max()) for k in a)

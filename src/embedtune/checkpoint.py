@@ -29,6 +29,7 @@ def save_checkpoint(accelerator, encoder, out_dir: Path, step: int, keep: int, s
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp / "state"))
+    accelerator.wait_for_everyone()  # every rank's RNG file is in tmp before rank 0 renames it
     unwrapped = accelerator.unwrap_model(encoder)
     if zero_stage(accelerator) == 3:
         import deepspeed
@@ -59,6 +60,10 @@ def latest_checkpoint(out_dir: Path, key: str) -> Optional[Path]:
 def load_checkpoint(accelerator, path: Path) -> dict:
     """Restore model, optimizer, scheduler and RNG from `path`; returns its train_state.json. Every file is
     read as plain tensors (torch's weights_only): a checkpoint holding other pickled objects is refused."""
+    rng = path / "state" / f"random_states_{accelerator.process_index}.pkl"
+    if not rng.exists():  # accelerate would skip it without a word
+        print(f"train: warning: {path} has no RNG state for process {accelerator.process_index} (saved with fewer "
+              "processes?); dropout will not match an uninterrupted run", flush=True)
     try:
         accelerator.load_state(str(path / "state"))
     except pickle.UnpicklingError as e:
