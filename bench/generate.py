@@ -3,7 +3,7 @@ and (when its prebuilt wheel is installed) llama.cpp through xllamacpp on the sa
 
     python bench/generate.py [--model smollm2-135m] [--n 256] [--batch-sizes 16,32,64] [--xllamacpp]
 
-Prompts are the demo's: HPO passages, the default query-type mix (keyword and question, one per passage).
+Prompts are the demo's: HPO passages, the default query-type mix (keyword, question and claim, one per passage).
 Prints queries/s per setting as a table (model loading excluded).
 """
 

@@ -48,6 +48,8 @@ def test_every_committed_real_output_extracts_as_a_person_read_it():
     ("keyword research tools: free options", "keyword", "keyword research tools: free options"),  # a real colon
     ("How do banks set mortgage rates?", "question", "How do banks set mortgage rates?"),  # "how do" is no echo
     ("Bread rises because yeast makes gas.", "claim", "Bread rises because yeast makes gas"),
+    ("A lack of collagen binding to vWF. A lack of vWB.", "claim", "A lack of collagen binding to vWF"),  # acronym end
+    ("Rash on the arms, e.g. A patch", "claim", "Rash on the arms, e.g. A patch"),  # an abbreviation is no end
 ])
 def test_extraction_rules(raw, kind, query):
     examples = ["How do you make bread rise without store-bought yeast?"] if kind == "question" else []

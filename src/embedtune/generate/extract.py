@@ -52,7 +52,7 @@ _TRAILER = re.compile(r"(?:\s+[-–—]\s+(?:this|it|which|that)\b|"
                       r"\s*\((?:this|it|which|that|note|the query|the text)\b|"
                       r"[.!]\s+(?:this|it|that|these|the query|the text|i|note)\b).*$", re.I | re.S)
 _APPOSITION = re.compile(r",\s+(?:a|an|the|which|that|where|when|who|often|usually|also)\s.*$", re.I | re.S)
-_SENTENCE_END = re.compile(r"(?<=[a-z0-9)\]])[.!;]\s+(?=[A-Z(])")
+_SENTENCE_END = re.compile(r"(?:(?<=\w\w)|(?<=[)\]]))[.!;]\s+(?=[A-Z(])")  # "vWF. A lack" splits, "e.g. A" not
 _LOWER_SENTENCE_END = re.compile(r"(?<=\w\w\w)[.!;]\s+(?=[a-z])")  # "x concentration. reduced x ..." ("vs. b" stays)
 _QUESTION_END = re.compile(r"\?\s+\S.*$", re.S)
 _WORD = re.compile(r"\w+")
