@@ -69,6 +69,31 @@ class ChatServer:
         self.httpd.server_close()
 
 
+def passage_in(messages) -> str:
+    """The passage of the last user turn of a generation prompt ("Text: <passage>\n\n<instruction>")."""
+    return messages[-1]["content"].split("Text: ", 1)[-1].split("\n\n", 1)[0]
+
+
+def scripted_run(model_dir, tmp_path, answer, key: str, *overrides: str):
+    """`embedtune run debug=tiny` in tmp_path with the openai backend pointed at a ChatServer that answers with
+    `answer(messages)`; the API key comes from EMBEDTUNE_KEY. Returns (completed process, server)."""
+    import subprocess
+    import sys
+
+    server = ChatServer(model_dir, answer=answer)
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "2",
+           "EMBEDTUNE_KEY": key}
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "embedtune.cli", "run", "debug=tiny", f"paths.runs={tmp_path / 'runs'}",
+             "generator.backend=openai", "generator.model=scripted", f"generator.api_base={server.url}",
+             "generator.api_key_env=EMBEDTUNE_KEY", *overrides],
+            cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
+    finally:
+        server.close()
+    return result, server
+
+
 @pytest.fixture
 def passages_dir(tmp_path):
     return write_passages(tmp_path / "passages", 6)

@@ -4,36 +4,23 @@ are searched for the key."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 
-from test_openai_backend import ChatServer
+from test_openai_backend import passage_in, scripted_run
 
 SECRET = "sk-live-embedtune-9f8e7d6c5b4a39281706"
 
 
 def query_from_prompt(messages) -> str:
     """A scripted generator: six words from the middle of the passage in the last user turn, as a search query."""
-    passage = messages[-1]["content"].split("Text: ", 1)[-1].split("\n\n", 1)[0]
-    words = re.findall(r"[A-Za-z]{4,}", passage)
+    words = re.findall(r"[A-Za-z]{4,}", passage_in(messages))
     middle = len(words) // 2
     return " ".join(words[max(0, middle - 3):middle + 3]) or "abnormal phenotype"
 
 
 def test_api_key_from_the_environment_is_in_no_file_and_no_log(tiny_lm_dir, tmp_path):
-    server = ChatServer(tiny_lm_dir, answer=query_from_prompt)
-    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "EMBEDTUNE_KEY": SECRET,
-           "OMP_NUM_THREADS": "2"}
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", "embedtune.cli", "run", "debug=tiny", "logger=wandb", "logger.kind=wandb",
-             f"paths.runs={tmp_path / 'runs'}", "generator.backend=openai", "generator.model=scripted",
-             f"generator.api_base={server.url}", "generator.api_key_env=EMBEDTUNE_KEY"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
-    finally:
-        server.close()
+    result, server = scripted_run(tiny_lm_dir, tmp_path, query_from_prompt, SECRET, "logger=wandb",
+                                  "logger.kind=wandb")
     assert result.returncode == 0, result.stderr[-3000:]
     assert {r["auth"] for r in server.requests} == {f"Bearer {SECRET}"}  # the key was used ...
     run = tmp_path / "runs" / "demo"
