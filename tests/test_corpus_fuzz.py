@@ -5,7 +5,6 @@ chunking either gives valid passages or raises one EmbedtuneError that names the
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
+import torch
 
 from embedtune.errors import EmbedtuneError
-from embedtune.evaluate import METRICS, RECALL_KS, markdown_table, recall_table, trec_metrics, use_bf16
+from embedtune.evaluate import METRICS, RECALL_KS, markdown_table, recall_table, trec_metrics
+from embedtune.precision import generator_dtype, native_bf16, train_precision, use_bf16
 
 # q1: relevant d1 (grade 1) at rank 2 and d2 (grade 2) at rank 4
 # q2: its only relevant document, d5, at rank 11 (inserted first, so the run's dict order is not its rank)
@@ -104,6 +107,20 @@ def test_recall_table_and_plot(tmp_path):
 def test_use_bf16_honours_explicit_precision():
     assert use_bf16("bf16") is True
     assert use_bf16("fp32") is False
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it():
+    """On an AVX2-only CPU bf16 is emulated (~50x slower than fp32): auto must pick fp32 there."""
+    flags = Path("/proc/cpuinfo").read_text()
+    native = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else (
+        "avx512_bf16" in flags or "amx_bf16" in flags)
+    assert native_bf16() is native
+    assert use_bf16("auto") is native
+    assert train_precision("auto") == ("bf16" if native else "no")
+    assert generator_dtype("auto") == ("bfloat16" if native else "float32")
+    assert train_precision("auto", launcher="bf16") == "bf16"  # a launch config that names one decides
+    assert train_precision("no", launcher="bf16") == "no"      # (and check_launch refuses the contradiction)
+    assert generator_dtype("float32") == "float32" and train_precision("fp16") == "fp16"
 
 
 # ---------------------------------------------------------------- BM25 row

@@ -7,10 +7,13 @@ repeat them but not contradict them. Gradient accumulation is the gradient-cachi
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from embedtune.distributed import launcher_settings, world_size
 from embedtune.errors import EmbedtuneError
+from embedtune.precision import train_precision
 
 MICRO_STEPS = 2  # accumulate entries per optimizer step (see gradcache.py)
 
@@ -68,9 +71,9 @@ def make_accelerator(cfg):
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, GradientAccumulationPlugin, InitProcessGroupKwargs
 
-    if cfg.mixed_precision not in ("no", "bf16", "fp16"):
-        raise EmbedtuneError(f"train.mixed_precision={cfg.mixed_precision} is not one of no, bf16, fp16")
     settings = launcher_settings()
+    cfg = dataclasses.replace(cfg, mixed_precision=train_precision(cfg.mixed_precision,
+                                                                   settings.get("mixed_precision", "no")))
     use_cpu = settings.get("use_cpu", "false").lower() == "true" or not torch.cuda.is_available()
     if cfg.mixed_precision == "fp16" and use_cpu:
         raise EmbedtuneError("train.mixed_precision=fp16 needs a GPU; use bf16 or no on CPU")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -11,6 +10,7 @@ from embedtune.beir import RetrievalSet
 from embedtune.encode import EmbeddingCache
 from embedtune.errors import EmbedtuneError
 from embedtune.mine import exact_search
+from embedtune.precision import use_bf16
 
 METRICS = ["nDCG@10", "R@1", "R@10", "R@100", "MRR@10", "MAP@100"]
 RECALL_KS = [1, 3, 5, 10, 20, 50, 100]  # points of the Recall@k curve
@@ -70,20 +70,6 @@ def paired_bootstrap(a: dict[str, float], b: dict[str, float], draws: int = 1000
     lo, hi = np.percentile(means, [2.5, 97.5])
     return {"diff": float(diff.mean()), "low": float(lo), "high": float(hi), "queries": len(keys),
             "significant": bool(lo > 0 or hi < 0)}
-
-
-def use_bf16(precision: str) -> bool:
-    if precision == "bf16":
-        return True
-    if precision == "fp32":
-        return False
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def cache_fingerprint(model_fingerprint: str, precision: str) -> str:

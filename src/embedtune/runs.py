@@ -7,8 +7,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from embedtune.distributed import launcher_settings
 from embedtune.errors import EmbedtuneError
 from embedtune.manifest import MANIFEST, Stage, load_manifest
+from embedtune.precision import train_precision
 
 STAGE_NAMES = ("prepare", "generate", "filter", "mine", "train", "eval", "export")
 UPSTREAM = {"generate": "prepare", "filter": "generate", "mine": "filter", "train": "mine", "eval": "train",
@@ -53,7 +55,9 @@ def stage_of(cfg, name: str) -> Stage:
     if name == "mine":
         return Stage("mine", run.negatives, [cfg.mining, cfg.model], {"pairs": load_manifest(run.pairs)})
     if name == "train":
-        config = [cfg.model, cfg.peft, cfg.loss, dataclasses.replace(cfg.train, **SAME_WEIGHTS)]
+        precision = train_precision(cfg.train.mixed_precision, launcher_settings().get("mixed_precision", "no"))
+        train = dataclasses.replace(cfg.train, **SAME_WEIGHTS, mixed_precision=precision)  # auto: as resolved here
+        config = [cfg.model, cfg.peft, cfg.loss, train]
         return Stage("train", run.checkpoints, config, {"negatives": load_manifest(run.negatives)})
     if name == "eval":
         inputs = {"train": load_manifest(run.checkpoints), "pairs": load_manifest(run.pairs)}

@@ -36,7 +36,7 @@ class TrainConfig:
     weight_decay: float = 0.01        # AdamW decay (not on biases and norms)
     warmup_ratio: float = 0.1         # share of steps with linear warmup, then cosine decay to 0
     grad_clip: float = 1.0            # max global grad norm
-    mixed_precision: str = "bf16"     # no | bf16 | fp16 (fp16 on GPU only); bf16 autocast also helps on CPU
+    mixed_precision: str = "auto"     # auto (bf16 where the GPU/CPU computes it natively, else no) | no | bf16 | fp16 (GPU)
     seed: int = 42                    # data order, hard-negative choice, LoRA init and dropout
     log_every: int = 5                # steps between logged metrics (the loss is their mean)
     eval_every: Optional[int] = None  # steps between dev-set evaluations logged during training

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from embedtune.assets import resolve_model
 from embedtune.errors import EmbedtuneError
 from embedtune.generate.prompts import Prompt
+from embedtune.precision import generator_dtype
 
 MIN_SHARED_TOKENS = 16  # a shared prompt start shorter than this is not worth a cache
 
@@ -22,7 +23,7 @@ class BackendConfig:
     backend: str = "transformers"     # transformers (local, CPU or GPU) | vllm (GPU) | openai (HTTP endpoint)
     model: str = "smollm2-135m"       # built-in alias, local folder, .gguf file or hub id
     gguf_file: Optional[str] = None   # GGUF file inside `model` (aliases set it themselves)
-    dtype: str = "bfloat16"           # weights and activations: bfloat16 (2-3x faster on recent CPUs) or float32
+    dtype: str = "auto"               # auto (bfloat16 where native: GPU, AVX512-BF16/AMX CPU; else float32) | bfloat16 | float32 | float16
     device: str = "auto"              # auto (cuda when available) | cpu | cuda
     batch_size: int = 32              # prompts per forward pass (sorted by length to cut padding)
     prefix_cache: bool = True         # transformers: compute the prompts' shared few-shot start once and reuse it
@@ -113,13 +114,14 @@ class TransformersBackend:
         resolved = resolve_model(cfg.model)
         gguf = cfg.gguf_file or resolved.gguf_file
         kwargs = {"gguf_file": gguf} if gguf else {"use_safetensors": True}
-        if cfg.dtype not in ("bfloat16", "float32", "float16"):
-            raise EmbedtuneError(f"generator.dtype={cfg.dtype} is not one of bfloat16, float32, float16")
+        dtype = generator_dtype(cfg.dtype)
+        if dtype not in ("bfloat16", "float32", "float16"):
+            raise EmbedtuneError(f"generator.dtype={cfg.dtype} is not one of auto, bfloat16, float32, float16")
         try:
             config = AutoConfig.from_pretrained(resolved.path, **({"gguf_file": gguf} if gguf else {}))
             self.tokenizer = AutoTokenizer.from_pretrained(resolved.path, **({"gguf_file": gguf} if gguf else {}))
             auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-            self.model = auto.from_pretrained(resolved.path, dtype=getattr(torch, cfg.dtype), **kwargs)
+            self.model = auto.from_pretrained(resolved.path, dtype=getattr(torch, dtype), **kwargs)
         except (OSError, ValueError) as e:
             raise EmbedtuneError(f"cannot load generator '{cfg.model}': {e}") from e
         device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")

@@ -21,6 +21,7 @@ from embedtune.generate.extract import extract_query
 from embedtune.generate.prompts import PromptConfig, passage_for_prompt, render
 from embedtune.io import atomic_path, read_parquet, read_stage_table, write_parquet
 from embedtune.manifest import Stage
+from embedtune.precision import generator_dtype
 
 QUERY_COLUMNS = ["query_id", "passage_id", "text", "raw", "finished", "reason", "chatter", "generator", "prompt"]
 
@@ -90,6 +91,8 @@ OPERATIONAL = ("shard", "batch_size", "prefix_cache", "device", "concurrency", "
 
 def generate_stage(cfg: GeneratorConfig, out_dir: Path, passages_manifest: dict) -> Stage:
     config = {k: v for k, v in cfg.__dict__.items() if k not in OPERATIONAL}
+    if cfg.backend == "transformers":  # bf16 and fp32 greedy decoding write different queries
+        config["dtype"] = generator_dtype(cfg.dtype)
     return Stage("generate", out_dir, config, {"passages": passages_manifest})
 
 
