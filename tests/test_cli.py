@@ -125,20 +125,3 @@ def test_multirun_gives_each_point_its_own_run_folder(tmp_path):
     assert counts[16]["documents"] == counts[64]["documents"] == 300
     assert counts[16]["passages"] > counts[64]["passages"]  # smaller chunks, more passages
     assert not (tmp_path / "runs" / "demo" / "passages").exists()  # the run itself is untouched
-
-
-def test_the_installed_package_ships_every_config_file():
-    """A non-editable install (what `make install` does) must carry the whole conf/ tree, the nested
-    hydra/launcher/slurm.yaml included: every yaml under src/embedtune/conf matches a package-data pattern."""
-    import fnmatch
-    import tomllib
-
-    from conftest import REPO
-
-    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["embedtune"]
-    package = REPO / "src" / "embedtune"
-    configs = [p.relative_to(package).as_posix() for p in (package / "conf").rglob("*.yaml")]
-    assert "conf/hydra/launcher/slurm.yaml" in configs
-    unshipped = [c for c in configs if not any(fnmatch.fnmatchcase(c, pat) and c.count("/") == pat.count("/")
-                                                for pat in patterns)]
-    assert unshipped == []

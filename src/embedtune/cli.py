@@ -48,7 +48,7 @@ def _hydra_main(stage: str) -> None:
 
     register()
 
-    @hydra.main(version_base=None, config_path="conf", config_name="config")
+    @hydra.main(version_base=None, config_path="pkg://embedtune.conf", config_name="config")
     def app(dcfg) -> None:
         from embedtune import pipeline, sweep
         from embedtune.validate import check_config
