@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from embedtune.loss import LossConfig, local_loss_sum
+from embedtune.loss import LossConfig, ScoredBatch, local_loss_sum
 from embedtune.model import Encoder, ModelConfig, PeftConfig
 from embedtune.train import TrainConfig, TrainData
 
@@ -52,8 +52,8 @@ def reference_grads(model_dir: str, lora: bool, matryoshka: bool, batch_size: in
     batch = toy_data(TrainConfig(batch_size=batch_size, hard_negatives=2)).batch(0)
     q = encoder(encoder.tokenize(batch["queries"], "query"))
     c = encoder(encoder.tokenize(batch["candidates"], "passage"))
-    loss_sum, total = local_loss_sum(q, c, batch["query_pids"], batch["candidate_pids"],
-                                     loss_config(matryoshka), normalize=True)
+    scored = ScoredBatch.local(q, c, batch["query_pids"], batch["candidate_pids"])
+    loss_sum, total = local_loss_sum(scored, loss_config(matryoshka), normalize=True), scored.total_queries
     (loss_sum / total).backward()
     params = {n: p.detach().clone() for n, p in encoder.named_parameters() if p.requires_grad}
     grads = {n: torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
@@ -86,7 +86,7 @@ def zero_config(accelerator) -> dict:
     return plugin.deepspeed_config.get("zero_optimization", {}) if plugin is not None else {}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     from accelerate.utils import DistributedType
     from safetensors.torch import save_file
 
@@ -103,7 +103,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=3)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--precision", default="no")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     cfg = TrainConfig(batch_size=args.batch, hard_negatives=2, chunk_size=args.chunk, grad_cache=not args.no_cache,
                       grad_clip=1e6, mixed_precision=args.precision)

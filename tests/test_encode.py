@@ -159,9 +159,10 @@ def test_cache_with_no_texts_returns_an_empty_tensor(tmp_path, encoder_a):
     assert out.shape[0] == 0
 
 
+@pytest.mark.slow
 def test_encode_sharded_over_two_processes_equals_one_process(tiny_model_dir, tmp_path):
     """23 texts over 2 ranks (12 + 11): every rank gets all embeddings, in input order."""
-    from conftest import REPO, accelerate_launch
+    from helpers import REPO, accelerate_launch
     from embedtune.encode import encode_sharded
 
     out = tmp_path / "emb.pt"

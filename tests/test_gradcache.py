@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 
 import pytest
 import torch
 
-from conftest import REPO, accelerate_launch
+from helpers import REPO, accelerate_launch
+import dist_gradcheck
 from dist_gradcheck import compare
 from embedtune.gradcache import RngState, length_chunks
 from embedtune.model import Encoder, ModelConfig
@@ -54,9 +54,9 @@ def check_update(out, model, lora=False, matryoshka=False) -> dict:
 
 def run_gradcheck(tmp_path, model, *flags, processes=1, stage=0):
     args = [str(REPO / "tests" / "dist_gradcheck.py"), "--model", str(model), "--out", str(tmp_path), *flags]
-    if processes == 1 and not stage:
-        import subprocess
-        proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
+    if processes == 1 and not stage:  # in this process: one process needs no launcher
+        dist_gradcheck.main(args[1:])
+        return tmp_path
     else:
         # --gradient_clipping: the DeepSpeed config must agree with the script's train.grad_clip (no clipping)
         extra = ["--mixed_precision", "no"] + (["--gradient_clipping", "1000000"] if stage else [])
@@ -106,6 +106,7 @@ def test_chunk_of_one_text_still_matches(tmp_path, no_dropout_model):
 
 # ---------------------------------------------------------------- two processes: DDP, ZeRO-1/2/3
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags", [[], ["--lora"]], ids=["full", "lora"])
 def test_ddp_two_processes_equals_full_batch(tmp_path, no_dropout_model, flags):
     out = run_gradcheck(tmp_path, no_dropout_model, *flags, processes=2)
@@ -115,12 +116,14 @@ def test_ddp_two_processes_equals_full_batch(tmp_path, no_dropout_model, flags):
 
 @pytest.mark.parametrize("stage,flags", [(1, []), (2, ["--matryoshka"]), (3, []), (3, ["--lora"])],
                          ids=["zero1", "zero2-matryoshka", "zero3", "zero3-lora"])
+@pytest.mark.slow
 def test_deepspeed_two_processes_equals_full_batch(tmp_path, no_dropout_model, stage, flags):
     out = run_gradcheck(tmp_path, no_dropout_model, *flags, processes=2, stage=stage)
     info = check_update(out, no_dropout_model, lora="--lora" in flags, matryoshka="--matryoshka" in flags)
     assert info["deepspeed"] and info["zero_stage"] == stage and info["processes"] == 2
 
 
+@pytest.mark.slow
 def test_zero3_cpu_offload_from_a_deepspeed_json_equals_full_batch(tmp_path, no_dropout_model):
     """launch/zero3-offload.yaml names launch/deepspeed/zero3-offload.json, whose "auto" values embedtune
     fills (precision, clipping, micro-batch, bucket sizes): parameters and optimizer state on the CPU."""

@@ -126,6 +126,7 @@ def test_passage_hash_is_deterministic_and_distinguishes_ids():
     assert torch.tensor(hashes).dtype == torch.int64  # fits inside int64 tensors
 
 
+@pytest.mark.slow
 def test_passage_hash_is_stable_across_processes_and_hash_seeds():
     code = "from embedtune.loss import passage_hash; print(passage_hash('doc-1#0'))"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
@@ -138,26 +139,28 @@ def test_passage_hash_is_stable_across_processes_and_hash_seeds():
 # ---------------------------------------------------------------- local_loss_sum, Matryoshka, backward_scale
 
 def test_local_loss_sum_on_one_process_is_the_summed_info_nce():
-    from embedtune.loss import LossConfig, local_loss_sum
+    from embedtune.loss import LossConfig, ScoredBatch, local_loss_sum
 
     cfg = LossConfig(temperature=0.1, symmetric=True)
-    total, n = local_loss_sum(Q, C, QP, CP, cfg, normalize=True)
-    assert n == 2
+    batch = ScoredBatch.local(Q, C, QP, CP)
+    total = local_loss_sum(batch, cfg, normalize=True)
+    assert batch.total_queries == 2
     assert math.isclose(float(total), 2 * float(info_nce(Q, C, POS, QP, CP, 0.1, symmetric=True)), rel_tol=1e-12)
 
 
 def test_matryoshka_is_the_mean_over_truncated_renormalised_dimensions():
-    from embedtune.loss import LossConfig, local_loss_sum
+    from embedtune.loss import LossConfig, ScoredBatch, local_loss_sum
 
-    full, _ = local_loss_sum(Q, C, QP, CP, LossConfig(temperature=0.1), normalize=True)
-    same, _ = local_loss_sum(Q, C, QP, CP, LossConfig(temperature=0.1, matryoshka_dims=[3]), normalize=True)
+    batch = ScoredBatch.local(Q, C, QP, CP)
+    full = local_loss_sum(batch, LossConfig(temperature=0.1), normalize=True)
+    same = local_loss_sum(batch, LossConfig(temperature=0.1, matryoshka_dims=[3]), normalize=True)
     assert math.isclose(float(full), float(same), rel_tol=1e-12)
-    both, _ = local_loss_sum(Q, C, QP, CP, LossConfig(temperature=0.1, matryoshka_dims=[3, 2]), normalize=True)
+    both = local_loss_sum(batch, LossConfig(temperature=0.1, matryoshka_dims=[3, 2]), normalize=True)
     q2, c2 = F.normalize(Q[:, :2], dim=-1), F.normalize(C[:, :2], dim=-1)
     short = 2 * float(info_nce(q2, c2, POS, QP, CP, 0.1))
     assert math.isclose(float(both), (float(full) + short) / 2, rel_tol=1e-12)
     with pytest.raises(ValueError, match="exceed the embedding size"):
-        local_loss_sum(Q, C, QP, CP, LossConfig(matryoshka_dims=[4]), normalize=True)
+        local_loss_sum(batch, LossConfig(matryoshka_dims=[4]), normalize=True)
 
 
 def test_backward_scale_undoes_data_parallel_averaging_and_accumulation_division():

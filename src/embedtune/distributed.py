@@ -1,10 +1,14 @@
-"""Who am I among the workers? The only module that reads torchrun, accelerate or SLURM variables."""
+"""Who am I among the workers, and the collectives they share. The only module that reads torchrun,
+accelerate or SLURM variables, and the only one that calls torch.distributed's collectives."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from typing import Optional
+
+import torch
+import torch.distributed as dist
 
 from embedtune.errors import EmbedtuneError
 
@@ -41,6 +45,9 @@ def local_rank() -> int:
 
 
 def is_main() -> bool:
+    """The one process that writes shared files: rank 0 of the joined process group, else of the launcher."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
     return rank() == 0
 
 
@@ -81,9 +88,6 @@ def launcher_settings() -> dict:
 def init_process_group_from_env() -> bool:
     """Join the process group that `accelerate launch`/torchrun describe in the environment (gloo on CPU,
     NCCL on GPUs), for stages that split work across ranks; False when there is only one process."""
-    import torch
-    import torch.distributed as dist
-
     if world_size() <= 1:
         return False
     if not dist.is_initialized():
@@ -96,6 +100,79 @@ def init_process_group_from_env() -> bool:
 
 def group_size() -> int:
     """Processes in the torch.distributed group this process has joined (1 when it has joined none)."""
-    import torch.distributed as dist
-
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def group_rank() -> int:
+    """This process's rank in the joined torch.distributed group (0 when it has joined none)."""
+    return dist.get_rank() if group_size() > 1 else 0
+
+
+def collective_device() -> torch.device:
+    """Where tensors must sit for this group's collectives: the current GPU under NCCL, else the CPU."""
+    if group_size() > 1 and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_max(value: int, device) -> int:
+    """The largest `value` over the group's ranks."""
+    if group_size() <= 1:
+        return value
+    tensor = torch.tensor([value], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum over the group's ranks (a new tensor; `tensor` itself when there is one process)."""
+    if group_size() <= 1:
+        return tensor
+    tensor = tensor.clone()
+    dist.all_reduce(tensor)
+    return tensor
+
+
+def gather_sizes(rows: int, device) -> list[int]:
+    """Every rank's row count (ranks may hold different numbers of rows)."""
+    if group_size() <= 1:
+        return [rows]
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([rows], dtype=torch.long, device=device))
+    return [int(s) for s in sizes]
+
+
+def all_gather_rows(local: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Every rank's rows (rank r holds sizes[r] of them, this one `local`), concatenated in rank order;
+    no gradient."""
+    pad = max(sizes) - local.shape[0]
+    padded = torch.cat([local, local.new_zeros((pad, *local.shape[1:]))]) if pad else local.contiguous()
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather rows; backward sums every rank's gradient for a row and hands it to the row's owner."""
+
+    @staticmethod
+    def forward(ctx, local: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        ctx.sizes, ctx.rank = sizes, dist.get_rank()
+        return all_gather_rows(local, sizes)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        start = sum(ctx.sizes[:ctx.rank])
+        return grad[start:start + ctx.sizes[ctx.rank]], None
+
+
+def gather_with_grad(local: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Rows of every rank, in rank order (`local` itself with one process). Differentiable for float rows:
+    the gradient each rank computes for a row is summed and returned to the rank that owns the row."""
+    if group_size() <= 1:
+        return local
+    if local.is_floating_point():
+        return _GatherWithGrad.apply(local, sizes)
+    return all_gather_rows(local, sizes)

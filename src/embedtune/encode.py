@@ -11,9 +11,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from embedtune.distributed import group_size
+from embedtune.distributed import (
+    all_gather_rows,
+    all_reduce_max,
+    collective_device,
+    gather_sizes,
+    group_rank,
+    group_size,
+    is_main,
+)
 from embedtune.errors import EmbedtuneError
 from embedtune.io import atomic_path
+from embedtune.precision import use_bf16
 
 
 @torch.no_grad()
@@ -45,31 +54,20 @@ def _key(kind: str, text: str) -> str:
 def encode_sharded(encoder, texts: list[str], kind: str, batch_size: int = 32, desc: str = "encode") -> torch.Tensor:
     """`encode` split across the ranks of a process group: rank r embeds texts r, r+W, r+2W, ... and every
     rank gets all embeddings in order. Without a process group (or with one process) it is `encode`."""
-    import torch.distributed as dist
-
-    from embedtune.loss import gather_sizes
-    from embedtune.loss import all_gather_rows as all_gather
-
-    if group_size() <= 1:
+    world = group_size()
+    if world <= 1:
         return encode(encoder, texts, kind, batch_size, desc)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    mine = encode(encoder, texts[rank::world], kind, batch_size, f"{desc} (rank {rank}/{world})")
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    width = torch.tensor([mine.shape[1] if len(mine) else 0], device=device)
-    dist.all_reduce(width, op=dist.ReduceOp.MAX)
-    mine = mine.reshape(len(mine), int(width)).to(device)
-    sizes = gather_sizes(len(mine), device)
-    parts = all_gather(mine, sizes).cpu().split(sizes)
-    out = torch.empty(len(texts), int(width))
+    rank = group_rank()
+    share = encode(encoder, texts[rank::world], kind, batch_size, f"{desc} (rank {rank}/{world})")
+    device = collective_device()
+    width = all_reduce_max(share.shape[1] if len(share) else 0, device)
+    share = share.reshape(len(share), width).to(device)
+    sizes = gather_sizes(len(share), device)
+    parts = all_gather_rows(share, sizes).cpu().split(sizes)
+    out = torch.empty(len(texts), width)
     for r, part in enumerate(parts):
         out[r::world] = part
     return out
-
-
-def _is_main() -> bool:
-    import torch.distributed as dist
-
-    return group_size() <= 1 or dist.get_rank() == 0
 
 
 class EmbeddingCache:
@@ -106,7 +104,7 @@ class EmbeddingCache:
             for n, i in enumerate(missing):
                 self.index[keys[i]] = start + n
             self.vectors = new if self.vectors is None else np.concatenate([self.vectors, new])
-            if _is_main():  # every rank holds the vectors; one writes them
+            if is_main():  # every rank holds the vectors; one writes them
                 self._save()
         return torch.from_numpy(self.vectors[[self.index[k] for k in keys]])
 
@@ -124,3 +122,9 @@ class NoCache:
 
     def encode(self, encoder, texts: list[str], kind: str, batch_size: int = 32, desc: str = "encode") -> torch.Tensor:
         return encode(encoder, texts, kind, batch_size, desc)
+
+
+def embedding_cache(cache_root: Path, model_fingerprint: str, precision: str) -> EmbeddingCache:
+    """The run's cache for one model at one arithmetic (eval.precision): bf16 and fp32 vectors differ, so
+    a stage run at another precision never reads the other's vectors. filter, mine and eval share it."""
+    return EmbeddingCache(cache_root, f"{model_fingerprint}|{'bf16' if use_bf16(precision) else 'fp32'}")

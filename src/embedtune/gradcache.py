@@ -23,10 +23,16 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
-from embedtune.distributed import group_size
-from embedtune.loss import LossConfig, backward_scale, local_loss_sum
+from embedtune.distributed import (
+    all_reduce_max,
+    all_reduce_sum,
+    gather_sizes,
+    gather_with_grad,
+    group_rank,
+    group_size,
+)
+from embedtune.loss import LossConfig, ScoredBatch, backward_scale, local_loss_sum
 
 
 class RngState:
@@ -43,12 +49,9 @@ class RngState:
             torch.cuda.set_rng_state(self.cuda, self.device)
 
 
-def agreed_chunk_count(n: int, chunk_size: int, device) -> int:
-    """Chunks per rank for n texts: the same on every rank (the largest any rank needs)."""
-    count = torch.tensor([max(1, math.ceil(n / chunk_size))], device=device)
-    if group_size() > 1:
-        dist.all_reduce(count, op=dist.ReduceOp.MAX)
-    return int(count)
+def agreed_chunk_count(n_texts: int, chunk_size: int, device) -> int:
+    """Chunks per rank for `n_texts` texts: the same on every rank (the largest any rank needs)."""
+    return all_reduce_max(max(1, math.ceil(n_texts / chunk_size)), device)
 
 
 def length_chunks(lengths: list[int], n_chunks: int) -> list[list[int]]:
@@ -88,6 +91,26 @@ def _assemble(chunks: list[Chunk], embeddings: list[torch.Tensor], kind: str, n:
     return out
 
 
+def scored_batch(queries: torch.Tensor, candidates: torch.Tensor, query_pids: torch.Tensor,
+                 candidate_pids: torch.Tensor, cfg: LossConfig) -> ScoredBatch:
+    """This rank's queries and what they are scored against: with cross_device, every rank's candidates
+    (gathered with gradient), else this rank's own. On every rank candidates[i] is queries[i]'s positive."""
+    device = queries.device
+    query_sizes = gather_sizes(len(queries), device)
+    if not (cfg.cross_device and group_size() > 1):
+        return ScoredBatch(queries, query_pids, candidates, candidate_pids, torch.arange(len(queries), device=device),
+                           sum(query_sizes))
+    rank, candidate_sizes = group_rank(), gather_sizes(len(candidates), device)
+    positive = torch.arange(len(queries), device=device) + sum(candidate_sizes[:rank])
+    batch = ScoredBatch(queries, query_pids, gather_with_grad(candidates, candidate_sizes),
+                        gather_with_grad(candidate_pids, candidate_sizes), positive, sum(query_sizes))
+    if cfg.symmetric:
+        batch.all_queries = gather_with_grad(queries, query_sizes)
+        batch.all_query_pids = gather_with_grad(query_pids, query_sizes)
+        batch.query_offset = sum(query_sizes[:rank])
+    return batch
+
+
 def _micro_steps(accelerator, encoder, work: list) -> None:
     """Run each callable (a forward + backward); all but the last in the first accumulate entry (no sync),
     the last in the second (sync, and the DeepSpeed engine steps)."""
@@ -118,9 +141,9 @@ def contrastive_step(encoder, batch: dict, loss_cfg: LossConfig, accelerator, ch
     kwargs, divisor = _backward_kwargs(accelerator)
     world = accelerator.num_processes
 
-    def loss_of(q, c):
-        loss_sum, total = local_loss_sum(q.float(), c.float(), q_pids, c_pids, loss_cfg, normalize)
-        return loss_sum, total
+    def loss_of(q, c) -> tuple[torch.Tensor, int]:
+        scored = scored_batch(q.float(), c.float(), q_pids, c_pids, loss_cfg)
+        return local_loss_sum(scored, loss_cfg, normalize), scored.total_queries
 
     if not grad_cache:
         out = {}
@@ -163,7 +186,4 @@ def contrastive_step(encoder, batch: dict, loss_cfg: LossConfig, accelerator, ch
 
 
 def _global_mean(loss_sum: torch.Tensor, total: int) -> torch.Tensor:
-    if group_size() > 1:
-        loss_sum = loss_sum.clone()
-        dist.all_reduce(loss_sum)
-    return loss_sum / total
+    return all_reduce_sum(loss_sum) / total

@@ -1,9 +1,10 @@
-"""Contrastive losses on embeddings (pure functions of tensors: no model, no data loading).
+"""Contrastive losses on embeddings: pure math on tensors (no model, no data loading, no collectives).
 
-The global batch of a step is spread over ranks. Each rank holds its own queries and candidates
-(its queries' positives first, then their hard negatives). With `cross_device`, candidates (and, for the
-symmetric term, queries) are all-gathered *with gradient*, so every query is scored against the whole
-global batch; the gradient a rank computes for another rank's candidate is summed back to its owner.
+The global batch of a step is spread over ranks. Each rank holds its own queries and candidates (its
+queries' positives first, then their hard negatives). The caller (gradcache.py, through
+distributed.gather_with_grad) hands the loss a `ScoredBatch`: this rank's queries against the candidates of
+every rank when `cross_device`, so every query is scored against the whole global batch; the gradient a rank
+computes for another rank's candidate is summed back to its owner by that gather.
 """
 
 from __future__ import annotations
@@ -13,10 +14,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-
-from embedtune.distributed import group_size
 
 
 @dataclass
@@ -27,73 +25,52 @@ class LossConfig:
     matryoshka_dims: Optional[list[int]] = None  # e.g. [384, 256, 128, 64]: mean loss over truncated dims
 
 
-def _distributed() -> bool:
-    return group_size() > 1
+@dataclass
+class ScoredBatch:
+    """What one rank's loss scores: its queries against candidates (every rank's, in rank order, when
+    cross-device), the index of each query's positive among them, and for the symmetric term every rank's
+    queries with the index of this rank's first one."""
+    queries: torch.Tensor                 # [B_r, d] this rank's queries
+    query_pids: torch.Tensor              # [B_r] integer passage ids (passage_hash)
+    candidates: torch.Tensor              # [C, d]
+    candidate_pids: torch.Tensor          # [C]
+    positive: torch.Tensor                # [B_r] index of each query's positive in candidates
+    total_queries: int                    # queries in the whole global batch (the loss is their mean)
+    all_queries: Optional[torch.Tensor] = None      # [B, d] every rank's queries (symmetric term)
+    all_query_pids: Optional[torch.Tensor] = None
+    query_offset: int = 0                 # index of queries[0] in all_queries
+
+    @classmethod
+    def local(cls, queries: torch.Tensor, candidates: torch.Tensor, query_pids: torch.Tensor,
+              candidate_pids: torch.Tensor) -> "ScoredBatch":
+        """One process: candidates[i] is queries[i]'s positive for i < len(queries)."""
+        return cls(queries, query_pids, candidates, candidate_pids,
+                   torch.arange(len(queries), device=queries.device), len(queries))
 
 
-def gather_sizes(n: int, device) -> list[int]:
-    """Every rank's row count (ranks may hold different numbers of rows)."""
-    if not _distributed():
-        return [n]
-    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([n], dtype=torch.long, device=device))
-    return [int(s) for s in sizes]
-
-
-def all_gather_rows(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-    pad = max(sizes) - x.shape[0]
-    padded = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))]) if pad else x.contiguous()
-    parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[:n] for p, n in zip(parts, sizes)])
-
-
-class _GatherWithGrad(torch.autograd.Function):
-    """All-gather rows; backward sums every rank's gradient for a row and hands it to the row's owner."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-        ctx.sizes, ctx.rank = sizes, dist.get_rank()
-        return all_gather_rows(x, sizes)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
-        start = sum(ctx.sizes[:ctx.rank])
-        return grad[start:start + ctx.sizes[ctx.rank]], None
-
-
-def gather(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-    """Rows of every rank, in rank order (x itself when not distributed). Differentiable for float x."""
-    if not _distributed():
-        return x
-    if x.is_floating_point():
-        return _GatherWithGrad.apply(x, sizes)
-    return all_gather_rows(x, sizes)
-
-
-def _masked_scores(a: torch.Tensor, b: torch.Tensor, target: torch.Tensor, a_pids: torch.Tensor,
-                   b_pids: torch.Tensor, temperature: float) -> torch.Tensor:
-    """a @ b.T / t, with every column that shares the row's passage id masked unless it is the target."""
-    scores = a @ b.T / temperature
-    same = a_pids[:, None] == b_pids[None, :]
+def _masked_scores(rows: torch.Tensor, columns: torch.Tensor, target: torch.Tensor, row_pids: torch.Tensor,
+                   column_pids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """rows @ columns.T / t, with every column that shares the row's passage id masked unless it is the target."""
+    scores = rows @ columns.T / temperature
+    same = row_pids[:, None] == column_pids[None, :]
     same[torch.arange(len(target), device=same.device), target] = False
     return scores.masked_fill(same, float("-inf"))
 
 
-def _info_nce_sum(q, c, positive, q_pids, c_pids, temperature, symmetric, q_all=None, q_all_pids=None,
-                  q_offset: int = 0) -> torch.Tensor:
-    """Sum over the rows of q of InfoNCE (mean of both directions when symmetric)."""
-    loss = F.cross_entropy(_masked_scores(q, c, positive, q_pids, c_pids, temperature), positive,
-                           reduction="sum")
+def _info_nce_sum(queries: torch.Tensor, candidates: torch.Tensor, positive: torch.Tensor, query_pids: torch.Tensor,
+                  candidate_pids: torch.Tensor, temperature: float, symmetric: bool,
+                  all_queries: Optional[torch.Tensor] = None, all_query_pids: Optional[torch.Tensor] = None,
+                  query_offset: int = 0) -> torch.Tensor:
+    """Sum over the queries of InfoNCE (mean of both directions when symmetric)."""
+    loss = F.cross_entropy(_masked_scores(queries, candidates, positive, query_pids, candidate_pids, temperature),
+                           positive, reduction="sum")
     if not symmetric:
         return loss
-    if q_all is None:
-        q_all, q_all_pids = q, q_pids
+    if all_queries is None:
+        all_queries, all_query_pids = queries, query_pids
     # passage -> query: each query's positive against every query (duplicates of its passage masked)
-    own = torch.arange(len(positive), device=q.device) + q_offset
-    back = _masked_scores(c[positive], q_all, own, q_pids, q_all_pids, temperature)
+    own = torch.arange(len(positive), device=queries.device) + query_offset
+    back = _masked_scores(candidates[positive], all_queries, own, query_pids, all_query_pids, temperature)
     return (loss + F.cross_entropy(back, own, reduction="sum")) / 2
 
 
@@ -111,33 +88,15 @@ def info_nce(queries: torch.Tensor, candidates: torch.Tensor, positive: torch.Te
                          symmetric) / len(positive)
 
 
-def _truncate(x: torch.Tensor, dim: int, normalize: bool) -> torch.Tensor:
-    x = x[:, :dim]
-    return F.normalize(x, dim=-1) if normalize else x
+def _truncate(embeddings: torch.Tensor, dim: int, normalize: bool) -> torch.Tensor:
+    head = embeddings[:, :dim]
+    return F.normalize(head, dim=-1) if normalize else head
 
 
-def local_loss_sum(q: torch.Tensor, c: torch.Tensor, q_pids: torch.Tensor, c_pids: torch.Tensor,
-                   cfg: LossConfig, normalize: bool) -> tuple[torch.Tensor, int]:
-    """(sum of this rank's per-query losses, number of queries in the global batch).
-
-    q [B_r, d] are this rank's queries, c [C_r, d] its candidates: c[i] is q[i]'s positive for i < B_r.
-    With cross_device, negatives come from every rank. Matryoshka: the mean of the loss at each
-    truncated (re-normalised) dimension. Divide the sum by the global count through `backward_scale`.
-    """
-    positive = torch.arange(len(q), device=q.device)
-    q_all, q_all_pids, q_offset = None, None, 0
-    if cfg.cross_device and _distributed():
-        c_sizes = gather_sizes(len(c), q.device)
-        rank = dist.get_rank()
-        positive = positive + sum(c_sizes[:rank])
-        c, c_pids = gather(c, c_sizes), gather(c_pids, c_sizes)
-        q_sizes = gather_sizes(len(q), q.device)
-        if cfg.symmetric:
-            q_offset = sum(q_sizes[:rank])
-            q_all, q_all_pids = gather(q, q_sizes), gather(q_pids, q_sizes)
-        total = sum(q_sizes)
-    else:
-        total = sum(gather_sizes(len(q), q.device))
+def local_loss_sum(batch: ScoredBatch, cfg: LossConfig, normalize: bool) -> torch.Tensor:
+    """The sum of this rank's per-query losses (divide by batch.total_queries through `backward_scale`).
+    Matryoshka: the mean of the loss at each truncated (re-normalised) dimension."""
+    q, c, q_all = batch.queries, batch.candidates, batch.all_queries
     dims = list(cfg.matryoshka_dims or [q.shape[-1]])
     if max(dims) > q.shape[-1]:
         raise ValueError(f"loss.matryoshka_dims {dims} exceed the embedding size {q.shape[-1]}")
@@ -146,9 +105,9 @@ def local_loss_sum(q: torch.Tensor, c: torch.Tensor, q_pids: torch.Tensor, c_pid
         full = dim == q.shape[-1]
         tq, tc = (q, c) if full else (_truncate(q, dim, normalize), _truncate(c, dim, normalize))
         tq_all = q_all if (full or q_all is None) else _truncate(q_all, dim, normalize)
-        loss = loss + _info_nce_sum(tq, tc, positive, q_pids, c_pids, cfg.temperature, cfg.symmetric,
-                                    tq_all, q_all_pids, q_offset)
-    return loss / len(dims), total
+        loss = loss + _info_nce_sum(tq, tc, batch.positive, batch.query_pids, batch.candidate_pids,
+                                    cfg.temperature, cfg.symmetric, tq_all, batch.all_query_pids, batch.query_offset)
+    return loss / len(dims)
 
 
 def backward_scale(world_size: int, global_queries: int, backward_divisor: int) -> float:
