@@ -81,7 +81,7 @@ def training_speed(assets: Path, work: Path, batch: int, chunk: int, steps: int)
     from embedtune.loss import LossConfig
     from embedtune.model import ModelConfig, PeftConfig
     from embedtune.tracking import LoggerConfig, read_metrics
-    from embedtune.train import TrainConfig, TrainData, run_training
+    from embedtune.train import TrainConfig, TrainData, TrainJob, run_training
 
     pairs = json.loads((assets / "hpo.json").read_text())["pairs"]
     tokenizer = AutoTokenizer.from_pretrained(assets / "minilm")
@@ -101,8 +101,9 @@ def training_speed(assets: Path, work: Path, batch: int, chunk: int, steps: int)
         out = work / (folder.name + "-run")
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        run_training(ModelConfig(name=str(folder), pooling="mean", query_max_length=128, passage_max_length=128),
-                     PeftConfig(), LossConfig(), cfg, LoggerConfig(kind="none"), data, out, "gpu", {})
+        job = TrainJob(ModelConfig(name=str(folder), pooling="mean", query_max_length=128, passage_max_length=128),
+                       PeftConfig(), LossConfig(), cfg, LoggerConfig(kind="none"), "gpu")
+        run_training(job, data, out)
         metrics = read_metrics(out / "metrics.jsonl")[1:]  # steps after the first
         seconds = sum(batch / m["train/pairs_per_s"] for m in metrics)
         rows.append((name, batch, chunk, f"{len(metrics) * batch / seconds:,.0f}",

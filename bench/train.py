@@ -64,7 +64,7 @@ def child_ours(a) -> dict:
     from embedtune.loss import LossConfig
     from embedtune.model import ModelConfig, PeftConfig
     from embedtune.tracking import LoggerConfig, read_metrics
-    from embedtune.train import TrainConfig, TrainData, run_training
+    from embedtune.train import TrainConfig, TrainData, TrainJob, run_training
 
     pairs = hpo_pairs(a.seed)
     cfg = TrainConfig(batch_size=a.batch, hard_negatives=0, chunk_size=a.chunk, grad_cache=a.cache,
@@ -79,8 +79,9 @@ def child_ours(a) -> dict:
                      {f"p{k}": p for k, (_, p) in enumerate(pairs)}, cfg)
     before = rss_now_mb()
     with tempfile.TemporaryDirectory() as out:
-        run_training(ModelConfig(query_max_length=MAX_LENGTH, passage_max_length=MAX_LENGTH), PeftConfig(),
-                     LossConfig(temperature=0.05), cfg, LoggerConfig(kind="none"), data, Path(out), "bench", {})
+        job = TrainJob(ModelConfig(query_max_length=MAX_LENGTH, passage_max_length=MAX_LENGTH), PeftConfig(),
+                       LossConfig(temperature=0.05), cfg, LoggerConfig(kind="none"), "bench")
+        run_training(job, data, Path(out))
         windows = [m["train/pairs_per_s"] for m in read_metrics(Path(out) / "metrics.jsonl")][1:]
     seconds = sum(a.batch / r for r in windows)
     rate = len(windows) * a.batch / seconds if windows else float("nan")  # one step: memory only

@@ -13,7 +13,7 @@ from embedtune.evaluate import EvalConfig, training_evaluator
 from embedtune.loss import LossConfig
 from embedtune.model import ModelConfig, PeftConfig
 from embedtune.tracking import LoggerConfig
-from embedtune.train import TrainConfig, TrainData, run_training
+from embedtune.train import TrainConfig, TrainData, TrainJob, run_training
 
 WORDS = "cat dog fish bird apple bread river music gene protein heart lung kidney liver brain blood".split()
 
@@ -52,12 +52,12 @@ def main() -> None:
     train = data(args.rows, cfg)
     dev = RetrievalSet("dev", train.passages, train.queries,
                        {r["query_id"]: {r["passage_id"]: 1} for r in train.rows})  # seen pairs: a smoke check
-    result = run_training(ModelConfig(name=args.model, pooling="mean", passage_max_length=64), peft,
-                          LossConfig(temperature=0.1), cfg, LoggerConfig(kind=args.logger), train,
-                          Path(args.out), "dist-train", {"train": vars(args)}, key="k",
+    job = TrainJob(ModelConfig(name=args.model, pooling="mean", passage_max_length=64), peft,
+                   LossConfig(temperature=0.1), cfg, LoggerConfig(kind=args.logger), "dist-train")
+    result = run_training(job, train, Path(args.out), key="k",
                           evaluator=training_evaluator(dev, EvalConfig(precision="fp32")))
-    if result["main_process"]:
-        (Path(args.out) / "result.json").write_text(json.dumps(result))
+    if result.main_process:
+        (Path(args.out) / "result.json").write_text(json.dumps(result.manifest()))
 
 
 if __name__ == "__main__":

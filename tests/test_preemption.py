@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from conftest import REPO, accelerate_launch_command
-from test_train_scale import weights
+from helpers import REPO, accelerate_launch_command
+from helpers import weights
 
 SCRIPT = str(REPO / "tests" / "dist_train.py")
 STEPS = 60
@@ -63,7 +63,10 @@ def logged_steps(out) -> int:
 
 # accelerate's launcher passes SIGTERM on to its workers but dies of SIGUSR1, so under a launcher the
 # preemption signal is SIGTERM (slurm/train.sbatch turns its USR1 into a TERM for the job step)
-@pytest.mark.parametrize("processes,sig", [(1, signal.SIGUSR1), (2, signal.SIGTERM)], ids=["1-SIGUSR1", "2-SIGTERM"])
+# 2 processes under the launcher (the harder case); SIGUSR1 on one process: test_stop_requests_... below and
+# the SLURM preemption test (tests/test_slurm.py)
+@pytest.mark.slow
+@pytest.mark.parametrize("processes,sig", [(2, signal.SIGTERM)], ids=["2-SIGTERM"])
 def test_signal_checkpoints_and_the_rerun_resumes_to_the_same_weights(tmp_path, tiny_model_dir, processes, sig):
     whole, split = tmp_path / "whole", tmp_path / "split"
     proc = start(tiny_model_dir, split, processes)
@@ -74,7 +77,7 @@ def test_signal_checkpoints_and_the_rerun_resumes_to_the_same_weights(tmp_path, 
     proc.send_signal(sig)  # to the training process, or to the launcher, which passes SIGTERM on
     out, err = proc.communicate(timeout=240)
     stopped = json.loads((split / "result.json").read_text())
-    assert stopped["halted"] and stopped["stopped_by"] == sig.name
+    assert stopped["halted"] and stopped["stop_reason"] == sig.name
     step = int(stopped["final"].split("-")[1])
     assert 3 <= step < STEPS and (split / stopped["final"] / "train_state.json").exists()
     if processes == 1:
@@ -90,7 +93,8 @@ def test_signal_checkpoints_and_the_rerun_resumes_to_the_same_weights(tmp_path, 
     assert diff <= 1e-6, f"resumed run differs by {diff:.2e}"
 
 
-@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [1])  # 2 processes resume exactly in the SIGTERM and halted-run tests
 def test_kill_9_mid_step_then_the_same_command_completes_with_the_same_weights(tmp_path, tiny_model_dir, processes):
     """SIGKILL to every process (no handler runs, a checkpoint may be half written): the rerun resumes from
     the newest complete checkpoint and ends where a run that was never killed ends."""
@@ -118,6 +122,7 @@ def test_kill_9_mid_step_then_the_same_command_completes_with_the_same_weights(t
     assert diff <= 1e-6, f"resumed run differs by {diff:.2e}"
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, tiny_model_dir):
     """lr=1e4 blows the weights up within a few steps: training stops at the first non-finite loss or
     gradient norm, before the update, naming the step; every checkpoint left holds finite weights."""
@@ -136,3 +141,21 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, ti
     for checkpoint in kept:
         tensors = weights(checkpoint)
         assert all(bool(t.isfinite().all()) for t in tensors.values()), checkpoint
+
+
+def test_stop_requests_catch_sigusr1_and_sigterm_then_restore_the_handlers():
+    """SLURM's warning before a time limit is SIGUSR1 (`--signal=B:USR1@300`), scancel's is SIGTERM: inside
+    StopRequests either one is recorded by name instead of ending the process; outside, the old handlers."""
+    from accelerate import Accelerator
+
+    from embedtune.preemption import StopRequests
+
+    one_process = Accelerator(cpu=True)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGTERM)}
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        with StopRequests() as stop:
+            assert not stop.agreed(one_process)
+            os.kill(os.getpid(), sig)  # a real signal to this process
+            time.sleep(0.05)
+            assert stop.received == sig.name and stop.agreed(one_process)
+    assert {sig: signal.getsignal(sig) for sig in before} == before

@@ -11,10 +11,12 @@ from safetensors.torch import load_file
 
 from embedtune.encode import encode
 from embedtune.errors import EmbedtuneError
-from embedtune.loss import LossConfig, passage_hash
+from embedtune.loss import passage_hash
 from embedtune.model import Encoder, ModelConfig, PeftConfig
-from embedtune.tracking import LoggerConfig, read_metrics
-from embedtune.train import TrainConfig, TrainData, lr_lambda, run_training
+from embedtune.tracking import read_metrics
+from embedtune.train import TrainConfig, TrainData, lr_lambda
+
+from helpers import PASSAGES, WORDS, train
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -103,30 +105,6 @@ def test_lr_lambda_without_warmup_starts_at_the_peak():
 
 
 # ---------------------------------------------------------------- run_training
-
-# queries and passages share no word, so only training can pair them
-WORDS = ["cat", "dog", "fish", "bird", "apple", "bread", "river", "music"]
-PASSAGES = [f"the {w} of the city" for w in ["gene", "protein", "heart", "lung", "kidney", "liver", "brain", "blood"]]
-
-
-def memorisable_data(**cfg) -> TrainData:
-    rows = [{"query_id": f"q{i}", "passage_id": f"p{i}", "negative_ids": []} for i in range(8)]
-    queries = {f"q{i}": w for i, w in enumerate(WORDS)}
-    passages = {f"p{i}": text for i, text in enumerate(PASSAGES)}
-    return TrainData(rows, queries, passages, TrainConfig(**cfg))
-
-
-def train_cfg(**overrides) -> TrainConfig:
-    return TrainConfig(**{"batch_size": 8, "hard_negatives": 0, "max_steps": 30, "lr": 3e-3, "warmup_ratio": 0.1,
-                          "mixed_precision": "no", "log_every": 1, "save_every": 10, "keep_checkpoints": 2,
-                          "seed": 0, **overrides})
-
-
-def train(model_dir, out_dir, peft=PeftConfig(), **overrides) -> dict:
-    cfg = train_cfg(**overrides)
-    return run_training(ModelConfig(name=str(model_dir), pooling="mean"), peft, LossConfig(temperature=0.05), cfg,
-                        LoggerConfig(kind="none"), memorisable_data(**vars(cfg)), out_dir, "test", {})
-
 
 @pytest.fixture(scope="module")
 def full_run(tiny_model_dir, tmp_path_factory):

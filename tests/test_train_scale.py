@@ -10,7 +10,7 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from conftest import REPO, accelerate_launch
+from helpers import REPO, accelerate_launch, weights
 from embedtune.accel import _check_deepspeed_config, check_launch
 from embedtune.errors import EmbedtuneError
 from embedtune.train import TrainConfig
@@ -28,12 +28,10 @@ def run(model, out, *flags, processes=1, env=None, launch_flags=()):
     return proc
 
 
-def weights(folder):
-    return load_file(str(folder / "encoder" / "model.safetensors"))
-
-
-@pytest.mark.parametrize("processes", [2])  # one process resumes exactly in test_preemption (signal, kill -9)
-@pytest.mark.parametrize("flags", [[], ["--lora", "--no-cache"]], ids=["cached", "lora"])
+# one process resumes exactly in test_preemption (kill -9); 2 processes with gradient caching there too (SIGTERM)
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [2])
+@pytest.mark.parametrize("flags", [["--lora", "--no-cache"]], ids=["lora"])
 def test_halted_and_resumed_run_ends_with_the_same_weights(tmp_path, tiny_model_dir, processes, flags):
     """Dropout is on (the tiny BERT's 0.1): equal weights need model, optimizer, schedule, RNG and data
     position back. Stopped after step 3 of 6 (train.halt_at_step, as a time-limited job), then rerun."""
@@ -55,6 +53,7 @@ def test_halted_and_resumed_run_ends_with_the_same_weights(tmp_path, tiny_model_
     assert max(float((a[k] - base[k]).abs().max()) for k in a) > 1e-4  # training did move the weights
 
 
+@pytest.mark.slow
 def test_uneven_last_batches_do_not_hang_two_processes(tmp_path, tiny_model_dir):
     """11 pairs, batch 4, 2 processes: epochs of 10 pairs (4 + 4 + 2), ranks hold different numbers of
     candidates (0-2 hard negatives per pair), chunk 3 leaves one rank a stand-in forward."""
@@ -64,12 +63,14 @@ def test_uneven_last_batches_do_not_hang_two_processes(tmp_path, tiny_model_dir)
     assert result["processes"] == 2 and result["steps"] == 6 and result["pairs"] == 20
 
 
+@pytest.mark.slow
 def test_batch_not_divisible_by_processes_is_refused(tmp_path, tiny_model_dir):
     proc = run(tiny_model_dir, tmp_path, "--batch", "5", "--steps", "1", processes=2)
     assert proc.returncode != 0
     assert "train.batch_size=5 is not divisible by the 2 training processes" in proc.stderr
 
 
+@pytest.mark.slow
 def test_launch_precision_that_contradicts_train_config_is_refused(tmp_path, tiny_model_dir):
     proc = run(tiny_model_dir, tmp_path, "--steps", "1", launch_flags=["--mixed_precision", "bf16"])
     assert proc.returncode != 0
@@ -77,6 +78,7 @@ def test_launch_precision_that_contradicts_train_config_is_refused(tmp_path, tin
     assert not (tmp_path / "step-1").exists()
 
 
+@pytest.mark.slow
 def test_launch_gradient_accumulation_is_refused(tmp_path, tiny_model_dir):
     proc = run(tiny_model_dir, tmp_path, "--steps", "1", env={"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "4"},
                launch_flags=["--mixed_precision", "no"])
@@ -114,6 +116,7 @@ def test_deepspeed_config_is_checked_and_filled_from_train_config():
 SECRET = "0123456789abcdef0123456789abcdef0do0not"  # 40 characters, the shape of a W&B key
 
 
+@pytest.mark.slow
 def test_metrics_reach_wandb_offline_with_dev_evaluation(tmp_path, tiny_model_dir):
     """2 processes, W&B offline: one run (rank 0) with loss, lr, grad norm, pairs/s, tokens/s, memory and
     the dev-set metrics of train.eval_every; metrics.jsonl holds the same numbers."""

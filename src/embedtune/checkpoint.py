@@ -1,18 +1,33 @@
 """Training checkpoints: checkpoints/step-<n>/ holds the accelerate state (model, optimizer, scheduler,
-every process's RNG), the encoder (LoRA merged, what eval/export read) and train_state.json (step, the
-stage key it belongs to). Written under a temporary name and renamed, so a crash never leaves half of one."""
+every process's RNG), the encoder (LoRA merged, what eval/export read) and train_state.json (the
+TrainState: step, total, the stage key it belongs to, why training stopped there). Written under a temporary
+name and renamed, so a crash never leaves half of one."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from embedtune.accel import zero_stage
 from embedtune.errors import EmbedtuneError
 from embedtune.io import write_json
+
+
+@dataclass
+class TrainState:
+    """Where a training run stands; saved with every checkpoint, so a resume knows its step and key (the
+    model, optimizer, schedule and RNG are in the accelerate state beside it)."""
+    step: int = 0                 # optimizer steps done
+    total: int = 0                # steps of the whole run
+    key: str = ""                 # the train stage's key: only the same configuration resumes from it
+    last_checkpoint: Optional[str] = None  # the newest checkpoint before this one (step-<n>)
+    stop_reason: Optional[str] = None      # why training stopped at this step: halt_at_step, SIGTERM, ...
 
 
 def _steps(out_dir: Path) -> list[Path]:
@@ -20,11 +35,10 @@ def _steps(out_dir: Path) -> list[Path]:
                   key=lambda p: int(p.name.split("-")[1]))
 
 
-def save_checkpoint(accelerator, encoder, out_dir: Path, step: int, keep: int, state: dict) -> Path:
-    from embedtune.accel import zero_stage
-
-    final = out_dir / f"step-{step}"
-    tmp = out_dir / f".step-{step}.tmp"
+def save_checkpoint(accelerator, encoder, out_dir: Path, state: TrainState, keep: int) -> Path:
+    """checkpoints/step-<state.step>/ on every rank's behalf; the `keep` newest are kept."""
+    final = out_dir / f"step-{state.step}"
+    tmp = out_dir / f".step-{state.step}.tmp"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -40,7 +54,7 @@ def save_checkpoint(accelerator, encoder, out_dir: Path, step: int, keep: int, s
     elif accelerator.is_main_process:
         unwrapped.save(tmp / "encoder")
     if accelerator.is_main_process:
-        write_json({"step": step, **state}, tmp / "train_state.json")
+        write_json(dataclasses.asdict(state), tmp / "train_state.json")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for path in _steps(out_dir)[:-keep]:
@@ -57,8 +71,8 @@ def latest_checkpoint(out_dir: Path, key: str) -> Optional[Path]:
     return None
 
 
-def load_checkpoint(accelerator, path: Path) -> dict:
-    """Restore model, optimizer, scheduler and RNG from `path`; returns its train_state.json. Every file is
+def load_checkpoint(accelerator, path: Path) -> TrainState:
+    """Restore model, optimizer, scheduler and RNG from `path`; returns its TrainState. Every file is
     read as plain tensors (torch's weights_only): a checkpoint holding other pickled objects is refused."""
     rng = path / "state" / f"random_states_{accelerator.process_index}.pkl"
     if not rng.exists():  # accelerate would skip it without a word
@@ -69,4 +83,4 @@ def load_checkpoint(accelerator, path: Path) -> dict:
     except pickle.UnpicklingError as e:
         raise EmbedtuneError(f"{path}: a file of this checkpoint holds more than tensors; refusing to unpickle it "
                              f"({str(e).splitlines()[0]}). Delete the checkpoint to resume from an earlier one") from e
-    return json.loads((path / "train_state.json").read_text())
+    return TrainState(**json.loads((path / "train_state.json").read_text()))

@@ -1,26 +1,41 @@
 """train: the one explicit contrastive training loop (Accelerate: one process, DDP or DeepSpeed ZeRO).
 
-run_training -> gradcache.contrastive_step (forward + backward, cached or not) -> clip, optimizer and
-schedule steps -> metrics -> checkpoint. Batches are a pure function of (seed, step) and the number of
-processes, so a resumed run continues exactly where it stopped.
+run_training: batch -> gradcache.contrastive_step (forward + backward, cached or not) -> finite check ->
+clip, optimizer and schedule steps -> log -> eval -> checkpoint or stop. Batches are a pure function of
+(seed, step) and the number of processes, so a resumed run continues exactly where it stopped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
+from accelerate.utils import set_seed
 from tqdm import tqdm
 
+from embedtune.accel import fill_bucket_sizes, make_accelerator, zero_stage
+from embedtune.checkpoint import (
+    TrainState,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from embedtune.errors import EmbedtuneError
+from embedtune.gradcache import contrastive_step
 from embedtune.loss import LossConfig, passage_hash
+from embedtune.manifest import not_in_key
 from embedtune.model import Encoder, ModelConfig, PeftConfig
+from embedtune.preemption import StopRequests
 from embedtune.tracking import LoggerConfig, Tracker
+
+if TYPE_CHECKING:  # the root config imports this module's TrainConfig
+    from embedtune.config import Config
 
 
 @dataclass
@@ -38,12 +53,12 @@ class TrainConfig:
     grad_clip: float = 1.0            # max global grad norm
     mixed_precision: str = "auto"     # auto (bf16 where the GPU/CPU computes it natively, else no) | no | bf16 | fp16 (GPU)
     seed: int = 42                    # data order, hard-negative choice, LoRA init and dropout
-    log_every: int = 5                # steps between logged metrics (the loss is their mean)
-    eval_every: Optional[int] = None  # steps between dev-set evaluations logged during training
-    save_every: Optional[int] = None  # steps between checkpoints (the last step is always saved)
-    keep_checkpoints: int = 2         # older checkpoints are deleted
-    resume: bool = True               # continue from this run's newest checkpoint of the same config
-    halt_at_step: Optional[int] = None  # save and stop after this step (a time-limited job); rerun resumes
+    log_every: int = not_in_key(5)    # steps between logged metrics (the loss is their mean)
+    eval_every: Optional[int] = not_in_key(None)  # steps between dev-set evaluations logged during training
+    save_every: Optional[int] = not_in_key(None)  # steps between checkpoints (the last step is always saved)
+    keep_checkpoints: int = not_in_key(2)  # older checkpoints are deleted
+    resume: bool = not_in_key(True)   # continue from this run's newest checkpoint of the same config
+    halt_at_step: Optional[int] = not_in_key(None)  # save and stop after this step (a time-limited job); rerun resumes
 
 
 class TrainData:
@@ -90,8 +105,8 @@ class TrainData:
                 pick = torch.randperm(len(ids), generator=g)[:self.cfg.hard_negatives].tolist()
                 ids = [ids[i] for i in sorted(pick)]
             negatives.append(ids)
-        mine = range(rank, len(rows), self.world)
-        rows, negatives = [rows[i] for i in mine], [n for i in mine for n in negatives[i]]
+        share = range(rank, len(rows), self.world)  # this rank's rows of the global batch
+        rows, negatives = [rows[i] for i in share], [n for i in share for n in negatives[i]]
         candidate_ids = [r["passage_id"] for r in rows] + negatives
         return {"queries": [self.queries[r["query_id"]] for r in rows],
                 "candidates": [self.passages[p] for p in candidate_ids],
@@ -127,18 +142,86 @@ def memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_training(model_cfg: ModelConfig, peft_cfg: PeftConfig, loss_cfg: LossConfig, cfg: TrainConfig,
-                 logger_cfg: LoggerConfig, data: TrainData, out_dir: Path, run_name: str,
-                 config_dict: dict, key: str = "", evaluator: Optional[Callable] = None) -> dict:
-    """Train; `key` names this configuration (a checkpoint is resumed only by the same key);
-    evaluator(encoder) -> {metric: value} is called on the main process every train.eval_every steps."""
-    from accelerate.utils import set_seed
+@dataclass
+class TrainJob:
+    """Everything that decides a training run: the config sections the loop reads, typed, in one object."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    run_name: str = "embedtune"   # names the W&B run
 
-    from embedtune.accel import fill_bucket_sizes, make_accelerator, zero_stage
-    from embedtune.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-    from embedtune.gradcache import contrastive_step
-    from embedtune.preemption import StopRequests
+    @classmethod
+    def of(cls, cfg: Config) -> "TrainJob":
+        return cls(cfg.model, cfg.peft, cfg.loss, cfg.train, cfg.logger, cfg.run_name)
 
+
+@dataclass
+class TrainResult:
+    final: str                    # the newest checkpoint's folder name (step-<n>)
+    steps: int                    # steps of the whole run
+    pairs: int                    # pairs trained on in this call
+    seconds: float
+    processes: int
+    main_process: bool
+    pairs_dropped_per_epoch: int  # to give every process as many
+    stop_reason: Optional[str] = None  # None: all steps done; else halt_at_step or the signal's name
+
+    @property
+    def halted(self) -> bool:
+        return self.stop_reason is not None
+
+    @property
+    def pairs_per_s(self) -> float:
+        return round(self.pairs / max(self.seconds, 1e-9), 2)
+
+    def manifest(self) -> dict:
+        """What the train stage's manifest records (halted runs also say why they stopped)."""
+        out = {"final": self.final, "steps": self.steps, "pairs": self.pairs, "seconds": round(self.seconds, 1),
+               "pairs_per_s": self.pairs_per_s, "processes": self.processes,
+               "pairs_dropped_per_epoch": self.pairs_dropped_per_epoch}
+        return {**out, "halted": True, "stop_reason": self.stop_reason} if self.halted else out
+
+
+class MetricsWindow:
+    """Loss, tokens and pairs summed since the last flush; `flush` turns them into the logged means/rates.
+    The loss stays a device tensor until then: reading it is a sync point, so only logging steps pay it."""
+
+    def __init__(self, device):
+        self.loss, self.tokens = torch.zeros((), device=device), torch.zeros((), device=device)
+        self.steps, self.pairs, self.started = 0, 0, time.time()
+
+    def update(self, loss: torch.Tensor, tokens: int, pairs: int) -> None:
+        self.loss += loss
+        self.tokens += tokens
+        self.steps, self.pairs = self.steps + 1, self.pairs + pairs
+
+    def flush(self, accelerator) -> dict:
+        elapsed = max(time.time() - self.started, 1e-9)
+        metrics = {"train/loss": self.loss.item() / max(self.steps, 1),
+                   "train/pairs_per_s": self.pairs / elapsed,
+                   "train/tokens_per_s": float(accelerator.reduce(self.tokens, reduction="sum")) / elapsed}
+        self.__init__(self.loss.device)
+        return metrics
+
+
+def check_finite(step: int, newest: Optional[Path], **values) -> None:
+    """Stop before the update when the loss or gradient norm is NaN/inf (the same on every rank)."""
+    for what, value in values.items():
+        if value is not None and not torch.isfinite(torch.as_tensor(value)):
+            raise EmbedtuneError(
+                f"train: {what.replace('_', ' ')} is {float(value)} in step {step + 1}; stopped before applying it, "
+                f"the newest checkpoint ({newest.name if newest else 'none yet'}) is intact; lower train.lr or "
+                "raise loss.temperature")
+
+
+def run_training(job: TrainJob, data: TrainData, out_dir: Path, key: str = "",
+                 evaluator: Optional[Callable] = None) -> TrainResult:
+    """Train `job` on `data`, checkpointing into `out_dir`. `key` names this configuration (a checkpoint is
+    resumed only by the same key); evaluator(encoder) -> {metric: value} runs on the main process every
+    train.eval_every steps."""
+    cfg = job.train
     accelerator = make_accelerator(cfg)
     if data.world != accelerator.num_processes:
         data = TrainData(data.rows, data.queries, data.passages, cfg, accelerator.num_processes)
@@ -146,87 +229,77 @@ def run_training(model_cfg: ModelConfig, peft_cfg: PeftConfig, loss_cfg: LossCon
         raise EmbedtuneError("train.eval_every is not supported under ZeRO-3 (weights are partitioned); "
                              "evaluate the checkpoints with `embedtune eval`")
     set_seed(cfg.seed)
-    encoder = Encoder.load(model_cfg)
+    encoder = Encoder.load(job.model)
     if cfg.gradient_checkpointing:
         encoder.enable_gradient_checkpointing()
-    if peft_cfg.enabled:
-        encoder.apply_lora(peft_cfg)
+    if job.peft.enabled:
+        encoder.apply_lora(job.peft)
     fill_bucket_sizes(accelerator, encoder.backbone.config.hidden_size)
-    total = data.total_steps()
-    optimizer, scheduler = build_optimizer(encoder, cfg, total)
+    state = TrainState(step=0, total=data.total_steps(), key=key)
+    optimizer, scheduler = build_optimizer(encoder, cfg, state.total)
     encoder, optimizer, scheduler = accelerator.prepare(encoder, optimizer, scheduler)
-    start = 0
     resumed = latest_checkpoint(out_dir, key) if cfg.resume else None
     if resumed is not None:
-        start = load_checkpoint(accelerator, resumed)["step"]
+        # the saved state says why that run stopped there; this one goes on
+        state = dataclasses.replace(load_checkpoint(accelerator, resumed), total=state.total, stop_reason=None)
         if accelerator.is_main_process:
-            print(f"train: resuming from {resumed} (step {start} of {total})")
-    tracker = Tracker(logger_cfg, out_dir, run_name, config_dict, enabled=accelerator.is_main_process)
-    encoder.train()
+            print(f"train: resuming from {resumed} (step {state.step} of {state.total})")
+    main = accelerator.is_main_process
+    tracker = Tracker(job.logger, out_dir, job.run_name, dataclasses.asdict(job), enabled=main)
     normalize = accelerator.unwrap_model(encoder).cfg.normalize
-    started, pairs_done, window_pairs, window_start = time.time(), 0, 0, time.time()
-    loss_sum, tokens = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
-    loss_steps, halted, last, stopped_by = 0, False, None, None
-    bar = tqdm(range(start, total), desc="train", unit="step", initial=0, total=total - start,
-               disable=not accelerator.is_main_process)
+    window, started, pairs_done, newest = MetricsWindow(accelerator.device), time.time(), 0, resumed
+    encoder.train()
+    bar = tqdm(range(state.step, state.total), desc="train", unit="step", total=state.total - state.step,
+               disable=not main)
     with StopRequests() as stop:  # SIGTERM/SIGUSR1: checkpoint after this step and stop
         for step in bar:
             batch = data.batch(step, accelerator.process_index)
-            loss, n_tokens = contrastive_step(encoder, batch, loss_cfg, accelerator, cfg.chunk_size,
-                                              cfg.grad_cache, normalize)
+            loss, tokens = contrastive_step(encoder, batch, job.loss, accelerator, cfg.chunk_size, cfg.grad_cache,
+                                            normalize)
             grad_norm = accelerator.clip_grad_norm_(encoder.parameters(), cfg.grad_clip)
-            for what, value in (("loss", loss), ("gradient norm", grad_norm)):
-                if value is not None and not torch.isfinite(torch.as_tensor(value)):  # the same on every rank
-                    newest = last or resumed
-                    raise EmbedtuneError(
-                        f"train: {what} is {float(value)} in step {step + 1}; stopped before applying it, the newest "
-                        f"checkpoint ({newest.name if newest else 'none yet'}) is intact; lower train.lr or raise "
-                        "loss.temperature")
+            check_finite(step, newest, loss=loss, gradient_norm=grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            window.update(loss, tokens, batch["global_size"])
             pairs_done += batch["global_size"]
-            window_pairs += batch["global_size"]
-            loss_sum += loss
-            tokens += n_tokens
-            loss_steps += 1
-            if cfg.log_every and ((step + 1) % cfg.log_every == 0 or step == total - 1):
-                loss_value = loss_sum.item() / loss_steps  # a sync point: only on logging steps
-                all_tokens = float(accelerator.reduce(tokens, reduction="sum"))
-                elapsed = max(time.time() - window_start, 1e-9)
-                tracker.log({"train/loss": loss_value, "train/lr": scheduler.get_last_lr()[0],
+            state.step = step + 1
+            if cfg.log_every and (state.step % cfg.log_every == 0 or state.step == state.total):
+                metrics = window.flush(accelerator)
+                tracker.log({**metrics, "train/lr": scheduler.get_last_lr()[0],
                              "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                             "train/pairs_per_s": window_pairs / elapsed, "train/tokens_per_s": all_tokens / elapsed,
                              "train/memory_mb": memory_mb(accelerator.device),
-                             "train/epoch": (step + 1) / data.steps_per_epoch}, step + 1)
-                bar.set_postfix(loss=f"{loss_value:.3f}")
-                loss_sum.zero_()
-                tokens.zero_()
-                loss_steps, window_pairs, window_start = 0, 0, time.time()
-            if evaluator is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
-                if accelerator.is_main_process:
-                    unwrapped = accelerator.unwrap_model(encoder)
-                    unwrapped.eval()
-                    metrics = evaluator(unwrapped)
-                    tracker.log({f"dev/{k}": v for k, v in metrics.items() if k not in ("queries", "documents")},
-                                step + 1)
-                    encoder.train()
-                accelerator.wait_for_everyone()
-            state = {"key": key, "total": total}
-            halt = cfg.halt_at_step is not None and step + 1 == cfg.halt_at_step
-            if step + 1 < total and (halt or stop.agreed(accelerator)):
-                last = save_checkpoint(accelerator, encoder, out_dir, step + 1, cfg.keep_checkpoints, state)
-                halted, stopped_by = True, None if halt else stop.received or "a signal on another rank"
+                             "train/epoch": state.step / data.steps_per_epoch}, state.step)
+                bar.set_postfix(loss=f"{metrics['train/loss']:.3f}")
+            if evaluator is not None and cfg.eval_every and state.step % cfg.eval_every == 0:
+                maybe_evaluate(accelerator, encoder, evaluator, tracker, state.step)
+            if state.step < state.total:
+                if cfg.halt_at_step == state.step:
+                    state.stop_reason = "halt_at_step"
+                elif stop.agreed(accelerator):
+                    state.stop_reason = stop.received or "a signal on another rank"
+            periodic = cfg.save_every and state.step % cfg.save_every == 0
+            if state.step == state.total or state.stop_reason or periodic:
+                newest = save_checkpoint(accelerator, encoder, out_dir, state, cfg.keep_checkpoints)
+                state.last_checkpoint = newest.name
+            if state.stop_reason:
                 break
-            if step + 1 == total or (cfg.save_every and (step + 1) % cfg.save_every == 0):
-                last = save_checkpoint(accelerator, encoder, out_dir, step + 1, cfg.keep_checkpoints, state)
     bar.close()
     tracker.close()
     seconds = time.time() - started
     accelerator.end_training()
-    if last is None:  # resumed from the last step: nothing left to do
-        last = resumed
-    return {"final": last.name, "steps": total, "pairs": pairs_done, "seconds": round(seconds, 1),
-            "pairs_per_s": round(pairs_done / max(seconds, 1e-9), 2), "halted": halted, "stopped_by": stopped_by,
-            "processes": accelerator.num_processes, "main_process": accelerator.is_main_process,
-            "pairs_dropped_per_epoch": len(data.rows) - data.per_epoch}  # to give every process as many
+    return TrainResult(final=newest.name, steps=state.total, pairs=pairs_done, seconds=seconds,
+                       processes=accelerator.num_processes, main_process=main,
+                       pairs_dropped_per_epoch=len(data.rows) - data.per_epoch,
+                       stop_reason=state.stop_reason)
+
+
+def maybe_evaluate(accelerator, encoder, evaluator: Callable, tracker: Tracker, step: int) -> None:
+    """Dev-set metrics of the current weights, on the main process (the others wait)."""
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(encoder)
+        unwrapped.eval()
+        metrics = evaluator(unwrapped)
+        tracker.log({f"dev/{k}": v for k, v in metrics.items() if k not in ("queries", "documents")}, step)
+        encoder.train()
+    accelerator.wait_for_everyone()
