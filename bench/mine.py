@@ -18,7 +18,7 @@ import torch
 
 def main() -> None:
     from embedtune.encode import encode
-    from embedtune.evaluate import autocast
+    from embedtune.precision import autocast
     from embedtune.hpo import build_queries, load_terms
     from embedtune.mine import exact_search
     from embedtune.model import Encoder, ModelConfig

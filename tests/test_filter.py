@@ -8,10 +8,20 @@ from pathlib import Path
 import pytest
 import torch
 
+from embedtune.config import Config
 from embedtune.errors import EmbedtuneError
-from embedtune.filter import (FilterConfig, counts, filter_queries, is_copy, longest_shared_run, roundtrip_ranks,
-                              split_pairs, write_splits)
+from embedtune.filter import (
+    FilterConfig,
+    counts,
+    filter_queries,
+    is_copy,
+    longest_shared_run,
+    roundtrip_ranks,
+    split_pairs,
+    write_splits,
+)
 from embedtune.io import read_rows
+from embedtune.validate import problems
 
 
 def q(text: str, n: int = 0, passage: str = "p0") -> dict:
@@ -134,10 +144,10 @@ def test_split_pairs_unknown_passage_is_an_error():
 
 
 @pytest.mark.parametrize("dev, test", [(0.5, 0.5), (0.9, 0.2), (-0.5, 0.2)])
-def test_split_pairs_rejects_fractions_outside_the_unit_interval(dev, test):
-    queries, doc_of = corpus(n_docs=2, chunks_per_doc=1, queries_per_chunk=1)
-    with pytest.raises(EmbedtuneError, match="dev_fraction"):
-        split_pairs(queries, doc_of, FilterConfig(dev_fraction=dev, test_fraction=test))
+def test_fractions_outside_the_unit_interval_are_refused(dev, test):
+    """Named before anything runs (validate.py)."""
+    found = problems(Config(filter=FilterConfig(dev_fraction=dev, test_fraction=test)))
+    assert any(f"filter.dev_fraction={dev} + filter.test_fraction={test} must be below 1" in p for p in found), found
 
 
 def test_write_splits_writes_one_parquet_per_split(tmp_path: Path):

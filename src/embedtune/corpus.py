@@ -15,6 +15,7 @@ from typing import Iterator, Optional
 from tqdm import tqdm
 
 from embedtune.errors import EmbedtuneError
+from embedtune.hpo import load_terms
 from embedtune.io import iter_jsonl
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
@@ -181,8 +182,6 @@ def read_records(path: Path, cfg: CorpusConfig, beir: bool, counts: Optional[Cou
 def read_documents(cfg: CorpusConfig, counts: Optional[Counter] = None) -> Iterator[Document]:
     """Documents of the configured corpus, in a stable order (`counts` gathers what was dropped or changed)."""
     if cfg.format == "hpo":
-        from embedtune.hpo import load_terms
-
         _, terms = load_terms()
         docs = (Document(t.id, t.name, t.definition, "hpo") for t in terms)
     else:
@@ -251,9 +250,6 @@ def chunk_documents(docs: list[Document], tokenizer, cfg: CorpusConfig, counts: 
     """Passages (schema of DESIGN.md) from cleaned documents; exact duplicates (title + text) dropped, and
     passages shorter than corpus.min_chars (`counts` gets both numbers)."""
     counts = Counter() if counts is None else counts
-    if cfg.chunk_overlap >= cfg.chunk_tokens:
-        raise EmbedtuneError(f"corpus.chunk_overlap={cfg.chunk_overlap} must be below "
-                             f"corpus.chunk_tokens={cfg.chunk_tokens}")
     passages, seen = [], set()
     batch = 256
     for i in tqdm(range(0, len(docs), batch), desc="chunk", unit="batch", leave=False):

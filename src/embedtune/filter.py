@@ -14,9 +14,12 @@ from typing import Optional
 
 import torch
 
+from embedtune.encode import EmbeddingCache
 from embedtune.errors import EmbedtuneError
 from embedtune.io import write_parquet
 from embedtune.judge import JudgeConfig
+from embedtune.model import Encoder, ModelConfig, on_device
+from embedtune.precision import autocast
 
 SPLITS = ("train", "dev", "test")
 
@@ -112,6 +115,25 @@ def roundtrip_ranks(query_emb: torch.Tensor, passage_emb: torch.Tensor, positive
     return ranks
 
 
+def roundtrip_filter(queries: list[dict], passages: list[dict], texts: dict[str, str], exempt: set[str],
+                     model_cfg: ModelConfig, top_k: int, cache: EmbeddingCache, precision: str,
+                     batch_size: int) -> tuple[list[dict], list[dict]]:
+    """(kept, dropped): a query is kept when the base model ranks its own passage in the top `top_k` of the
+    whole corpus, or when its id is in `exempt`; each row gets its `roundtrip_rank`. The corpus embeddings
+    land in `cache`, where mine and eval find them."""
+    encoder = on_device(Encoder.load(model_cfg))
+    with autocast(precision):
+        passage_emb = cache.encode(encoder, [texts[p["id"]] for p in passages], "passage", batch_size,
+                                   desc="filter: passages")
+        query_emb = cache.encode(encoder, [q["text"] for q in queries], "query", batch_size, desc="filter: queries")
+    row_of = {p["id"]: n for n, p in enumerate(passages)}
+    positives = torch.tensor([row_of[q["passage_id"]] for q in queries], dtype=torch.long)
+    ranks = roundtrip_ranks(query_emb, passage_emb, positives) if queries else []
+    ranked = [{**q, "roundtrip_rank": r} for q, r in zip(queries, ranks)]
+    keep = [r["roundtrip_rank"] <= top_k or r["query_id"] in exempt for r in ranked]
+    return [r for r, k in zip(ranked, keep) if k], [r for r, k in zip(ranked, keep) if not k]
+
+
 def split_of(doc_key: str, cfg: FilterConfig) -> str:
     u = int(hashlib.sha256(f"{cfg.seed}\x00{doc_key}".encode()).hexdigest()[:12], 16) / 16**12
     if u < cfg.test_fraction:
@@ -123,8 +145,6 @@ def split_of(doc_key: str, cfg: FilterConfig) -> str:
 
 def split_pairs(queries: list[dict], doc_of: dict[str, str], cfg: FilterConfig) -> dict[str, list[dict]]:
     """Pairs per split, assigned by the passage's document (source + doc_id)."""
-    if min(cfg.dev_fraction, cfg.test_fraction) < 0 or cfg.dev_fraction + cfg.test_fraction >= 1:
-        raise EmbedtuneError("filter.dev_fraction and filter.test_fraction must be >= 0 with a sum below 1")
     splits = {s: [] for s in SPLITS}
     for q in queries:
         doc = doc_of.get(q["passage_id"])

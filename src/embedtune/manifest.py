@@ -18,12 +18,31 @@ from embedtune.io import read_json, write_json
 
 MANIFEST = "manifest.json"
 
+def not_in_key(default=dataclasses.MISSING):
+    """A config field that does not change a stage's results (encoding batch sizes, logging, concurrency,
+    retries, checkpoint cadence): `batch_size: int = not_in_key(32)`. Stage keys leave it out, so changing it
+    never reruns a stage. A callable default is a default_factory (e.g. not_in_key(ShardConfig))."""
+    if callable(default):
+        return dataclasses.field(default_factory=default, metadata={"key": False})
+    return dataclasses.field(default=default, metadata={"key": False})
+
+
+def key_fields(value):
+    """`value` as it enters a stage key: dataclasses become dicts of their fields, minus those made with `not_in_key`, at
+    every depth (nested sections, lists and dicts of them)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: key_fields(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if f.metadata.get("key", True)}
+    if isinstance(value, dict):
+        return {k: key_fields(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [key_fields(v) for v in value]
+    return value
+
 
 def fingerprint(*parts) -> str:
-    """A short stable hash of JSON-able parts (dataclasses are turned into dicts)."""
-    def plain(x):
-        return dataclasses.asdict(x) if dataclasses.is_dataclass(x) else x
-    blob = json.dumps([plain(p) for p in parts], sort_keys=True, default=str)
+    """A short stable hash of JSON-able parts (config sections through `key_fields`)."""
+    blob = json.dumps([key_fields(p) for p in parts], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from embedtune.errors import EmbedtuneError
+from embedtune.manifest import not_in_key
 
 
 @dataclass
@@ -29,7 +30,7 @@ class MiningConfig:
     sample_ranks: Optional[list[int]] = None  # [a, b]: sample num_negatives from filtered ranks a..b-1
     seed: int = 0                    # sampling seed (with sample_ranks)
     index: str = "auto"              # exact search: auto (faiss when installed, else torch) | torch | faiss
-    batch_size: int = 32             # texts per encoding batch (small batches of length-sorted texts are fastest on CPU: bench/encode.py)
+    batch_size: int = not_in_key(32)  # texts per encoding batch (small batches of length-sorted texts are fastest on CPU: bench/encode.py)
 
 
 def search(queries: torch.Tensor, passages: torch.Tensor, k: int, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,8 +59,6 @@ def search_faiss(queries: torch.Tensor, passages: torch.Tensor, k: int) -> tuple
 
 def exact_search(queries: torch.Tensor, passages: torch.Tensor, k: int, index: str = "auto"):
     """Top-k by inner product with the chosen index (auto: faiss when it is installed)."""
-    if index not in ("auto", "torch", "faiss"):
-        raise EmbedtuneError(f"mining.index={index} is not one of auto, torch, faiss")
     if index != "torch":
         import importlib.util
 
@@ -83,8 +82,6 @@ def select_negatives(positive: int, positive_score: float, cand_idx: list[int], 
         kept.append((idx, score))
     if cfg.sample_ranks is not None:
         a, b = cfg.sample_ranks
-        if not 0 <= a < b:
-            raise EmbedtuneError(f"mining.sample_ranks={list(cfg.sample_ranks)} must be [a, b] with 0 <= a < b")
         pool = kept[a:b]
         rng = random.Random(int(hashlib.sha1(f"{cfg.seed}\x00{key}".encode()).hexdigest()[:12], 16))
         kept = [pool[i] for i in sorted(rng.sample(range(len(pool)), min(cfg.num_negatives, len(pool))))]

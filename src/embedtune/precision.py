@@ -43,3 +43,9 @@ def generator_dtype(setting: str) -> str:
     if setting != "auto":
         return setting
     return "bfloat16" if native_bf16() else "float32"
+
+
+def autocast(precision: str):
+    """bf16 autocast for encoding when eval.precision asks for it (auto: where it is native)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=use_bf16(precision))

@@ -3,10 +3,15 @@ together: all of them named at once, before any stage reads, loads or writes any
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from embedtune.errors import EmbedtuneError
 
+if TYPE_CHECKING:  # config.py imports generate/, which imports this module
+    from embedtune.config import Config
 
-def problems(cfg) -> list[str]:
+
+def problems(cfg: Config) -> list[str]:
     found: list[str] = []
 
     def need(ok: bool, message: str) -> None:
@@ -88,7 +93,7 @@ def check_generator(gen) -> None:
     _raise(generator_problems(gen))
 
 
-def check_config(cfg) -> None:
+def check_config(cfg: Config) -> None:
     _raise(problems(cfg))
 
 
