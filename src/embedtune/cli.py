@@ -8,6 +8,22 @@ from __future__ import annotations
 import os
 import sys
 
+# Read once when transformers / huggingface_hub / tokenizers are first imported (below, through the config
+# schemas), so they are set here, before those imports, rather than in main().
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked workers and tokenizers threads deadlock
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # e.g. its GGUF advice to use float32
+
+import hydra  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from embedtune import distributed, pipeline, sweep
+from embedtune.config import Config, register
+from embedtune.errors import EmbedtuneError
+from embedtune.io import atomic_path
+from embedtune.runs import STAGE_NAMES, RunFolder, status_lines
+from embedtune.validate import check_config
+
 USAGE = """usage: embedtune <stage> [key=value ...] [-m] [--help] [--cfg job]
 
 stages:
@@ -25,13 +41,7 @@ stages:
 """
 
 
-def _save_config(cfg, stage: str) -> None:
-    from omegaconf import OmegaConf
-
-    from embedtune import distributed
-    from embedtune.io import atomic_path
-    from embedtune.runs import RunFolder
-
+def _save_config(cfg: Config, stage: str) -> None:
     if not distributed.is_main():
         return
     path = RunFolder(cfg).root / f"config.{stage}.yaml"
@@ -40,24 +50,13 @@ def _save_config(cfg, stage: str) -> None:
 
 
 def _hydra_main(stage: str) -> None:
-    import hydra
-    from omegaconf import OmegaConf
-
-    from embedtune.config import register
-    from embedtune.errors import EmbedtuneError
-
     register()
 
     @hydra.main(version_base=None, config_path="pkg://embedtune.conf", config_name="config")
     def app(dcfg) -> None:
-        from embedtune import pipeline, sweep
-        from embedtune.validate import check_config
-
         try:
-            cfg = OmegaConf.to_object(dcfg)
+            cfg: Config = OmegaConf.to_object(dcfg)
             if stage == "status":
-                from embedtune.runs import status_lines
-
                 print("\n".join(status_lines(cfg)))
                 return
             check_config(cfg)
@@ -80,12 +79,7 @@ def _hydra_main(stage: str) -> None:
 
 
 def main() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked workers and tokenizers threads deadlock
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # e.g. its GGUF advice to use float32 (bf16 is 3x faster here)
-    from embedtune.pipeline import STAGES
-
-    if len(sys.argv) < 2 or sys.argv[1] not in (*STAGES, "run", "status"):
+    if len(sys.argv) < 2 or sys.argv[1] not in (*STAGE_NAMES, "run", "status"):
         print(USAGE, file=sys.stderr)
         sys.exit(0 if len(sys.argv) >= 2 and sys.argv[1] in ("-h", "--help") else 2)
     stage = sys.argv.pop(1)

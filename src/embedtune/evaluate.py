@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-import torch
-
-from embedtune.beir import RetrievalSet
-from embedtune.encode import EmbeddingCache
+from embedtune.beir import RetrievalSet, read_beir
+from embedtune.encode import EmbeddingCache, NoCache
 from embedtune.errors import EmbedtuneError
+from embedtune.io import atomic_path, write_json
+from embedtune.manifest import not_in_key
 from embedtune.mine import exact_search
-from embedtune.precision import use_bf16
+from embedtune.plots import plot_metrics, plot_recall, plot_training
+from embedtune.precision import autocast
 
 METRICS = ["nDCG@10", "R@1", "R@10", "R@100", "MRR@10", "MAP@100"]
 RECALL_KS = [1, 3, 5, 10, 20, 50, 100]  # points of the Recall@k curve
@@ -28,7 +30,7 @@ class EvalConfig:
     beir: list[BeirSetConfig] = field(default_factory=list)  # extra human-labelled sets to report on
     builtin_split: str = "test"      # split of the corpus's built-in labelled set (hpo: dev or test)
     synthetic: bool = True           # also report on the held-out synthetic queries (pairs/test)
-    batch_size: int = 32             # texts per encoding batch (small batches of length-sorted texts are fastest on CPU: bench/encode.py)
+    batch_size: int = not_in_key(32)  # texts per encoding batch (small batches of length-sorted texts are fastest on CPU: bench/encode.py)
     precision: str = "auto"          # auto (bf16 where the CPU/GPU has it) | bf16 | fp32, for both models
     max_queries: int = 0             # evaluate at most this many queries per set (0: all)
     bm25: bool = True                # also a BM25 row (bm25s, English stopwords): the lexical baseline
@@ -56,31 +58,22 @@ def trec_metrics(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, in
             "per_query": {q: per_query.get(q, {}).get("ndcg_cut_10", 0.0) for q in qrels}}  # nDCG@10, for intervals
 
 
-def paired_bootstrap(a: dict[str, float], b: dict[str, float], draws: int = 1000, seed: int = 0) -> dict:
-    """Mean of b - a over the queries both score, and its 95% interval from `draws` resamples of the queries
-    (paired: each draw takes the same queries for both). Significant when the interval excludes 0."""
+def paired_bootstrap(reference: dict[str, float], compared: dict[str, float], draws: int = 1000,
+                     seed: int = 0) -> dict:
+    """Mean of compared - reference over the queries both score (per-query metric by query id), and its 95%
+    interval from `draws` resamples of the queries (paired: each draw takes the same queries for both).
+    Significant when the interval excludes 0."""
     import numpy as np
 
-    keys = sorted(set(a) & set(b))
+    keys = sorted(set(reference) & set(compared))
     if not keys:
         raise EmbedtuneError("paired_bootstrap: the two runs share no query")
-    diff = np.array([b[k] - a[k] for k in keys])
+    diff = np.array([compared[k] - reference[k] for k in keys])
     rng = np.random.default_rng(seed)
     means = diff[rng.integers(0, len(diff), size=(draws, len(diff)))].mean(axis=1)
     lo, hi = np.percentile(means, [2.5, 97.5])
     return {"diff": float(diff.mean()), "low": float(lo), "high": float(hi), "queries": len(keys),
             "significant": bool(lo > 0 or hi < 0)}
-
-
-def cache_fingerprint(model_fingerprint: str, precision: str) -> str:
-    """Embedding-cache key: the model and the arithmetic that embedded with it (bf16 and fp32 vectors differ,
-    so a stage run at another eval.precision never reads the other's vectors)."""
-    return f"{model_fingerprint}|{'bf16' if use_bf16(precision) else 'fp32'}"
-
-
-def autocast(precision: str):
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.autocast(device, dtype=torch.bfloat16, enabled=use_bf16(precision))
 
 
 def evaluate_set(encoder, cache: EmbeddingCache, data: RetrievalSet, cfg: EvalConfig, label: str) -> dict:
@@ -146,8 +139,6 @@ def recall_table(results: dict[str, dict[str, dict]]) -> str:
 def training_evaluator(data, cfg: EvalConfig):
     """evaluator(encoder) -> metrics on `data` (a RetrievalSet) with fresh embeddings every call: what the
     training loop logs every train.eval_every steps."""
-    from embedtune.encode import NoCache
-
     return lambda encoder: evaluate_set(encoder, NoCache(), data, cfg, data.name)
 
 
@@ -169,3 +160,42 @@ def evaluate_bm25(data, cfg: EvalConfig) -> dict:
            for n, q in enumerate(query_ids)}
     return {"queries": len(query_ids), "documents": len(doc_ids),
             **trec_metrics(run, {q: data.qrels[q] for q in query_ids})}
+
+
+def eval_sets(cfg: EvalConfig, benchmarks: Path, synthetic_test: list[dict], corpus: dict[str, str]) -> list[RetrievalSet]:
+    """What eval scores: the built-in labelled sets (benchmarks/<name>/, at eval.builtin_split), any BEIR
+    folders of eval.beir, and the held-out synthetic test queries (eval.synthetic) against the corpus."""
+    sets = []
+    if benchmarks.exists():
+        for folder in sorted(p for p in benchmarks.iterdir() if p.is_dir()):
+            sets.append(read_beir(folder, cfg.builtin_split, f"{folder.name} ({cfg.builtin_split}, human)"))
+    for extra in cfg.beir:
+        sets.append(read_beir(Path(extra.path), extra.split, extra.name or Path(extra.path).name))
+    if cfg.synthetic and synthetic_test:
+        sets.append(RetrievalSet("synthetic (held-out)", corpus, {q["query_id"]: q["query"] for q in synthetic_test},
+                                 {q["query_id"]: {q["passage_id"]: 1} for q in synthetic_test}))
+    if not sets:
+        raise EmbedtuneError("eval: nothing to evaluate on; set eval.beir or keep eval.synthetic=true")
+    return sets
+
+
+def write_report(folder: Path, heading: str, results: dict[str, dict[str, dict]], sets: list[RetrievalSet],
+                 training_metrics: Path) -> tuple[str, list[dict], list[str]]:
+    """report.md (tables, paired intervals, Recall@k, plots) and report.json in `folder`, below `heading`;
+    returns (the metrics table, the comparisons, the plot files)."""
+    table, compared = markdown_table(results), comparisons(results)
+    intervals = ("Paired bootstrap (queries resampled, 1,000 draws, seed 0) of the per-query nDCG@10 "
+                 "differences:\n\n" + comparison_table(compared)) if compared else ""
+    folder.mkdir(parents=True, exist_ok=True)
+    plots = plot_metrics(results, folder / "metrics.png")
+    plots += plot_recall(results, folder / "recall.png")
+    plots += plot_training(training_metrics, folder / "training.png")
+    caveats = "".join(f"{s.name}: {s.missing_documents:,} judgements name documents absent from the corpus "
+                      f"(no model can retrieve them; they lower recall).\n\n" for s in sets if s.missing_documents)
+    report = (f"{heading}\n\n{caveats}{table}\n{intervals}\nRecall@k:\n\n{recall_table(results)}\n"
+              + "".join(f"![{p}]({p})\n" for p in plots))
+    with atomic_path(folder / "report.md") as tmp:
+        tmp.write_text(report, encoding="utf-8")
+    write_json({**results, "comparisons": compared}, folder / "report.json")
+    return table, compared, plots
+

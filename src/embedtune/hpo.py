@@ -42,9 +42,9 @@ def obo_path() -> Path:
 _ESCAPES = {"n": "\n", "t": "\t"}
 
 
-def _unescape(s: str) -> str:
+def _unescape(text: str) -> str:
     """OBO escapes: \\n and \\t are whitespace, any other \\X is X."""
-    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), s).strip()
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), text).strip()
 
 
 def read_obo(path: Path) -> tuple[str, list[Term]]:

@@ -13,7 +13,9 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from embedtune.assets import resolve_model
+from embedtune.distributed import local_rank
 from embedtune.errors import EmbedtuneError
+from embedtune.manifest import fingerprint as config_fingerprint
 
 ENCODER_CONFIG = "embedtune_encoder.json"
 
@@ -166,3 +168,15 @@ class Encoder(nn.Module):
         self.tokenizer.save_pretrained(folder)
         settings = {"model": asdict(self.cfg), "pooling": self.pooling, "fingerprint": self.fingerprint}
         (folder / ENCODER_CONFIG).write_text(json.dumps(settings, indent=2))
+
+
+def on_device(encoder: Encoder) -> Encoder:
+    """The encoder on this process's GPU when there is one (encoding stages), else left on the CPU."""
+    if torch.cuda.is_available():
+        return encoder.to(torch.device("cuda", local_rank() % torch.cuda.device_count()))
+    return encoder
+
+
+def base_fingerprint(cfg: ModelConfig) -> str:
+    """Names the base model's weights as `cfg` loads them (embedding caches key on it)."""
+    return "base:" + config_fingerprint(cfg)

@@ -7,7 +7,7 @@ from pathlib import Path
 from embedtune.tracking import read_metrics
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -20,7 +20,7 @@ def _label(ax, title: str) -> None:
     ax.legend(fontsize=8, loc="lower right")
 
 
-def _save(plt, fig, path: Path) -> list[str]:
+def save_png(plt, fig, path: Path) -> list[str]:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -29,7 +29,7 @@ def _save(plt, fig, path: Path) -> list[str]:
 
 def plot_metrics(results: dict[str, dict[str, dict]], path: Path) -> list[str]:
     """One panel per evaluation set: bars of each metric for each model."""
-    plt = _pyplot()
+    plt = pyplot()
     metrics = ["nDCG@10", "R@10", "R@100", "MRR@10"]
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6), squeeze=False)
     for ax, (name, models) in zip(axes[0], results.items()):
@@ -41,12 +41,12 @@ def plot_metrics(results: dict[str, dict[str, dict]], path: Path) -> list[str]:
         ax.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(metrics))], metrics)
         ax.set_ylim(0, 1.05)
         _label(ax, name)
-    return _save(plt, fig, path)
+    return save_png(plt, fig, path)
 
 
 def plot_recall(results: dict[str, dict[str, dict]], path: Path) -> list[str]:
     """One panel per evaluation set: Recall@k against k (log scale) for each model."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6), squeeze=False)
     for ax, (name, models) in zip(axes[0], results.items()):
         for model, values in models.items():
@@ -60,14 +60,14 @@ def plot_recall(results: dict[str, dict[str, dict]], path: Path) -> list[str]:
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         _label(ax, name)
-    return _save(plt, fig, path)
+    return save_png(plt, fig, path)
 
 
 def plot_training(metrics_path: Path, path: Path) -> list[str]:
     rows = [r for r in read_metrics(metrics_path) if "train/loss" in r]
     if not rows:
         return []
-    plt = _pyplot()
+    plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
     steps = [r["step"] for r in rows]
     a.plot(steps, [r["train/loss"] for r in rows])
@@ -76,18 +76,18 @@ def plot_training(metrics_path: Path, path: Path) -> list[str]:
     b.plot(steps, [r["train/lr"] for r in rows], color="tab:orange")
     b.set_xlabel("step")
     b.set_ylabel("learning rate")
-    return _save(plt, fig, path)
+    return save_png(plt, fig, path)
 
 
 def plot_lengths(lengths: dict[str, list[int]], path: Path) -> list[str]:
     """Histogram of kept query lengths in words, stacked by query type."""
     if not any(lengths.values()):
         return []
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.2))
     top = max(max(v) for v in lengths.values() if v)
     ax.hist(list(lengths.values()), bins=range(1, top + 2), label=list(lengths), stacked=True, align="left")
     ax.set_xlabel("words per kept query")
     ax.set_ylabel("queries")
     _label(ax, "Kept query lengths by type")
-    return _save(plt, fig, path)
+    return save_png(plt, fig, path)

@@ -4,13 +4,15 @@ definitions, so status says exactly what `embedtune run` would redo."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
+from embedtune.config import Config
 from embedtune.distributed import launcher_settings
 from embedtune.errors import EmbedtuneError
+from embedtune.generate.runner import generate_stage
+from embedtune.io import read_rows, read_stage_table
 from embedtune.manifest import MANIFEST, Stage, load_manifest
-from embedtune.precision import train_precision
+from embedtune.precision import train_precision, use_bf16
 
 STAGE_NAMES = ("prepare", "generate", "filter", "mine", "train", "eval", "export")
 UPSTREAM = {"generate": "prepare", "filter": "generate", "mine": "filter", "train": "mine", "eval": "train",
@@ -18,7 +20,7 @@ UPSTREAM = {"generate": "prepare", "filter": "generate", "mine": "filter", "trai
 
 
 class RunFolder:
-    def __init__(self, cfg):
+    def __init__(self, cfg: Config):
         self.base = Path(cfg.paths.runs) / cfg.run_name
         self.root = self.base / "points" / cfg.point if cfg.point else self.base  # sweep points: sweep.py
         self.passages = self.root / "passages"
@@ -31,37 +33,44 @@ class RunFolder:
         self.benchmarks = self.root / "benchmarks"
         self.cache = self.root / "cache" / "embeddings"
 
+    def read_passages(self) -> list[dict]:
+        """Every passage row prepare wrote (id, doc_id, title, text, source)."""
+        return read_stage_table(self.passages, ["id", "doc_id", "title", "text", "source"]).to_pylist()
+
+    def read_pairs(self, split: str) -> list[dict]:
+        """The filter stage's pairs of one split ([] when it wrote none)."""
+        path = self.pairs / f"{split}.parquet"
+        return read_rows(path) if path.exists() else []
+
+    def final_encoder(self) -> Path:
+        """The trained encoder of the newest finished training (its manifest names the checkpoint)."""
+        return self.checkpoints / load_manifest(self.checkpoints)["final"] / "encoder"
+
     def folder(self, stage: str) -> Path:
         return {"prepare": self.passages, "generate": self.queries, "filter": self.pairs, "mine": self.negatives,
                 "train": self.checkpoints, "eval": self.eval, "export": self.model}[stage]
 
 
-# settings of `train` that do not change the trained weights stay out of its key
-SAME_WEIGHTS = dict(log_every=0, eval_every=None, save_every=None, keep_checkpoints=0, resume=True, halt_at_step=None)
-
-
-def stage_of(cfg, name: str) -> Stage:
+def stage_of(cfg: Config, name: str) -> Stage:
     """The Stage (folder, key) that `name` has under `cfg`; an error if an upstream stage has not run."""
-    from embedtune.generate.runner import generate_stage
-
     run = RunFolder(cfg)
+    encoding = "bf16" if use_bf16(cfg.eval.precision) else "fp32"  # how filter, mine and eval embed, here
     if name == "prepare":
         return Stage("prepare", run.passages, [cfg.corpus, cfg.model.name], {})
     if name == "generate":
         return generate_stage(cfg.generator, run.queries, load_manifest(run.passages))
     if name == "filter":
-        config = [cfg.filter, cfg.model if cfg.filter.roundtrip_top_k else None]
+        config = [cfg.filter, (cfg.model, encoding) if cfg.filter.roundtrip_top_k else None]
         return Stage("filter", run.pairs, config, {"queries": load_manifest(run.queries)})
     if name == "mine":
-        return Stage("mine", run.negatives, [cfg.mining, cfg.model], {"pairs": load_manifest(run.pairs)})
+        return Stage("mine", run.negatives, [cfg.mining, cfg.model, encoding], {"pairs": load_manifest(run.pairs)})
     if name == "train":
         precision = train_precision(cfg.train.mixed_precision, launcher_settings().get("mixed_precision", "no"))
-        train = dataclasses.replace(cfg.train, **SAME_WEIGHTS, mixed_precision=precision)  # auto: as resolved here
-        config = [cfg.model, cfg.peft, cfg.loss, train]
+        config = [cfg.model, cfg.peft, cfg.loss, cfg.train, precision]  # auto precision: as resolved here
         return Stage("train", run.checkpoints, config, {"negatives": load_manifest(run.negatives)})
     if name == "eval":
         inputs = {"train": load_manifest(run.checkpoints), "pairs": load_manifest(run.pairs)}
-        return Stage("eval", run.eval, [dataclasses.replace(cfg.eval, batch_size=0), cfg.model], inputs)
+        return Stage("eval", run.eval, [cfg.eval, cfg.model, encoding], inputs)
     if name == "export":
         inputs = {"train": load_manifest(run.checkpoints)}
         if (run.eval / MANIFEST).exists():
@@ -88,7 +97,7 @@ def _counts(counts: dict) -> str:
     return ", ".join(parts)
 
 
-def status_lines(cfg) -> list[str]:
+def status_lines(cfg: Config) -> list[str]:
     """One line per stage: done / stale (its config or an input changed: `embedtune run` redoes it) /
     missing, its counts and wall time."""
     run = RunFolder(cfg)

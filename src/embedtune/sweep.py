@@ -19,6 +19,13 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from embedtune.config import Config
+from embedtune.evaluate import paired_bootstrap
+from embedtune.io import atomic_path, write_json
+from embedtune.plots import pyplot, save_png
+from embedtune.runs import RunFolder
+from embedtune.tracking import read_metrics
+
 SEEDED = ("passages", "queries", "pairs", "negatives", "benchmarks", "cache")
 RECORD = "point.json"
 
@@ -68,11 +75,9 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def record_point(cfg, stage: str, root: Path) -> None:
+def record_point(cfg: Config, stage: str, root: Path) -> None:
     """In a multirun, leave point.json in the job's Hydra output folder: which point, and its run folder."""
     from hydra.core.hydra_config import HydraConfig
-
-    from embedtune.io import write_json
 
     if not cfg.point or not HydraConfig.initialized():
         return
@@ -81,10 +86,8 @@ def record_point(cfg, stage: str, root: Path) -> None:
                Path(hc.runtime.output_dir) / RECORD)
 
 
-def enter_point(cfg, stage: str) -> None:
+def enter_point(cfg: Config, stage: str) -> None:
     """Before a stage: name the point (cfg.point), seed its folder from the run, leave point.json."""
-    from embedtune.runs import RunFolder
-
     cfg.point = point_name(cfg.point)
     if not cfg.point:
         return
@@ -107,8 +110,6 @@ def tuned_per_query(folder: Path) -> dict[str, dict[str, float]]:
 def against_first(rows: list[dict]) -> str:
     """Each later point's tuned nDCG@10 minus the first point's, per eval set, with a paired-bootstrap 95%
     interval over the set's queries; a difference whose interval contains 0 is marked not significant."""
-    from embedtune.evaluate import paired_bootstrap
-
     first = tuned_per_query(Path(rows[0]["folder"]))
     lines = []
     for r in rows[1:]:
@@ -126,8 +127,6 @@ def against_first(rows: list[dict]) -> str:
 def point_metrics(folder: Path) -> dict[str, float]:
     """What a point achieved: the tuned model's nDCG@10 / R@10 per eval set (eval/report.json), and the last
     logged training loss and dev metrics (checkpoints/metrics.jsonl)."""
-    from embedtune.tracking import read_metrics
-
     metrics: dict[str, float] = {}
     report = folder / "eval" / "report.json"
     if report.exists():
@@ -172,22 +171,18 @@ def plot_sweep(rows: list[dict], path: Path) -> bool:
     columns = _columns(rows)
     if not columns:
         return False
-    from embedtune.plots import _pyplot, _save
-
-    plt = _pyplot()
+    plt = pyplot()
     metric = columns[0]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(rows)), 3.4))
     bars = ax.bar(range(len(rows)), [r["metrics"].get(metric, 0.0) for r in rows])
     ax.bar_label(bars, fmt="%.3f", fontsize=8)
     ax.set_xticks(range(len(rows)), [r["point"] for r in rows], rotation=20, ha="right", fontsize=7)
     ax.set_ylabel(metric)
-    _save(plt, fig, path)
+    save_png(plt, fig, path)
     return True
 
 
 def write_report(sweep_dir: Path) -> str | None:
-    from embedtune.io import atomic_path, write_json
-
     rows = collect(sweep_dir)
     if not rows:
         return None

@@ -12,7 +12,10 @@ from tqdm import tqdm
 
 from embedtune.assets import resolve_model
 from embedtune.errors import EmbedtuneError
+from embedtune.generate.answer import Answer, answer_of
+from embedtune.generate.openai_backend import OpenAIBackend
 from embedtune.generate.prompts import Prompt
+from embedtune.manifest import not_in_key
 from embedtune.precision import generator_dtype
 
 MIN_SHARED_TOKENS = 16  # a shared prompt start shorter than this is not worth a cache
@@ -24,36 +27,19 @@ class BackendConfig:
     model: str = "smollm2-135m"       # built-in alias, local folder, .gguf file or hub id
     gguf_file: Optional[str] = None   # GGUF file inside `model` (aliases set it themselves)
     dtype: str = "auto"               # auto (bfloat16 where native: GPU, AVX512-BF16/AMX CPU; else float32) | bfloat16 | float32 | float16
-    device: str = "auto"              # auto (cuda when available) | cpu | cuda
-    batch_size: int = 32              # prompts per forward pass (sorted by length to cut padding)
-    prefix_cache: bool = True         # transformers: compute the prompts' shared few-shot start once and reuse it
+    device: str = not_in_key("auto")  # auto (cuda when available) | cpu | cuda
+    batch_size: int = not_in_key(32)  # prompts per forward pass (sorted by length to cut padding)
+    prefix_cache: bool = not_in_key(True)  # transformers: compute the prompts' shared few-shot start once and reuse it
     max_new_tokens: int = 48          # longest answer (each query type may ask for fewer)
     temperature: float = 0.0          # 0 = greedy decoding
     top_p: float = 0.95               # nucleus sampling when temperature > 0
     api_base: Optional[str] = None    # openai: server URL up to /v1 (e.g. http://127.0.0.1:8000/v1)
-    api_key_env: Optional[str] = "OPENAI_API_KEY"  # openai: NAME of the env var holding the key (never the key)
-    concurrency: int = 8              # openai: requests in flight at once
-    max_retries: int = 5              # openai: retries on 429/5xx/timeouts/malformed bodies
-    timeout_s: float = 60.0           # openai: per-request timeout
-    backoff_s: float = 1.0            # openai: first retry delay, doubled each retry (with jitter)
-    backoff_max_s: float = 30.0       # openai: longest retry delay
-
-
-@dataclass(frozen=True)
-class Answer:
-    text: str        # the answer's first line
-    finished: bool   # False when it ran into max_new_tokens (a ramble or a loop, cut mid-way)
-
-
-def first_line(text: str) -> str:
-    """The answer up to its first line break after some text."""
-    stripped = text.lstrip()
-    return stripped.split("\n", 1)[0] if stripped else ""
-
-
-def answer_of(text: str, hit_limit: bool) -> Answer:
-    """An answer is finished when the model ended it (end of sequence or a line break) within its budget."""
-    return Answer(first_line(text), not hit_limit or "\n" in text.lstrip())
+    api_key_env: Optional[str] = not_in_key("OPENAI_API_KEY")  # openai: NAME of the env var holding the key (never the key)
+    concurrency: int = not_in_key(8)  # openai: requests in flight at once
+    max_retries: int = not_in_key(5)  # openai: retries on 429/5xx/timeouts/malformed bodies
+    timeout_s: float = not_in_key(60.0)  # openai: per-request timeout
+    backoff_s: float = not_in_key(1.0)  # openai: first retry delay, doubled each retry (with jitter)
+    backoff_max_s: float = not_in_key(30.0)  # openai: longest retry delay
 
 
 class NoRepeatInAnswer:
@@ -246,7 +232,5 @@ def make_backend(cfg: BackendConfig):
     if cfg.backend == "vllm":
         return VLLMBackend(cfg)
     if cfg.backend == "openai":
-        from embedtune.generate.openai_backend import OpenAIBackend
-
         return OpenAIBackend(cfg)
     raise EmbedtuneError(f"generator.backend={cfg.backend} is not one of transformers, vllm, openai")

@@ -14,7 +14,7 @@ import random
 from tqdm import tqdm
 
 from embedtune.errors import EmbedtuneError
-from embedtune.generate.backends import Answer, answer_of
+from embedtune.generate.answer import Answer, answer_of
 from embedtune.generate.prompts import Prompt
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}

@@ -20,8 +20,9 @@ from embedtune.generate.backends import BackendConfig, make_backend
 from embedtune.generate.extract import extract_query
 from embedtune.generate.prompts import PromptConfig, passage_for_prompt, render
 from embedtune.io import atomic_path, read_parquet, read_stage_table, write_parquet
-from embedtune.manifest import Stage
+from embedtune.manifest import Stage, not_in_key
 from embedtune.precision import generator_dtype
+from embedtune.validate import check_generator
 
 QUERY_COLUMNS = ["query_id", "passage_id", "text", "raw", "finished", "reason", "chatter", "generator", "prompt"]
 
@@ -32,7 +33,7 @@ class GeneratorConfig(BackendConfig):
     queries_per_passage: int = 1         # queries per passage, each of another type drawn from prompt.mix
     max_passages: Optional[int] = 2000   # deterministic sample of the corpus to write queries for (null: all)
     seed: int = 0                        # sample choice, type draw and sampling seed
-    shard: ShardConfig = field(default_factory=ShardConfig)
+    shard: ShardConfig = not_in_key(ShardConfig)
 
 
 def _h(text: str) -> int:
@@ -61,8 +62,6 @@ def shard_name(index: int, count: int) -> str:
 
 
 def generate_shard(passages: list[dict], cfg: GeneratorConfig, index: int, count: int) -> list[dict]:
-    from embedtune.validate import check_generator
-
     check_generator(cfg)
     own = [p for p in passages if _h(p["id"]) % count == index]
     backend = make_backend(cfg)
@@ -85,24 +84,26 @@ def generate_shard(passages: list[dict], cfg: GeneratorConfig, index: int, count
     return rows
 
 
-OPERATIONAL = ("shard", "batch_size", "prefix_cache", "device", "concurrency", "max_retries", "timeout_s",
-               "backoff_s", "backoff_max_s", "api_key_env")  # settings that do not change the queries
-
-
 def generate_stage(cfg: GeneratorConfig, out_dir: Path, passages_manifest: dict) -> Stage:
-    config = {k: v for k, v in cfg.__dict__.items() if k not in OPERATIONAL}
-    if cfg.backend == "transformers":  # bf16 and fp32 greedy decoding write different queries
-        config["dtype"] = generator_dtype(cfg.dtype)
-    return Stage("generate", out_dir, config, {"passages": passages_manifest})
+    # dtype auto, as resolved on this machine: bf16 and fp32 greedy decoding write different queries
+    dtype = generator_dtype(cfg.dtype) if cfg.backend == "transformers" else cfg.dtype
+    return Stage("generate", out_dir, [cfg, dtype], {"passages": passages_manifest})
 
 
 def run_generate(cfg: GeneratorConfig, passages_dir: Path, out_dir: Path, passages_manifest: dict,
                  force: bool = False) -> Optional[dict]:
-    """Write this worker's shard (unless done), then merge if every shard is there; returns the manifest."""
+    """One worker's whole generate stage as a library call: its shard, then the merge; the manifest."""
     stage = generate_stage(cfg, out_dir, passages_manifest)
-    index, count = shard_of_worker(cfg.shard)
     if stage.is_done() and not force:
         return json.loads((out_dir / "manifest.json").read_text())
+    return write_shard_and_merge(cfg, stage, passages_dir, force)
+
+
+def write_shard_and_merge(cfg: GeneratorConfig, stage: Stage, passages_dir: Path, force: bool = False) -> Optional[dict]:
+    """Write this worker's shard (unless it is done under this key), then merge if every shard is there;
+    the manifest once merged, else None."""
+    out_dir = stage.folder
+    index, count = shard_of_worker(cfg.shard)
     name = shard_name(index, count)
     done = out_dir / f"{name}.done"
     if force or not done.exists() or json.loads(done.read_text()).get("key") != stage.key:
