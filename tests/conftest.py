@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import DEMO_SECRET, ChatServer, embedtune
+
+# ---------------------------------------------------------------- the slow marker, enforced
+
+@pytest.fixture(autouse=True)
+def _unmarked_tests_launch_no_process(request, monkeypatch):
+    """A test without @pytest.mark.slow that starts a process fails and says so: `make test-fast` stays the
+    quick inner loop only while every process-launching test carries the marker."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+
+    def refuse(self, args, *rest, **kwargs):
+        raise AssertionError(f"{request.node.nodeid} starts a process ({args!r}): mark it @pytest.mark.slow")
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
+
 
 # ---------------------------------------------------------------- tiny_model_dir: a 2-layer, 32-wide BERT
 
@@ -93,56 +111,33 @@ def tiny_lm_dir(tmp_path_factory) -> Path:
     return folder
 
 
-# ---------------------------------------------------------------- write_passages: a finished prepare stage
+# ---------------------------------------------------------------- demo_run: one whole tiny run for the session
 
-def write_passages(folder: Path, n: int) -> Path:
-    """A passages/ folder as `prepare` leaves it (one Parquet part + manifest) with `n` short passages."""
-    from embedtune.io import write_parquet
-    from embedtune.manifest import Stage
+@dataclass
+class DemoRun:
+    folder: Path                          # runs/e2e
+    result: subprocess.CompletedProcess   # of `embedtune run`
+    seconds: float
+    args: list[str]                       # the overrides of `run` and `status` on this run (generator's too)
+    server: ChatServer                    # the generator's requests, as the server saw them
 
-    rows = [{"id": f"{i:016x}", "doc_id": str(i), "title": f"Term {i}", "text": "the heart and the blood " * 3,
-             "source": "s", "n_tokens": 12} for i in range(n)]
-    write_parquet(rows, Path(folder) / "part-00000.parquet")
-    Stage("prepare", folder, {}, {}).finish({"passages": n}, files=["part-00000.parquet"])
-    return Path(folder)
-
-
-# ---------------------------------------------------------------- launch: run a script under accelerate launch
-
-REPO = Path(__file__).resolve().parent.parent
+    @property
+    def stage_args(self) -> list[str]:
+        """The overrides of the stages after generate (whose keys do not include the generator's)."""
+        return self.args[:3]
 
 
-def accelerate_launch_command(args: list[str], processes: int = 2, deepspeed_stage: int = 0,
-                              env: dict | None = None, deepspeed_config: str = "") -> tuple[list[str], dict]:
-    """The `accelerate launch` command line and environment for the repository's launch/ configs on this
-    CPU: launch/cpu-2.yaml (DDP over gloo) or, with deepspeed_stage, launch/zero2.yaml with --zero_stage, or
-    a DeepSpeed launch config by name (deepspeed_config, e.g. "zero3-offload.yaml"), on DeepSpeed's CPU
-    accelerator; one intra-op thread per process."""
-    import os
-    import sys
-
-    base = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "offline"}
-    base.pop("ACCELERATE_USE_CPU", None)
-    launcher = [sys.executable, "-m", "accelerate.commands.launch"]
-    if deepspeed_config:
-        base["DS_ACCELERATOR"] = "cpu"
-        launcher += ["--config_file", str(REPO / "launch" / deepspeed_config)]
-    elif deepspeed_stage:
-        base["DS_ACCELERATOR"] = "cpu"
-        launcher += ["--config_file", str(REPO / "launch" / "zero2.yaml"), "--zero_stage", str(deepspeed_stage)]
-    elif processes > 1:
-        base["ACCELERATE_USE_CPU"] = "true"
-        launcher += ["--config_file", str(REPO / "launch" / "cpu-2.yaml")]
-    else:
-        launcher += ["--config_file", str(REPO / "launch" / "cpu.yaml")]
-    launcher += ["--num_processes", str(processes), "--main_process_port", str(29600 + os.getpid() % 300)]
-    return launcher + args, {**base, **(env or {})}
-
-
-def accelerate_launch(args: list[str], processes: int = 2, deepspeed_stage: int = 0, timeout: int = 300,
-                      env: dict | None = None, deepspeed_config: str = ""):
-    """Run accelerate_launch_command(...) to the end; returns the CompletedProcess (output captured)."""
-    import subprocess
-
-    command, full_env = accelerate_launch_command(args, processes, deepspeed_stage, env, deepspeed_config)
-    return subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """`embedtune run debug=tiny` once for the session (the tests of test_pipeline.py and test_secrets.py
+    read it): the real SmolLM2 generator, served by an OpenAI-compatible server on 127.0.0.1 (so the run
+    also goes through the HTTP backend with an API key from the environment), real MiniLM, W&B offline."""
+    root = tmp_path_factory.mktemp("e2e")
+    server = ChatServer("smollm2-135m")
+    args = ["debug=tiny", "run_name=e2e", f"paths.runs={root}", "generator.backend=openai",
+            "generator.model=smollm2-135m", f"generator.api_base={server.url}", "generator.api_key_env=EMBEDTUNE_KEY"]
+    started = time.time()
+    result = embedtune("run", *args, "logger.kind=wandb", cwd=root, env={"EMBEDTUNE_KEY": DEMO_SECRET})
+    assert result.returncode == 0, result.stderr[-3000:]
+    yield DemoRun(root / "e2e", result, time.time() - started, args, server)
+    server.close()

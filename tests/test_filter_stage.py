@@ -3,7 +3,11 @@ the query report, instead of handing mine and train an empty table."""
 
 from __future__ import annotations
 
-from test_openai_backend import passage_in, scripted_run
+import pytest
+
+from helpers import passage_in, scripted_run
+
+pytestmark = pytest.mark.slow  # every test here runs whole stages in processes of their own
 
 
 def echo_the_prompt(messages) -> str:

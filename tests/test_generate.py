@@ -5,11 +5,11 @@ from collections import defaultdict
 
 import pytest
 import torch
-from conftest import write_passages
+from helpers import write_passages
 
 from embedtune.errors import EmbedtuneError
-from embedtune.generate.backends import (Answer, BackendConfig, NoRepeatInAnswer, StopAtNewline, answer_of,
-                                        first_line, shared_start)
+from embedtune.generate.answer import Answer, answer_of, first_line
+from embedtune.generate.backends import BackendConfig, NoRepeatInAnswer, StopAtNewline, shared_start
 from embedtune.generate.prompts import PromptConfig, builtin_types, cut, render
 from embedtune.generate.runner import GeneratorConfig, query_types, read_queries, run_generate, select_passages
 from embedtune.validate import check_generator
@@ -183,6 +183,7 @@ def test_the_cached_few_shot_start_changes_no_answer(tiny_lm_dir):
     assert any(a.text for a in batched)
 
 
+@pytest.mark.slow
 def test_two_processes_under_accelerate_launch_match_one_process(tiny_lm_dir, passages_dir, tmp_path):
     """Ranks take their shard from the launcher's RANK/WORLD_SIZE; the merged rows equal one process's."""
     import os
@@ -250,6 +251,7 @@ run_generate(cfg, Path(passages), Path(out), json.loads((Path(passages) / "manif
 """
 
 
+@pytest.mark.slow
 def test_kill_9_mid_shard_then_rerun_loses_and_duplicates_nothing(tiny_lm_dir, tmp_path):
     """Shard 1 of 2 is SIGKILLed while it generates (after its progress bar appeared, before its .done);
     running it again finishes the shard and the merge equals a run that was never killed."""

@@ -1,97 +1,15 @@
 """The openai backend against a real HTTP server on 127.0.0.1 that answers with a real (tiny) model."""
 
 import json
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import write_passages
+from helpers import ChatServer, write_passages
 
 from embedtune.errors import EmbedtuneError
-from embedtune.generate.backends import BackendConfig, TransformersBackend
-from embedtune.generate.prompts import Prompt
+from embedtune.generate.backends import BackendConfig
 from embedtune.generate.runner import GeneratorConfig, read_queries, run_generate
 
 SECRET = "sk-test-0123456789abcdef"
-
-
-class ChatServer:
-    """POST /v1/chat/completions -> the tiny LM's greedy completion; `faults` are served first, in order:
-    an HTTP status (429, 500), "malformed" JSON, a "truncated" body, or "slow" (past the client timeout)."""
-
-    def __init__(self, model_dir, faults=(), answer=None):
-        self.backend = TransformersBackend(BackendConfig(model=str(model_dir), dtype="float32", batch_size=1))
-        self.answer = answer  # optional: messages -> reply text, in place of the model (a scripted judge)
-        self.faults, self.requests, self.lock = list(faults), [], threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.requests.append({"auth": self.headers.get("Authorization"), "body": body})
-                    fault = server.faults.pop(0) if server.faults else None
-                if isinstance(fault, int):
-                    return self.reply(fault, b'{"error": "busy"}')
-                if fault == "malformed":
-                    return self.reply(200, b'{"choices": [')
-                if fault == "truncated":
-                    return self.reply(200, b'{"choices": [{"message": {"content": "x"}}]}', length=200)
-                if fault == "slow":
-                    time.sleep(1.5)
-                with server.lock:
-                    if server.answer is not None:
-                        text, finish = server.answer(body["messages"]), "stop"
-                    else:
-                        prompt = Prompt(body["messages"], "", body["max_tokens"])  # the server's chat template
-                        reply = server.backend.generate([prompt])[0]
-                        text, finish = reply.text, "stop" if reply.finished else "length"
-                answer = {"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": finish}]}
-                self.reply(200, json.dumps(answer).encode())
-
-            def reply(self, status, payload, length=None):
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(length or len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def passage_in(messages) -> str:
-    """The passage of the last user turn of a generation prompt ("Text: <passage>\n\n<instruction>")."""
-    return messages[-1]["content"].split("Text: ", 1)[-1].split("\n\n", 1)[0]
-
-
-def scripted_run(model_dir, tmp_path, answer, key: str, *overrides: str):
-    """`embedtune run debug=tiny` in tmp_path with the openai backend pointed at a ChatServer that answers with
-    `answer(messages)`; the API key comes from EMBEDTUNE_KEY. Returns (completed process, server)."""
-    import subprocess
-    import sys
-
-    server = ChatServer(model_dir, answer=answer)
-    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "2",
-           "EMBEDTUNE_KEY": key}
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", "embedtune.cli", "run", "debug=tiny", f"paths.runs={tmp_path / 'runs'}",
-             "generator.backend=openai", "generator.model=scripted", f"generator.api_base={server.url}",
-             "generator.api_key_env=EMBEDTUNE_KEY", *overrides],
-            cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
-    finally:
-        server.close()
-    return result, server
 
 
 @pytest.fixture

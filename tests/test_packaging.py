@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 
 
 def build(kind: str, out: Path) -> Path:
@@ -29,6 +29,7 @@ def wheel(tmp_path_factory) -> Path:
     return build("wheel", tmp_path_factory.mktemp("wheel"))
 
 
+@pytest.mark.slow
 def test_the_wheel_carries_every_config_file_and_module(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     configs = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "conf").rglob("*") if p.is_file()
@@ -40,6 +41,7 @@ def test_the_wheel_carries_every_config_file_and_module(wheel):
     assert not any(n.startswith("conf/") for n in names)  # inside the package, not a top-level folder
 
 
+@pytest.mark.slow
 def test_an_editable_install_composes_the_config_from_the_checkout(tmp_path):
     """The editable wheel's finder maps embedtune.conf to <repo>/conf; Hydra finds config.yaml through it
     (`pkg://embedtune.conf`, as the CLI asks) and composes every stage's defaults."""

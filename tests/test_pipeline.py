@@ -1,34 +1,15 @@
 """End to end: `embedtune run` on a small slice of the built-in demo (real generator, real MiniLM)."""
 
 import json
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import embedtune
 
-RUN = ["debug=tiny", "run_name=e2e"]
-
-
-def embedtune(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-m", "embedtune.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=900, env=env)
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    started = time.time()
-    result = embedtune("run", *RUN, f"paths.runs={root}", cwd=root)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root / "e2e", result, time.time() - started
-
+pytestmark = pytest.mark.slow  # every test here runs whole stages in processes of their own
 
 def test_every_stage_writes_its_manifest(demo_run):
-    run, _, _ = demo_run
+    run = demo_run.folder
     for folder in ("passages", "queries", "pairs", "negatives", "checkpoints", "eval", "model"):
         manifest = json.loads((run / folder / "manifest.json").read_text())
         assert manifest["key"] and manifest["wall_time_s"] >= 0
@@ -40,7 +21,7 @@ def test_every_stage_writes_its_manifest(demo_run):
 
 
 def test_report_compares_base_and_tuned_on_human_and_synthetic_queries(demo_run):
-    run, result, _ = demo_run
+    run, result = demo_run.folder, demo_run.result
     report = (run / "eval" / "report.md").read_text()
     for row in ("| hpo (test, human) | base |", "| hpo (test, human) | tuned |", "| synthetic (held-out) | base |",
                 "| hpo (test, human) | bm25 |"):
@@ -60,7 +41,7 @@ def test_report_compares_base_and_tuned_on_human_and_synthetic_queries(demo_run)
 def test_queries_report_shows_the_user_what_was_kept_and_why_the_rest_was_not(demo_run):
     import pyarrow.parquet as pq
 
-    run, result, _ = demo_run
+    run, result = demo_run.folder, demo_run.result
     report = (run / "queries" / "report.md").read_text()
     for section in ("| chatter (labels", "| passage copies", "## Dropped, by reason", "## By query type",
                     "random kept queries per type", "![query lengths](lengths.png)"):
@@ -81,7 +62,7 @@ def test_queries_report_shows_the_user_what_was_kept_and_why_the_rest_was_not(de
 def test_splits_do_not_share_documents(demo_run):
     import pyarrow.parquet as pq
 
-    run, _, _ = demo_run
+    run = demo_run.folder
     doc = {r["id"]: r["doc_id"] for r in pq.read_table(run / "passages" / "part-00000.parquet").to_pylist()}
     docs = {s: {doc[r["passage_id"]] for r in pq.read_table(run / "pairs" / f"{s}.parquet").to_pylist()}
             for s in ("train", "dev", "test")}
@@ -93,7 +74,7 @@ def test_no_held_out_passage_text_reaches_training(demo_run):
     dev or test passage (splits are by document; mining skips held-out documents)."""
     import pyarrow.parquet as pq
 
-    run, _, _ = demo_run
+    run = demo_run.folder
     text = {r["id"]: (r["title"], r["text"]) for r in pq.read_table(run / "passages" / "part-00000.parquet").to_pylist()}
     negatives = pq.read_table(run / "negatives" / "train.parquet").to_pylist()
     trained = {text[r["passage_id"]] for r in negatives} | {text[n] for r in negatives for n in r["negative_ids"]}
@@ -107,7 +88,7 @@ def test_export_matches_trained_encoder(demo_run):
 
     from embedtune.model import Encoder
 
-    run, _, _ = demo_run
+    run = demo_run.folder
     final = json.loads((run / "checkpoints" / "manifest.json").read_text())["final"]
     encoder = Encoder.load(None, path=str(run / "checkpoints" / final / "encoder"))
     exported = SentenceTransformer(str(run / "model"), device="cpu")
@@ -120,14 +101,14 @@ def test_export_matches_trained_encoder(demo_run):
 
 
 def test_status_says_what_run_would_redo(demo_run):
-    run, _, _ = demo_run
-    result = embedtune("status", *RUN, f"paths.runs={run.parent}", cwd=run.parent)
+    run = demo_run.folder
+    result = embedtune("status", *demo_run.args, cwd=run.parent)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
     assert list(lines) == ["prepare", "generate", "filter", "mine", "train", "eval", "export"]
     assert all(line.split()[1] == "done" for line in lines.values()), result.stdout
     assert "passages 300" in lines["prepare"] and "generated 24" in lines["filter"]
-    changed = embedtune("status", *RUN, f"paths.runs={run.parent}", "mining.num_negatives=1", cwd=run.parent)
+    changed = embedtune("status", *demo_run.args, "mining.num_negatives=1", cwd=run.parent)
     states = {line.split()[0]: line.split()[1] for line in changed.stdout.splitlines()[1:]}
     assert states == {"prepare": "done", "generate": "done", "filter": "done", "mine": "stale", "train": "stale",
                       "eval": "stale", "export": "stale"}
@@ -138,8 +119,8 @@ def test_status_says_what_run_would_redo(demo_run):
 
 
 def test_rerun_skips_every_stage(demo_run):
-    run, _, first_seconds = demo_run
-    result = embedtune("run", *RUN, f"paths.runs={run.parent}", cwd=run.parent)
+    run = demo_run.folder
+    result = embedtune("run", *demo_run.args, cwd=run.parent)
     assert result.returncode == 0, result.stderr[-2000:]
     for stage in ("prepare", "filter", "mine", "train", "eval", "export"):
         assert f"{stage}: up to date" in result.stdout
@@ -147,9 +128,9 @@ def test_rerun_skips_every_stage(demo_run):
 
 
 def test_config_change_reruns_from_the_changed_stage(demo_run):
-    run, _, _ = demo_run
+    run = demo_run.folder
     before = json.loads((run / "negatives" / "manifest.json").read_text())["key"]
-    result = embedtune("mine", *RUN, f"paths.runs={run.parent}", "mining.num_negatives=1", cwd=run.parent)
+    result = embedtune("mine", *demo_run.stage_args, "mining.num_negatives=1", cwd=run.parent)
     assert result.returncode == 0, result.stderr[-2000:]
     after = json.loads((run / "negatives" / "manifest.json").read_text())
     assert after["key"] != before and "mine: up to date" not in result.stdout
@@ -157,16 +138,16 @@ def test_config_change_reruns_from_the_changed_stage(demo_run):
 
 
 def test_force_reruns_an_up_to_date_stage(demo_run):
-    run, _, _ = demo_run
-    result = embedtune("filter", *RUN, f"paths.runs={run.parent}", "force=true", cwd=run.parent)
+    run = demo_run.folder
+    result = embedtune("filter", *demo_run.stage_args, "force=true", cwd=run.parent)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "filter: kept" in result.stdout and "up to date" not in result.stdout
 
 
 def test_eval_reports_any_beir_set_given(demo_run):
-    run, _, _ = demo_run
+    run = demo_run.folder
     extra = f"eval.beir=[{{name: extra-set, path: {run / 'benchmarks' / 'hpo'}, split: dev}}]"
-    result = embedtune("eval", *RUN, f"paths.runs={run.parent}", extra, cwd=run.parent)
+    result = embedtune("eval", *demo_run.stage_args, extra, cwd=run.parent)
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.loads((run / "eval" / "report.json").read_text())
     assert set(results["extra-set"]) == {"base", "tuned", "bm25"}
@@ -178,8 +159,8 @@ def test_eval_reports_any_beir_set_given(demo_run):
 def test_roundtrip_filter_keeps_queries_whose_passage_ranks_high(demo_run):
     import pyarrow.parquet as pq
 
-    run, _, _ = demo_run
-    result = embedtune("filter", *RUN, f"paths.runs={run.parent}", "filter.roundtrip_top_k=3", cwd=run.parent)
+    run = demo_run.folder
+    result = embedtune("filter", *demo_run.stage_args, "filter.roundtrip_top_k=3", cwd=run.parent)
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = json.loads((run / "pairs" / "manifest.json").read_text())
     assert "roundtrip" in manifest["counts"]["dropped"] and "roundtrip" in result.stdout
@@ -189,7 +170,7 @@ def test_roundtrip_filter_keeps_queries_whose_passage_ranks_high(demo_run):
     assert all(r >= 1 for r in ranks["test"])
     assert sum(map(len, ranks.values())) == manifest["counts"]["kept"]
     # test is ranked but not filtered (no selection by the base model): the same test split as with no round trip
-    unfiltered = embedtune("filter", *RUN, f"paths.runs={run.parent}", "filter.roundtrip_top_k=null", cwd=run.parent)
+    unfiltered = embedtune("filter", *demo_run.stage_args, "filter.roundtrip_top_k=null", cwd=run.parent)
     assert unfiltered.returncode == 0, unfiltered.stderr[-2000:]
     test_without = pq.read_table(run / "pairs" / "test.parquet").column("query_id").to_pylist()
     assert len(test_without) == len(ranks["test"]) > 0
@@ -200,13 +181,14 @@ def test_train_stage_under_accelerate_launch_with_two_processes(demo_run, tmp_pa
     stages, trained with gradient caching on 2 processes; one manifest, written by rank 0; eval reads it."""
     import shutil
 
-    from conftest import accelerate_launch
+    from helpers import accelerate_launch
 
-    run, _, _ = demo_run
+    run = demo_run.folder
     copy = tmp_path / "e2e"
     for stage in ("passages", "queries", "pairs", "negatives", "benchmarks"):
         shutil.copytree(run / stage, copy / stage)
-    mined = embedtune("mine", *RUN, f"paths.runs={tmp_path}", cwd=tmp_path)  # earlier tests re-filtered pairs
+    # earlier tests re-filtered pairs: mine the copy again
+    mined = embedtune("mine", *demo_run.stage_args[:2], f"paths.runs={tmp_path}", cwd=tmp_path)
     assert mined.returncode == 0, mined.stderr[-2000:]
     args = ["-m", "embedtune.cli", "train", "debug=tiny", "run_name=e2e", f"paths.runs={tmp_path}",
             "train.grad_cache=true", "train.chunk_size=2", "logger=none"]
@@ -218,13 +200,14 @@ def test_train_stage_under_accelerate_launch_with_two_processes(demo_run, tmp_pa
     assert result.stdout.count("train: 4 steps") == 1  # rank 1 neither prints nor writes the manifest
 
     # eval on the same 2 processes: each rank encodes half of every corpus; rank 0 alone writes the report
-    args = ["-m", "embedtune.cli", "eval", *RUN, f"paths.runs={tmp_path}", "eval.precision=fp32", "logger=none"]
+    args = ["-m", "embedtune.cli", "eval", *demo_run.stage_args[:2], f"paths.runs={tmp_path}", "eval.precision=fp32",
+            "logger=none"]
     two = accelerate_launch(args, processes=2, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "(rank 1/2)" in two.stderr and two.stdout.count("| hpo (test, human) | tuned |") == 1
     sharded = json.loads((copy / "eval" / "report.json").read_text())
     shutil.rmtree(copy / "cache")  # the 1-process eval must encode everything again, not read rank-split vectors
-    one = embedtune("eval", *RUN, f"paths.runs={tmp_path}", "eval.precision=fp32", "force=true",
+    one = embedtune("eval", *demo_run.stage_args[:2], f"paths.runs={tmp_path}", "eval.precision=fp32", "force=true",
                     cwd=tmp_path)
     assert one.returncode == 0, one.stderr[-2000:]
     single = json.loads((copy / "eval" / "report.json").read_text())
@@ -239,43 +222,17 @@ def test_train_stage_under_accelerate_launch_with_two_processes(demo_run, tmp_pa
                 assert sharded[name][model][metric] == pytest.approx(models[model][metric], abs=1e-4), (name, model)
 
 
-def test_mine_under_accelerate_launch_splits_encoding_and_matches_one_process(demo_run, tmp_path):
-    """`embedtune mine` on 2 processes (each rank encodes half the corpus, fp32) writes the same hard
-    negatives as on 1 process, once."""
-    import shutil
-
-    import pyarrow.parquet as pq
-
-    from conftest import accelerate_launch
-
-    run, _, _ = demo_run
-    for name in ("one", "two"):
-        for stage in ("passages", "queries", "pairs"):
-            shutil.copytree(run / stage, tmp_path / name / "e2e" / stage)
-    common = ["debug=tiny", "run_name=e2e", "eval.precision=fp32"]
-    one = embedtune("mine", *common, f"paths.runs={tmp_path / 'one'}", cwd=tmp_path)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = accelerate_launch(["-m", "embedtune.cli", "mine", *common, f"paths.runs={tmp_path / 'two'}"],
-                            processes=2, timeout=600)
-    assert two.returncode == 0, two.stderr[-3000:]
-    assert two.stdout.count("mine: ") == 1 and "(rank 1/2)" in two.stderr  # rank 1 encoded its half, said nothing
-    rows = [pq.read_table(tmp_path / n / "e2e" / "negatives" / "train.parquet").to_pylist() for n in ("one", "two")]
-    assert len(rows[0]) == len(rows[1]) > 0
-    same = sum(a["negative_ids"] == b["negative_ids"] for a, b in zip(rows[0], rows[1]))
-    assert same == len(rows[0])
-
-
 def test_sweep_recipe_trains_each_point_in_its_own_folder_and_tabulates_them(demo_run):
     """`embedtune train -m experiment=temperature_sweep`: three points (Hydra's basic launcher), each in
     points/<overrides>/ seeded with hard links to the run's stages, and one sweep table at the end."""
-    run, _, _ = demo_run
-    refiltered = embedtune("filter", *RUN, f"paths.runs={run.parent}", "force=true", cwd=run.parent)
+    run = demo_run.folder
+    refiltered = embedtune("filter", *demo_run.stage_args, "force=true", cwd=run.parent)
     assert refiltered.returncode == 0, refiltered.stderr[-2000:]
-    stale = embedtune("train", *RUN, f"paths.runs={run.parent}", "point=stale", cwd=run.parent)
+    stale = embedtune("train", *demo_run.stage_args, "point=stale", cwd=run.parent)
     assert stale.returncode == 2 and "run `embedtune mine` first" in stale.stderr  # negatives predate the pairs
-    mined = embedtune("mine", *RUN, f"paths.runs={run.parent}", cwd=run.parent)
+    mined = embedtune("mine", *demo_run.stage_args, cwd=run.parent)
     assert mined.returncode == 0, mined.stderr[-2000:]
-    result = embedtune("train", "-m", "experiment=temperature_sweep", *RUN, f"paths.runs={run.parent}", "logger=none",
+    result = embedtune("train", "-m", "experiment=temperature_sweep", *demo_run.stage_args, "logger=none",
                        cwd=run.parent)
     assert result.returncode == 0, result.stderr[-3000:]
     points = sorted(p.name for p in (run / "points").iterdir() if p.name.startswith("debug="))
@@ -296,10 +253,10 @@ def test_sweep_recipe_trains_each_point_in_its_own_folder_and_tabulates_them(dem
 def test_one_process_under_accelerate_launch_with_gradient_caching(demo_run):
     """The README's 1-GPU command in its CPU form (launch/cpu.yaml), trained in a point folder (`point=`)
     so the run's own checkpoints stay as they are."""
-    from conftest import accelerate_launch
+    from helpers import accelerate_launch
 
-    run, _, _ = demo_run
-    result = accelerate_launch(["-m", "embedtune.cli", "train", *RUN, f"paths.runs={run.parent}", "point=cpu1",
+    run = demo_run.folder
+    result = accelerate_launch(["-m", "embedtune.cli", "train", *demo_run.stage_args, "point=cpu1",
                                 "train.grad_cache=true", "train.chunk_size=2", "logger=none"], processes=1, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((run / "points" / "cpu1" / "checkpoints" / "manifest.json").read_text())

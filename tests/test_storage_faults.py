@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here runs whole stages in processes of their own
+
 
 @pytest.fixture
 def small_disk(tmp_path):

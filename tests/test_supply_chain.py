@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import train
 from embedtune.errors import EmbedtuneError
 
 
@@ -69,8 +70,6 @@ def test_a_pickled_embedding_cache_is_refused_without_unpickling(tmp_path):
 
 
 def test_a_checkpoint_holding_pickled_objects_is_refused_on_resume(tiny_model_dir, tmp_path):
-    from test_train import train
-
     out = tmp_path / "checkpoints"
     train(tiny_model_dir, out, max_steps=2, save_every=1)
     newest = sorted(out.glob("step-*"))[-1]
