@@ -41,7 +41,9 @@ class PeftConfig:
 
 
 def passage_text(title: str, text: str) -> str:
-    """What the encoder reads for a passage: title and text joined (the title often names the topic)."""
+    """What the encoder reads for a passage (train, mine, eval, export's check): title and text joined by a space.
+    "title. text" scored the same on HPO dev (bench/results/passage_format.md); the generator's prompt keeps
+    its own "title. text" (generate/prompts.py), which was chosen with the prompts on dev."""
     return f"{title} {text}" if title else text
 
 

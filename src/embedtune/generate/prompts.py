@@ -94,6 +94,8 @@ def cut(text: str, limit: int) -> str:
 
 
 def passage_for_prompt(title: str, text: str, limit: int) -> str:
+    """The passage as the generator reads it: the title as a sentence of its own, then the text, cut. The encoder
+    reads model.passage_text ("title text"); the two need not match (the prompts were chosen on dev with this)."""
     return cut(f"{title}. {text}" if title else text, limit)
 
 
