@@ -198,53 +198,70 @@ def main() -> None:
                       "CachedMNRL pairs/s | speed-up |", "| --- | ---: | ---: | ---: |",
                   f"| | {spread(big['ours'])} | {spread(big['st'])} | {median(ratios):.2f}x "
                   f"({min(ratios):.2f}-{max(ratios):.2f}) |"]
+    memory = []
     if "rss" in parts:
         # the same 4,096 pairs at every batch size (peak memory follows the longest chunk a run meets)
         rss = {(b, True): run("ours", batch=b, chunk=32, steps=4096 // b, precision="bf16", cache=True)
                for b in (64, 256, 1024, 4096)}
         rss[(1024, False)] = run("ours", batch=1024, chunk=32, steps=4, precision="bf16")
         base = rss[(64, True)]["peak_rss_mb"] - rss[(64, True)]["rss_before_mb"]
-        lines += ["", "| global batch (chunk 32, bf16; same 4,096 pairs) | gradient caching | RSS before the first "
-                      "step MB | peak RSS MB | training's share (peak - before) | vs batch 64 |",
-                  "| ---: | --- | ---: | ---: | ---: | ---: |"]
+        memory += ["| global batch (chunk 32, bf16; same 4,096 pairs) | gradient caching | RSS before the first "
+                   "step MB | peak RSS MB | training's share (peak - before) | vs batch 64 |",
+                   "| ---: | --- | ---: | ---: | ---: | ---: |"]
         for (b, cached), m in rss.items():
             grown = m["peak_rss_mb"] - m["rss_before_mb"]
-            lines.append(f"| {b} | {'yes' if cached else 'no'} | {m['rss_before_mb']:,.0f} | {m['peak_rss_mb']:,.0f} | "
-                         f"{grown:,.0f} | {grown / base:.2f}x |")
-    report = "\n".join(lines)
-    print("\n" + report)
-    if a.out:
+            memory.append(f"| {b} | {'yes' if cached else 'no'} | {m['rss_before_mb']:,.0f} | {m['peak_rss_mb']:,.0f} | "
+                          f"{grown:,.0f} | {grown / base:.2f}x |")
+    print("\n" + "\n".join(lines + [""] + memory))
+    if a.out:  # throughput in train.md/png, memory in train_memory.md/png: each part can be rerun alone
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train.md").write_text(report + "\n")
-        if small and big and rss:
-            plot(small, big, rss, out / "train.png")
+        if small or big:
+            (out / "train.md").write_text("\n".join(lines) + "\n")
+        if small and big:
+            plot_throughput(small, big, out / "train.png")
+        if rss:
+            header = (f"MiniLM-L6, HPO pairs, max length {MAX_LENGTH}, {torch.get_num_threads()} threads; one run "
+                      "per row (data seed 0), each in its own process\n")
+            (out / "train_memory.md").write_text("\n".join([header] + memory) + "\n")
+            plot_memory(rss, out / "train_memory.png")
 
 
-def plot(small, big, rss, path: Path) -> None:
+def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+
+def plot_throughput(small, big, path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
     labels = ["b64 fp32", "b64 bf16", "b1024 cached"]
     ours = [median(small[("fp32", "ours")]), median(small[("bf16", "ours")]), median(big["ours"])]
     st = [median(small[("fp32", "st")]), median(small[("bf16", "st")]), median(big["st"])]
     x = range(len(labels))
-    ax1.bar([i - 0.2 for i in x], ours, 0.4, label="embedtune")
-    ax1.bar([i + 0.2 for i in x], st, 0.4, label="sentence-transformers")
-    ax1.set_xticks(list(x), labels)
-    ax1.set_ylabel("pairs/s")
-    ax1.legend()
+    ax.bar([i - 0.2 for i in x], ours, 0.4, label="embedtune")
+    ax.bar([i + 0.2 for i in x], st, 0.4, label="sentence-transformers")
+    ax.set_xticks(list(x), labels)
+    ax.set_ylabel("pairs/s (median over data seeds)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def plot_memory(rss, path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
     cached = {b: m["peak_rss_mb"] - m["rss_before_mb"] for (b, c), m in rss.items() if c}
-    ax2.plot(list(cached), list(cached.values()), marker="o", label="gradient caching")
     uncached = {b: m["peak_rss_mb"] - m["rss_before_mb"] for (b, c), m in rss.items() if not c}
-    ax2.plot(list(uncached), list(uncached.values()), marker="x", linestyle="none", label="no caching")
-    ax2.legend()
-    ax2.set_xscale("log", base=2)
-    ax2.set_xlabel("global batch (chunk 32, gradient caching)")
-    ax2.set_ylabel("peak - before first step (MB)")
-    ax2.set_ylim(0, max([*cached.values(), *uncached.values()]) * 1.2)
+    ax.plot(list(cached), list(cached.values()), marker="o", label="gradient caching")
+    ax.plot(list(uncached), list(uncached.values()), marker="x", linestyle="none", markersize=10, label="no caching")
+    ax.legend(loc="upper left")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("global batch (chunk 32, bf16)")
+    ax.set_ylabel("peak RSS - RSS before the first step (MB)")
+    ax.set_ylim(0, max([*cached.values(), *uncached.values()]) * 1.2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
