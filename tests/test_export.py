@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -91,3 +93,17 @@ def test_onnx_export_gives_the_trained_encoders_embeddings(encoder_dir, tmp_path
         ours = encoder(batch)
     assert onnx_emb.shape == tuple(ours.shape)
     assert float((ours - torch.from_numpy(onnx_emb)).abs().max()) < 1e-4
+
+
+def test_export_with_last_token_pooling_of_a_decoder(tiny_lm_dir, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    encoder_dir = tmp_path / "encoder"
+    Encoder.load(ModelConfig(name=str(tiny_lm_dir), pooling="last")).save(encoder_dir)
+    export_model(encoder_dir, tmp_path / "model", TEXTS, ExportConfig(onnx=False), card="")
+    pooling = json.loads((tmp_path / "model" / "1_Pooling" / "config.json").read_text())
+    assert pooling.get("pooling_mode", "lasttoken" if pooling.get("pooling_mode_lasttoken") else None) == "lasttoken"
+    theirs = SentenceTransformer(str(tmp_path / "model"), device="cpu").encode(
+        TEXTS, prompt_name="passage", convert_to_tensor=True).float().cpu()
+    assert torch.allclose(theirs, ours(encoder_dir, "passage"), atol=1e-5)
+    assert Encoder.load(ModelConfig(name=str(tmp_path / "model"))).pooling == "last"  # auto reads it back

@@ -72,7 +72,12 @@ def build_sentence_transformer(encoder_dir: Path, encoder: Encoder):
 
     cfg = encoder.cfg
     word = models.Transformer(str(encoder_dir), max_seq_length=cfg.passage_max_length)
-    pool = models.Pooling(word.get_embedding_dimension(), pooling_mode=encoder.pooling)
+    if encoder.tokenizer.padding_side == "left":
+        raise EmbedtuneError("export: a left-padding tokenizer needs position ids from the attention mask, which the "
+                             "sentence-transformers Transformer module does not pass; save the tokenizer with "
+                             "padding_side='right' (last-token pooling handles either)")
+    mode = {"mean": "mean", "cls": "cls", "last": "lasttoken"}[encoder.pooling]
+    pool = models.Pooling(word.get_embedding_dimension(), pooling_mode=mode)
     modules = [word, pool] + ([models.Normalize()] if cfg.normalize else [])
     prompts = {"query": cfg.query_prefix, "passage": cfg.passage_prefix}
     return SentenceTransformer(modules=modules, prompts=prompts, device="cpu")

@@ -18,12 +18,14 @@ from embedtune.errors import EmbedtuneError
 from embedtune.manifest import fingerprint as config_fingerprint
 
 ENCODER_CONFIG = "embedtune_encoder.json"
+POOLINGS = ("mean", "cls", "last")
 
 
 @dataclass
 class ModelConfig:
     name: str = "minilm-l6"           # base embedder: built-in alias, local folder or hub id
-    pooling: str = "auto"             # mean | cls | auto (the model's sentence-transformers setting, else mean)
+    pooling: str = "auto"             # mean | cls | last (last non-padding token, decoders) | auto (the model's
+                                      # sentence-transformers setting, else mean)
     normalize: bool = True            # L2-normalise embeddings (cosine similarity)
     query_max_length: int = 32        # tokens per query
     passage_max_length: int = 256     # tokens per passage (title + text)
@@ -53,11 +55,26 @@ def _st_pooling(path: Path) -> Optional[str]:
     if not pooling.exists():
         return None
     conf = json.loads(pooling.read_text())
+    mode = conf.get("pooling_mode")  # sentence-transformers >= 6 writes one name; earlier ones a flag per mode
+    if isinstance(mode, str):
+        known = {"mean": "mean", "cls": "cls", "lasttoken": "last"}
+        if mode not in known:
+            raise EmbedtuneError(f"{pooling}: pooling_mode {mode!r} is not mean, cls or lasttoken; set model.pooling")
+        return known[mode]
     if conf.get("pooling_mode_cls_token"):
         return "cls"
     if conf.get("pooling_mode_mean_tokens"):
         return "mean"
-    raise EmbedtuneError(f"{pooling}: only mean or CLS pooling is supported; set model.pooling")
+    if conf.get("pooling_mode_lasttoken"):
+        return "last"
+    raise EmbedtuneError(f"{pooling}: only mean, CLS or last-token pooling is supported; set model.pooling")
+
+
+def last_token(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each row's hidden state at its last attended position: right and left padding alike."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device).expand_as(attention_mask)
+    last = (positions * attention_mask).argmax(dim=1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
 class Encoder(nn.Module):
@@ -86,8 +103,8 @@ class Encoder(nn.Module):
             pooling = cfg.pooling
             if pooling == "auto":
                 pooling = _st_pooling(Path(source)) or "mean"
-        if pooling not in ("mean", "cls"):
-            raise EmbedtuneError(f"model.pooling={pooling} is not one of mean, cls, auto")
+        if pooling not in POOLINGS:
+            raise EmbedtuneError(f"model.pooling={pooling} is not one of {', '.join(POOLINGS)}, auto")
         folder = Path(source)
         if folder.is_dir() and not list(folder.glob("*.safetensors")) and list(folder.glob("*.bin")):
             raise EmbedtuneError(f"cannot load model '{source}': it has only pickled weights "
@@ -98,6 +115,8 @@ class Encoder(nn.Module):
             backbone = AutoModel.from_pretrained(source, use_safetensors=True)
         except OSError as e:
             raise EmbedtuneError(f"cannot load model '{source}': {e}") from e
+        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token  # decoder tokenizers often have none; masked out anyway
         for name, param in backbone.named_parameters():
             # the backbone's own pooler (BERT's tanh layer) never reaches our embeddings: frozen, so DDP and
             # DeepSpeed do not wait for gradients that never come (DDP would silently skip a whole bucket)
@@ -147,9 +166,14 @@ class Encoder(nn.Module):
         self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.tokenizer.padding_side == "left" and "position_ids" not in batch:
+            # left padding: positions count from each row's first real token, as they would unpadded
+            batch = {**batch, "position_ids": (batch["attention_mask"].long().cumsum(1) - 1).clamp(min=0)}
         hidden = self.backbone(**batch).last_hidden_state
         if self.pooling == "cls":
             pooled = hidden[:, 0]
+        elif self.pooling == "last":
+            pooled = last_token(hidden, batch["attention_mask"])
         else:
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
