@@ -22,7 +22,7 @@ from embedtune.distributed import (
 )
 from embedtune.errors import EmbedtuneError
 from embedtune.io import atomic_path
-from embedtune.precision import use_bf16
+from embedtune.precision import encoding_arithmetic
 
 
 @torch.no_grad()
@@ -127,4 +127,4 @@ class NoCache:
 def embedding_cache(cache_root: Path, model_fingerprint: str, precision: str) -> EmbeddingCache:
     """The run's cache for one model at one arithmetic (eval.precision): bf16 and fp32 vectors differ, so
     a stage run at another precision never reads the other's vectors. filter, mine and eval share it."""
-    return EmbeddingCache(cache_root, f"{model_fingerprint}|{'bf16' if use_bf16(precision) else 'fp32'}")
+    return EmbeddingCache(cache_root, f"{model_fingerprint}|{encoding_arithmetic(precision)}")

@@ -18,6 +18,7 @@ from embedtune.io import read_json, write_json
 
 MANIFEST = "manifest.json"
 
+
 def not_in_key(default=dataclasses.MISSING):
     """A config field that does not change a stage's results (encoding batch sizes, logging, concurrency,
     retries, checkpoint cadence): `batch_size: int = not_in_key(32)`. Stage keys leave it out, so changing it

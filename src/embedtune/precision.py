@@ -28,6 +28,11 @@ def use_bf16(precision: str) -> bool:
     return precision == "bf16" or (precision == "auto" and native_bf16())
 
 
+def encoding_arithmetic(precision: str) -> str:
+    """eval.precision as resolved on this machine: "bf16" or "fp32" (stage keys and embedding caches name it)."""
+    return "bf16" if use_bf16(precision) else "fp32"
+
+
 def train_precision(setting: str, launcher: str = "no") -> str:
     """train.mixed_precision (auto | no | bf16 | fp16) as Accelerate takes it. `auto` follows the launch
     config when it names a precision (`launcher`), else bf16 where it is native and fp32 ("no") elsewhere."""

@@ -12,7 +12,7 @@ from embedtune.errors import EmbedtuneError
 from embedtune.generate.runner import generate_stage
 from embedtune.io import read_rows, read_stage_table
 from embedtune.manifest import MANIFEST, Stage, load_manifest
-from embedtune.precision import train_precision, use_bf16
+from embedtune.precision import encoding_arithmetic, train_precision
 
 STAGE_NAMES = ("prepare", "generate", "filter", "mine", "train", "eval", "export")
 UPSTREAM = {"generate": "prepare", "filter": "generate", "mine": "filter", "train": "mine", "eval": "train",
@@ -54,7 +54,7 @@ class RunFolder:
 def stage_of(cfg: Config, name: str) -> Stage:
     """The Stage (folder, key) that `name` has under `cfg`; an error if an upstream stage has not run."""
     run = RunFolder(cfg)
-    encoding = "bf16" if use_bf16(cfg.eval.precision) else "fp32"  # how filter, mine and eval embed, here
+    encoding = encoding_arithmetic(cfg.eval.precision)  # how filter, mine and eval embed, here
     if name == "prepare":
         return Stage("prepare", run.passages, [cfg.corpus, cfg.model.name], {})
     if name == "generate":
