@@ -20,7 +20,11 @@ def _unmarked_tests_launch_no_process(request, monkeypatch):
     if request.node.get_closest_marker("slow") is not None:
         return
 
+    real = subprocess.Popen._execute_child
+
     def refuse(self, args, *rest, **kwargs):
+        if Path(str(args[0] if isinstance(args, (list, tuple)) else args).split()[0]).name == "fc-list":
+            return real(self, args, *rest, **kwargs)  # matplotlib's first font scan on a new machine
         raise AssertionError(f"{request.node.nodeid} starts a process ({args!r}): mark it @pytest.mark.slow")
     monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
 
@@ -109,6 +113,47 @@ def tiny_lm_dir(tmp_path_factory) -> Path:
         torch.manual_seed(3)
         LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+# ---------------------------------------------------------------- tiny decoders: Llama and Qwen3 embedder backbones
+
+def build_tiny_decoder(folder: Path, family: str, seed: int = 0, pad_token: bool = True) -> Path:
+    """A random 2-layer decoder (`family` llama or qwen3: 4 query heads sharing 2 key/value heads, RoPE, Qwen3's
+    q/k norms) with a decoder-style fast tokenizer: BOS first, no EOS appended ([CLS] is BOS, [SEP] is EOS),
+    padding on the right; `pad_token=False` leaves it without a pad token, as many LM tokenizers are."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {t: i for i, t in enumerate(tiny_vocab())}
+    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.post_processor = processors.TemplateProcessing(single="[CLS] $A", pair="[CLS] $A $B",
+                                                           special_tokens=[("[CLS]", vocab["[CLS]"])])
+    special = dict(bos_token="[CLS]", eos_token="[SEP]", unk_token="[UNK]", **({"pad_token": "[PAD]"} if pad_token else {}))
+    PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=512, **special).save_pretrained(folder)
+    shape = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
+                 pad_token_id=vocab["[PAD]"], bos_token_id=vocab["[CLS]"], eos_token_id=vocab["[SEP]"])
+    config = Qwen3Config(**shape) if family == "qwen3" else LlamaConfig(**shape)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        (Qwen3Model if family == "qwen3" else LlamaModel)(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A tiny random LlamaModel (GQA, RoPE) with a decoder-style tokenizer (see build_tiny_decoder). Read-only."""
+    return build_tiny_decoder(tmp_path_factory.mktemp("tiny_llama") / "model", "llama", seed=5)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_dir(tmp_path_factory) -> Path:
+    """A tiny random Qwen3Model (GQA, RoPE, q/k RMS norms) with a decoder-style tokenizer. Read-only."""
+    return build_tiny_decoder(tmp_path_factory.mktemp("tiny_qwen3") / "model", "qwen3", seed=6)
 
 
 # ---------------------------------------------------------------- demo_run: one whole tiny run for the session

@@ -95,15 +95,50 @@ def test_onnx_export_gives_the_trained_encoders_embeddings(encoder_dir, tmp_path
     assert float((ours - torch.from_numpy(onnx_emb)).abs().max()) < 1e-4
 
 
-def test_export_with_last_token_pooling_of_a_decoder(tiny_lm_dir, tmp_path):
+DECODER_RECIPES = {
+    "llama-last-eos-instruct": ("tiny_llama_dir", dict(pooling="last", query_prefix="Instruct: {task}\nQuery: ",
+                                                       task="find the organ")),
+    "qwen3-bidirectional-left": ("tiny_qwen3_dir", dict(pooling="last", attention="bidirectional",
+                                                        padding_side="left", query_prefix="query: ")),
+    "llama-mean-prompt-excluded-left": ("tiny_llama_dir", dict(pooling="mean", pool_prefix=False, padding_side="left",
+                                                               query_prefix="query: the gene ",
+                                                               passage_prefix="passage: ")),
+}
+
+
+@pytest.mark.parametrize("recipe", list(DECODER_RECIPES))
+def test_export_of_a_decoder_loads_in_sentence_transformers_and_matches(recipe, tmp_path, request):
+    """Pooling, prompts (task filled in, left out of pooling where asked), padding side, EOS and attention all
+    travel in the folder: a plain SentenceTransformer(path) embeds queries and passages as the encoder did."""
     from sentence_transformers import SentenceTransformer
 
+    fixture, settings = DECODER_RECIPES[recipe]
     encoder_dir = tmp_path / "encoder"
-    Encoder.load(ModelConfig(name=str(tiny_lm_dir), pooling="last")).save(encoder_dir)
-    export_model(encoder_dir, tmp_path / "model", TEXTS, ExportConfig(onnx=False), card="")
+    encoder = Encoder.load(ModelConfig(name=str(request.getfixturevalue(fixture)), **settings))
+    encoder.save(encoder_dir)
+    onnx = recipe == "qwen3-bidirectional-left"  # ONNX of a decoder, checked by export itself on two batches
+    result = export_model(encoder_dir, tmp_path / "model", TEXTS, ExportConfig(onnx=onnx), card="")
+    assert result["max_abs_diff"] < 1e-5
+    if onnx:
+        assert result["onnx_max_abs_diff"] < 1e-4 and (tmp_path / "model" / "onnx" / "sentence_embedding.onnx").exists()
+    model = SentenceTransformer(str(tmp_path / "model"), device="cpu")
+    assert model.prompts["query"] == encoder.prefix("query")
+    assert model.tokenizer.padding_side == encoder.tokenizer.padding_side
     pooling = json.loads((tmp_path / "model" / "1_Pooling" / "config.json").read_text())
-    assert pooling.get("pooling_mode", "lasttoken" if pooling.get("pooling_mode_lasttoken") else None) == "lasttoken"
-    theirs = SentenceTransformer(str(tmp_path / "model"), device="cpu").encode(
-        TEXTS, prompt_name="passage", convert_to_tensor=True).float().cpu()
-    assert torch.allclose(theirs, ours(encoder_dir, "passage"), atol=1e-5)
-    assert Encoder.load(ModelConfig(name=str(tmp_path / "model"))).pooling == "last"  # auto reads it back
+    assert pooling["include_prompt"] is settings.get("pool_prefix", True)
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config.get("is_causal", True) is (settings.get("attention") != "bidirectional")
+    for kind in ("query", "passage"):
+        theirs = model.encode(TEXTS, prompt_name=kind, convert_to_tensor=True).float().cpu()
+        assert torch.allclose(theirs, ours(encoder_dir, kind), atol=1e-5), kind
+    if settings["pooling"] == "last":
+        assert Encoder.load(ModelConfig(name=str(tmp_path / "model"))).pooling == "last"  # auto reads it back
+
+
+def test_onnx_refuses_a_prompt_left_out_of_pooling(tiny_llama_dir, tmp_path):
+    encoder_dir = tmp_path / "encoder"
+    Encoder.load(ModelConfig(name=str(tiny_llama_dir), pooling="mean", pool_prefix=False,
+                             query_prefix="query: ")).save(encoder_dir)
+    with pytest.raises(EmbedtuneError, match="model.pool_prefix=false"):
+        export_model(encoder_dir, tmp_path / "model", TEXTS, ExportConfig(onnx=True), card="")
+    assert not (tmp_path / "model").exists()

@@ -246,35 +246,3 @@ def test_last_token_is_the_last_attended_position_with_either_padding_side():
     left = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]])
     assert last_token(hidden, right).flatten().tolist() == [1.0, 7.0]
     assert last_token(hidden, left).flatten().tolist() == [3.0, 7.0]
-
-
-def test_last_token_pooling_on_a_decoder_equals_each_text_alone_right_or_left_padded(tiny_lm_dir):
-    encoder = load(tiny_lm_dir, pooling="last", normalize=False)
-    assert type(encoder.backbone).__name__ == "LlamaModel"  # loaded without its LM head
-    alone = torch.cat([embed(encoder, [t]) for t in TEXTS])
-    for side in ("right", "left"):
-        encoder.tokenizer.padding_side = side
-        batch = encoder.tokenize(TEXTS, "passage")
-        assert (batch["attention_mask"] == 0).any()  # the texts differ in length: some rows are padded
-        assert torch.allclose(embed(encoder, TEXTS), alone, atol=1e-5), side
-    mean = load(tiny_lm_dir, pooling="mean", normalize=False)
-    assert not torch.allclose(embed(mean, TEXTS), alone, atol=1e-3)  # the pooling is what changed
-
-
-def test_a_decoder_tokenizer_without_a_pad_token_pads_with_eos(tiny_lm_dir, tmp_path):
-    folder = tmp_path / "lm"
-    shutil.copytree(tiny_lm_dir, folder)
-    settings = json.loads((folder / "tokenizer_config.json").read_text())
-    settings.update(pad_token=None, eos_token="[SEP]")
-    (folder / "tokenizer_config.json").write_text(json.dumps(settings))
-    special = folder / "special_tokens_map.json"
-    if special.exists():
-        tokens = json.loads(special.read_text())
-        tokens["pad_token"] = None
-        special.write_text(json.dumps(tokens))
-    from transformers import AutoTokenizer
-
-    assert AutoTokenizer.from_pretrained(folder).pad_token is None  # the folder really has none
-    encoder = load(folder, pooling="last")
-    assert encoder.tokenizer.pad_token == "[SEP]"
-    assert embed(encoder, TEXTS).shape[0] == len(TEXTS)

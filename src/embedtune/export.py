@@ -42,6 +42,9 @@ def export_onnx(encoder: Encoder, path: Path, sample_texts: list[str]) -> float:
     except ImportError as e:
         raise EmbedtuneError("export.onnx=true needs onnx and onnxruntime: pip install onnx onnxruntime "
                              "(or export.onnx=false)") from e
+    if not encoder.cfg.pool_prefix:
+        raise EmbedtuneError("export.onnx: the graph takes input_ids and attention_mask only, so it cannot leave the "
+                             "prompt out of mean pooling (model.pool_prefix=false); set export.onnx=false")
     encoder = encoder.eval()
     batch = encoder.tokenize(sample_texts, "passage")
     inputs = (batch["input_ids"], batch["attention_mask"])
@@ -59,36 +62,54 @@ def export_onnx(encoder: Encoder, path: Path, sample_texts: list[str]) -> float:
         program = torch.onnx.export(_Embedder(encoder), inputs, input_names=["input_ids", "attention_mask"],
                                     output_names=["sentence_embedding"], dynamo=True, dynamic_shapes=shapes,
                                     verbose=False)
-    program.save(str(path))
+    program.save(str(path))  # weights as external data (beside the graph) when over 2 GB: torch decides
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (theirs,) = session.run(None, {"input_ids": inputs[0].numpy(), "attention_mask": inputs[1].numpy()})
-    with torch.no_grad():
-        ours = _Embedder(encoder)(*inputs)
-    return float((ours - torch.from_numpy(theirs)).abs().max())
+    worst = 0.0
+    # the traced batch, and one text alone (another length, no padding): a shape or mask decision traced
+    # into a constant shows up as a difference on the second
+    for check in (batch, encoder.tokenize(sample_texts[-1:], "passage")):
+        feed = {"input_ids": check["input_ids"].numpy(), "attention_mask": check["attention_mask"].numpy()}
+        (theirs,) = session.run(None, feed)
+        with torch.no_grad():
+            ours = _Embedder(encoder)(check["input_ids"], check["attention_mask"])
+        worst = max(worst, float((ours - torch.from_numpy(theirs)).abs().max()))
+    return worst
 
 
 def build_sentence_transformer(encoder_dir: Path, encoder: Encoder):
+    """The sentence-transformers modules of the saved encoder: its tokenizer (padding side, EOS appending and
+    all), pooling, normalisation, and the query/passage prefixes as prompts (left out of mean pooling where
+    model.pool_prefix=false, sentence-transformers' include_prompt=False)."""
     from sentence_transformers import SentenceTransformer, models
 
     cfg = encoder.cfg
     word = models.Transformer(str(encoder_dir), max_seq_length=cfg.passage_max_length)
-    if encoder.tokenizer.padding_side == "left":
-        raise EmbedtuneError("export: a left-padding tokenizer needs position ids from the attention mask, which the "
-                             "sentence-transformers Transformer module does not pass; save the tokenizer with "
-                             "padding_side='right' (last-token pooling handles either)")
     mode = {"mean": "mean", "cls": "cls", "last": "lasttoken"}[encoder.pooling]
-    pool = models.Pooling(word.get_embedding_dimension(), pooling_mode=mode)
+    pool = models.Pooling(word.get_embedding_dimension(), pooling_mode=mode, include_prompt=cfg.pool_prefix)
     modules = [word, pool] + ([models.Normalize()] if cfg.normalize else [])
-    prompts = {"query": cfg.query_prefix, "passage": cfg.passage_prefix}
+    prompts = {"query": encoder.prefix("query"), "passage": encoder.prefix("passage")}
     return SentenceTransformer(modules=modules, prompts=prompts, device="cpu")
 
 
 def parity(encoder: Encoder, st_model, texts: list[str]) -> float:
-    """Max abs difference between the trained encoder and the exported model on `texts` (as passages)."""
-    with torch.no_grad():
-        ours = encoder.eval()(encoder.tokenize(texts, "passage")).float()
-    theirs = st_model.encode(texts, prompt_name="passage", convert_to_tensor=True, batch_size=32).float().cpu()
-    return float((ours - theirs).abs().max())
+    """Max abs difference between the trained encoder and the exported model on `texts`, as passages and as
+    queries (each with its own prompt and length limit)."""
+    worst = 0.0
+    for kind, limit in (("passage", encoder.cfg.passage_max_length), ("query", encoder.cfg.query_max_length)):
+        with torch.no_grad():
+            ours = encoder.eval()(encoder.tokenize(texts, kind)).float()
+        st_model.max_seq_length = limit
+        theirs = st_model.encode(texts, prompt_name=kind, convert_to_tensor=True, batch_size=32).float().cpu()
+        worst = max(worst, float((ours - theirs).abs().max()))
+    st_model.max_seq_length = encoder.cfg.passage_max_length
+    return worst
+
+
+def _left_padding_hint(encoder: Encoder) -> str:
+    if encoder.tokenizer.padding_side != "left":
+        return ""
+    return (": the tokenizer pads on the left, and sentence-transformers passes no position ids, which only "
+            "rotary-position models (Llama, Qwen, Mistral, Gemma) do not need; try model.padding_side=right")
 
 
 def export_model(encoder_dir: Path, out_dir: Path, sample_texts: list[str], cfg: ExportConfig,
@@ -106,7 +127,8 @@ def export_model(encoder_dir: Path, out_dir: Path, sample_texts: list[str], cfg:
     if diff > cfg.max_abs_diff:
         shutil.rmtree(tmp, ignore_errors=True)
         raise EmbedtuneError(f"export: the exported model differs from the trained encoder by {diff:.2e} "
-                             f"(> export.max_abs_diff={cfg.max_abs_diff}); nothing was written")
+                             f"(> export.max_abs_diff={cfg.max_abs_diff}){_left_padding_hint(encoder)}; nothing was "
+                             "written")
     result = {"max_abs_diff": diff, "texts_checked": len(sample_texts)}
     if cfg.onnx:
         onnx_diff = export_onnx(encoder, tmp / "onnx" / "sentence_embedding.onnx", sample_texts)

@@ -77,7 +77,7 @@ def plan(encoder, batch: dict, chunk_size: int, device) -> tuple[list[Chunk], in
         tokens += sum(len(i) for i in ids)
         for index in length_chunks([len(i) for i in ids], agreed_chunk_count(len(ids), chunk_size, device)):
             # a rank with fewer texts than the agreed count still runs a forward (on text 0, gradient 0)
-            inputs = unwrapped.pad([ids[i] for i in index] if index else ids[:1],
+            inputs = unwrapped.pad([ids[i] for i in index] if index else ids[:1], kind,
                                    multiple=8 if device.type == "cuda" else None)
             chunks.append(Chunk(kind, index, {k: v.to(device) for k, v in inputs.items()}))
     return chunks, tokens

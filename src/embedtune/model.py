@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoTokenizer
 
 from embedtune.assets import resolve_model
+from embedtune.backbone import load_backbone, lora_targets, resolve_dtype, set_attention
 from embedtune.distributed import local_rank
 from embedtune.errors import EmbedtuneError
+from embedtune.inputs import ensure_eos, prompt_length, render_prefix
 from embedtune.manifest import fingerprint as config_fingerprint
 
 ENCODER_CONFIG = "embedtune_encoder.json"
@@ -29,8 +31,17 @@ class ModelConfig:
     normalize: bool = True            # L2-normalise embeddings (cosine similarity)
     query_max_length: int = 32        # tokens per query
     passage_max_length: int = 256     # tokens per passage (title + text)
-    query_prefix: str = ""            # prepended to every query, e.g. "query: " for E5 models
+    query_prefix: str = ""            # prepended to every query, e.g. "query: " (E5) or "Instruct: {task}\nQuery: "
     passage_prefix: str = ""          # prepended to every passage, e.g. "passage: "
+    task: str = ""                    # the instruction that fills {task} in the prefixes
+    pool_prefix: bool = True          # mean pooling includes the prefix tokens (false: left out, as some recipes do)
+    append_eos: Optional[bool] = None  # end every text with EOS (null: with last-token pooling, where the
+                                      # tokenizer does not already)
+    padding_side: str = "auto"        # auto (the tokenizer's) | left | right
+    attention: str = "auto"           # auto (the backbone's own) | causal | bidirectional (decoders attend both ways)
+    attn_implementation: str = "auto"  # auto (flash_attention_2 on CUDA when installed, else sdpa) | sdpa | eager
+    dtype: str = "auto"               # weights: auto (bf16 on a bf16 GPU unless full fine-tuning outside
+                                      # DeepSpeed, else float32) | float32 | bfloat16
 
 
 @dataclass
@@ -39,7 +50,8 @@ class PeftConfig:
     r: int = 16                       # LoRA rank
     alpha: int = 32                   # LoRA scaling numerator (scale = alpha / r)
     dropout: float = 0.05             # dropout on the LoRA branch
-    target_modules: list[str] = field(default_factory=lambda: ["query", "key", "value", "dense"])  # module names
+    target_modules: Optional[list[str]] = None  # module names; null: every linear layer in the blocks
+                                      # (BERT: query/key/value/dense; decoders: q/k/v/o, gate/up/down_proj)
 
 
 def passage_text(title: str, text: str) -> str:
@@ -77,6 +89,13 @@ def last_token(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tens
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
+def without_prefix(attention_mask: torch.Tensor, length: int) -> torch.Tensor:
+    """The mask with each row's first `length` real tokens (the prefix) cleared, on either padding side."""
+    first = attention_mask.long().argmax(dim=1, keepdim=True)  # the first attended position of each row
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device).unsqueeze(0)
+    return attention_mask * ~((positions >= first) & (positions < first + length))
+
+
 class Encoder(nn.Module):
     def __init__(self, backbone: nn.Module, tokenizer, cfg: ModelConfig, pooling: str, fingerprint: str):
         super().__init__()
@@ -87,8 +106,10 @@ class Encoder(nn.Module):
         self.fingerprint = fingerprint  # names this exact set of weights (embedding caches key on it)
 
     @classmethod
-    def load(cls, cfg: ModelConfig, path: Optional[str] = None, fingerprint: str = "") -> "Encoder":
-        """The base model of `cfg`, or a saved encoder folder at `path` (its own settings win)."""
+    def load(cls, cfg: ModelConfig, path: Optional[str] = None, fingerprint: str = "",
+             full_weights_training: bool = False) -> "Encoder":
+        """The base model of `cfg`, or a saved encoder folder at `path` (its own settings win).
+        `full_weights_training`: every weight will be trained outside DeepSpeed (model.dtype=auto keeps fp32)."""
         if path is not None:
             settings = Path(path) / ENCODER_CONFIG
             if not settings.exists():
@@ -105,78 +126,89 @@ class Encoder(nn.Module):
                 pooling = _st_pooling(Path(source)) or "mean"
         if pooling not in POOLINGS:
             raise EmbedtuneError(f"model.pooling={pooling} is not one of {', '.join(POOLINGS)}, auto")
-        folder = Path(source)
-        if folder.is_dir() and not list(folder.glob("*.safetensors")) and list(folder.glob("*.bin")):
-            raise EmbedtuneError(f"cannot load model '{source}': it has only pickled weights "
-                                 f"({', '.join(p.name for p in folder.glob('*.bin'))}), which can run code when "
-                                 "loaded; embedtune loads safetensors only (convert them where you trust the file)")
+        if not cfg.pool_prefix and pooling != "mean":
+            raise EmbedtuneError(f"model.pool_prefix=false leaves prefix tokens out of mean pooling; with "
+                                 f"model.pooling={pooling} set it to true")
+        if cfg.padding_side not in ("auto", "left", "right"):
+            raise EmbedtuneError(f"model.padding_side={cfg.padding_side} is not auto, left or right")
+        backbone = load_backbone(source, resolve_dtype(cfg.dtype, full_weights_training), cfg.attn_implementation)
+        set_attention(backbone, cfg.attention)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
-            backbone = AutoModel.from_pretrained(source, use_safetensors=True)
+            # padding_side as a constructor argument: saved with the tokenizer (a later attribute change is not)
+            sides = {} if cfg.padding_side == "auto" else {"padding_side": cfg.padding_side}
+            tokenizer = AutoTokenizer.from_pretrained(source, **sides)
         except OSError as e:
-            raise EmbedtuneError(f"cannot load model '{source}': {e}") from e
+            raise EmbedtuneError(f"cannot load the tokenizer of '{source}': {e}") from e
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token  # decoder tokenizers often have none; masked out anyway
-        for name, param in backbone.named_parameters():
-            # the backbone's own pooler (BERT's tanh layer) never reaches our embeddings: frozen, so DDP and
-            # DeepSpeed do not wait for gradients that never come (DDP would silently skip a whole bucket)
-            if name.startswith("pooler."):
-                param.requires_grad_(False)
+        if cfg.append_eos or (cfg.append_eos is None and pooling == "last"):
+            ensure_eos(tokenizer, cfg.name)
         encoder = cls(backbone, tokenizer, cfg, pooling, fingerprint or f"{cfg.name}:{pooling}")
         return encoder.eval()  # inference by default; the training loop switches dropout on itself
 
     def apply_lora(self, peft_cfg: PeftConfig) -> None:
         from peft import LoraConfig, get_peft_model
 
+        targets = list(peft_cfg.target_modules) if peft_cfg.target_modules else lora_targets(self.backbone)
         names = {n.rsplit(".", 1)[-1] for n, _ in self.backbone.named_modules()}
-        missing = [m for m in peft_cfg.target_modules if m not in names]
+        missing = [m for m in targets if m not in names]
         if missing:
             raise EmbedtuneError(f"peft.target_modules {missing} are not modules of {self.cfg.name}; "
                                  f"some that are: {sorted(names - {''})[:12]}")
         lora = LoraConfig(r=peft_cfg.r, lora_alpha=peft_cfg.alpha, lora_dropout=peft_cfg.dropout,
-                          target_modules=list(peft_cfg.target_modules))
+                          target_modules=targets)
         self.backbone = get_peft_model(self.backbone, lora)
 
-    def _prefix_and_length(self, kind: str) -> tuple[str, int]:
+    def prefix(self, kind: str) -> str:
+        """The text prepended to every query or passage (model.task filled in)."""
         if kind == "query":
-            return self.cfg.query_prefix, self.cfg.query_max_length
+            return render_prefix(self.cfg.query_prefix, self.cfg.task, "query_prefix")
         if kind == "passage":
-            return self.cfg.passage_prefix, self.cfg.passage_max_length
+            return render_prefix(self.cfg.passage_prefix, self.cfg.task, "passage_prefix")
         raise ValueError(f"kind must be 'query' or 'passage', not {kind!r}")
-
-    def tokenize(self, texts: list[str], kind: str) -> dict[str, torch.Tensor]:
-        prefix, max_length = self._prefix_and_length(kind)
-        return self.tokenizer([prefix + t for t in texts], padding=True, truncation=True,
-                              max_length=max_length, return_tensors="pt")
 
     def token_ids(self, texts: list[str], kind: str) -> list[list[int]]:
         """Token ids of each text, truncated but not padded (chunks are padded one at a time by `pad`)."""
-        prefix, max_length = self._prefix_and_length(kind)
+        max_length = self.cfg.query_max_length if kind == "query" else self.cfg.passage_max_length
+        prefix = self.prefix(kind)
         return self.tokenizer([prefix + t for t in texts], truncation=True, max_length=max_length,
                               return_token_type_ids=False, return_attention_mask=False)["input_ids"]
 
-    def pad(self, ids: list[list[int]], multiple: Optional[int] = None) -> dict[str, torch.Tensor]:
-        """One padded batch from token id lists: to its longest member, rounded up to `multiple` (on GPUs
-        few distinct shapes mean few attention-kernel plans to build, and tensor-core friendly sizes)."""
-        return self.tokenizer.pad({"input_ids": ids}, padding=True, pad_to_multiple_of=multiple,
-                                  return_tensors="pt")
+    def pad(self, ids: list[list[int]], kind: str, multiple: Optional[int] = None) -> dict[str, torch.Tensor]:
+        """One padded batch of `kind` from token id lists: to its longest member, rounded up to `multiple` (on
+        GPUs few distinct shapes mean few attention-kernel plans to build, and tensor-core friendly sizes).
+        With model.pool_prefix=false it also carries the prefix length that mean pooling leaves out."""
+        batch = dict(self.tokenizer.pad({"input_ids": ids}, padding=True, pad_to_multiple_of=multiple,
+                                        return_tensors="pt"))
+        if not self.cfg.pool_prefix:
+            batch["prompt_length"] = torch.tensor(prompt_length(self.tokenizer, self.prefix(kind)))
+        return batch
+
+    def tokenize(self, texts: list[str], kind: str) -> dict[str, torch.Tensor]:
+        return self.pad(self.token_ids(texts, kind), kind)
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute activations in backward (non-reentrant: works with LoRA, DDP and dropout RNG)."""
         self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = dict(batch)
+        skip = batch.pop("prompt_length", None)
         if self.tokenizer.padding_side == "left" and "position_ids" not in batch:
             # left padding: positions count from each row's first real token, as they would unpadded
-            batch = {**batch, "position_ids": (batch["attention_mask"].long().cumsum(1) - 1).clamp(min=0)}
+            batch["position_ids"] = (batch["attention_mask"].long().cumsum(1) - 1).clamp(min=0)
         hidden = self.backbone(**batch).last_hidden_state
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         elif self.pooling == "last":
             pooled = last_token(hidden, batch["attention_mask"])
         else:
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            mask = batch["attention_mask"]
+            if skip is not None and int(skip):
+                mask = without_prefix(mask, int(skip))
+            mask = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        pooled = pooled.float()  # bf16 weights: pool in bf16, compare and normalise in fp32
         return F.normalize(pooled, dim=-1) if self.cfg.normalize else pooled
 
     def merged_backbone(self) -> nn.Module:

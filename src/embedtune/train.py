@@ -229,7 +229,8 @@ def run_training(job: TrainJob, data: TrainData, out_dir: Path, key: str = "",
         raise EmbedtuneError("train.eval_every is not supported under ZeRO-3 (weights are partitioned); "
                              "evaluate the checkpoints with `embedtune eval`")
     set_seed(cfg.seed)
-    encoder = Encoder.load(job.model)
+    # full fine-tuning outside DeepSpeed keeps fp32 weights (AdamW on bf16 weights loses small updates)
+    encoder = Encoder.load(job.model, full_weights_training=not job.peft.enabled and zero_stage(accelerator) == 0)
     if cfg.gradient_checkpointing:
         encoder.enable_gradient_checkpointing()
     if job.peft.enabled:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from embedtune.backbone import ATTENTIONS, ATTN_IMPLEMENTATIONS, DTYPES
 from embedtune.errors import EmbedtuneError
 
 if TYPE_CHECKING:  # config.py imports generate/, which imports this module
@@ -62,7 +63,17 @@ def problems(cfg: Config) -> list[str]:
     found += generator_problems(cfg.generator)
     if peft.enabled:
         need(peft.r >= 1, f"peft.r={peft.r} must be >= 1")
-        need(bool(peft.target_modules), "peft.target_modules is empty: LoRA needs modules to adapt")
+        need(peft.target_modules is None or bool(peft.target_modules),
+             "peft.target_modules is empty: LoRA needs modules to adapt (null: every linear layer of the blocks)")
+    model = cfg.model
+    for key, value, allowed in (("attention", model.attention, ATTENTIONS),
+                                ("attn_implementation", model.attn_implementation, ATTN_IMPLEMENTATIONS),
+                                ("dtype", model.dtype, DTYPES), ("padding_side", model.padding_side,
+                                                                 ("auto", "left", "right"))):
+        need(value in allowed, f"model.{key}={value} is not one of {', '.join(allowed)}")
+    for key in ("query_prefix", "passage_prefix"):
+        need("{task}" not in getattr(model, key) or bool(model.task),
+             f"model.{key} has a {{task}} slot but model.task is empty: set model.task=\"...\"")
     return found
 
 
