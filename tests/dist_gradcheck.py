@@ -2,7 +2,9 @@
 
 Run under `accelerate launch` (1 or 2 processes; DDP or DeepSpeed ZeRO-1/2/3) or imported for the
 single-process full-batch reference. The step uses SGD with lr=1 and no clipping, so each parameter
-moves by exactly minus its gradient; rank 0 writes the parameters after the step.
+moves by exactly minus its gradient; rank 0 writes the parameters after the step. `--cases FILE` runs several
+cases (models, LoRA, pooling) one after another in the same launch, each with its own Accelerator and output
+folder: one process start for many checks.
 """
 
 from __future__ import annotations
@@ -30,11 +32,16 @@ def toy_data(cfg: TrainConfig, world: int = 1) -> TrainData:
     return TrainData(rows, queries, passages, cfg, world)
 
 
-def build_encoder(model_dir: str, lora: bool) -> Encoder:
+DECODER = {"pooling": "last", "padding_side": "left"}  # decoders: last-token pooling of left-padded texts
+
+
+def build_encoder(model_dir: str, lora: bool, decoder: bool = False) -> Encoder:
     torch.manual_seed(0)
-    encoder = Encoder.load(ModelConfig(name=model_dir, pooling="mean", passage_max_length=64))
-    if lora:
-        encoder.apply_lora(PeftConfig(enabled=True, r=4, alpha=8, dropout=0.0, target_modules=["query", "value"]))
+    encoder = Encoder.load(ModelConfig(name=model_dir, passage_max_length=64,
+                                       **(DECODER if decoder else {"pooling": "mean"})))
+    if lora:  # BERT: two projections; decoders: the default, every attention and MLP projection
+        targets = None if decoder else ["query", "value"]
+        encoder.apply_lora(PeftConfig(enabled=True, r=4, alpha=8, dropout=0.0, target_modules=targets))
         with torch.no_grad():  # LoRA starts with B = 0 (no gradient for A): give B values so both learn
             for name, p in encoder.named_parameters():
                 if "lora_B" in name:
@@ -46,9 +53,10 @@ def loss_config(matryoshka: bool, symmetric: bool = True) -> LossConfig:
     return LossConfig(temperature=0.1, symmetric=symmetric, matryoshka_dims=[32, 16, 8] if matryoshka else None)
 
 
-def reference_grads(model_dir: str, lora: bool, matryoshka: bool, batch_size: int) -> tuple[dict, dict, float]:
+def reference_grads(model_dir: str, lora: bool, matryoshka: bool, batch_size: int,
+                    decoder: bool = False) -> tuple[dict, dict, float]:
     """(initial params, their gradients, loss): one process, whole global batch, one forward per side."""
-    encoder = build_encoder(model_dir, lora).train()
+    encoder = build_encoder(model_dir, lora, decoder).train()
     batch = toy_data(TrainConfig(batch_size=batch_size, hard_negatives=2)).batch(0)
     q = encoder(encoder.tokenize(batch["queries"], "query"))
     c = encoder(encoder.tokenize(batch["candidates"], "passage"))
@@ -61,12 +69,12 @@ def reference_grads(model_dir: str, lora: bool, matryoshka: bool, batch_size: in
     return params, grads, float(loss_sum.detach() / total)
 
 
-def compare(out: Path, model_dir: str, lora: bool = False, matryoshka: bool = False) -> dict:
+def compare(out: Path, model_dir: str, lora: bool = False, matryoshka: bool = False, decoder: bool = False) -> dict:
     """How far the step written in `out` is from the fp32 full-batch reference: relative error of the
     whole update vector, largest element error, loss difference, reference gradient norm."""
     from safetensors.torch import load_file
 
-    params, grads, loss = reference_grads(model_dir, lora, matryoshka, 8)
+    params, grads, loss = reference_grads(model_dir, lora, matryoshka, 8, decoder)
     after = load_file(str(Path(out) / "after.safetensors"))
     info = json.loads((Path(out) / "info.json").read_text())
     if set(after) != set(params):
@@ -86,29 +94,17 @@ def zero_config(accelerator) -> dict:
     return plugin.deepspeed_config.get("zero_optimization", {}) if plugin is not None else {}
 
 
-def main(argv: list[str] | None = None) -> None:
+def run_case(args):
     from accelerate.utils import DistributedType
     from safetensors.torch import save_file
 
     from embedtune.accel import fill_bucket_sizes, make_accelerator, zero_stage
     from embedtune.gradcache import contrastive_step
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--lora", action="store_true")
-    ap.add_argument("--matryoshka", action="store_true")
-    ap.add_argument("--no-cache", action="store_true")
-    ap.add_argument("--checkpointing", action="store_true")
-    ap.add_argument("--chunk", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--precision", default="no")
-    args = ap.parse_args(argv)
-
     cfg = TrainConfig(batch_size=args.batch, hard_negatives=2, chunk_size=args.chunk, grad_cache=not args.no_cache,
                       grad_clip=1e6, mixed_precision=args.precision)
     accelerator = make_accelerator(cfg)
-    encoder = build_encoder(args.model, args.lora)
+    encoder = build_encoder(args.model, args.lora, args.decoder)
     if args.checkpointing:
         encoder.enable_gradient_checkpointing()
     fill_bucket_sizes(accelerator, encoder.backbone.config.hidden_size)
@@ -131,16 +127,44 @@ def main(argv: list[str] | None = None) -> None:
     else:
         after = {n: p.detach().float().cpu().clone() for n, p in named}
     if accelerator.is_main_process:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
         save_file(after, str(Path(args.out) / "after.safetensors"))
         info = {"loss": float(loss), "processes": accelerator.num_processes, "zero_stage": zero_stage(accelerator),
                 "deepspeed": deepspeed, "distributed_type": str(accelerator.distributed_type),
                 "offload": {k: v.get("device", "none") for k, v in zero_config(accelerator).items()
                             if k.startswith("offload_") and isinstance(v, dict)},
                 "device": str(accelerator.device), "precision": args.precision,
+                "backbone": type(getattr(unwrapped.backbone, "get_base_model", lambda: unwrapped.backbone)()).__name__, "pooling": unwrapped.pooling,
+                "padding_side": unwrapped.tokenizer.padding_side,
                 # DeepSpeed bf16 casts the module to bf16 first: its fp32 masters start from rounded weights
                 "start_rounded_to_bf16": deepspeed and args.precision == "bf16"}
         (Path(args.out) / "info.json").write_text(json.dumps(info))
     accelerator.wait_for_everyone()
+    del encoder, optimizer, unwrapped  # the next case builds its own engine
+    return accelerator
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model")
+    ap.add_argument("--out")
+    ap.add_argument("--cases", help="a JSON list of argument lists, one case each")
+    ap.add_argument("--lora", action="store_true")
+    ap.add_argument("--decoder", action="store_true", help="last-token pooling, left padding")
+    ap.add_argument("--matryoshka", action="store_true")
+    ap.add_argument("--no-cache", action="store_true")
+    ap.add_argument("--checkpointing", action="store_true")
+    ap.add_argument("--chunk", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--precision", default="no")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    cases = [parse(c) for c in json.loads(Path(args.cases).read_text())] if args.cases else [args]
+    for case in cases:
+        accelerator = run_case(case)
     accelerator.end_training()
 
 

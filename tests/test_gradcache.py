@@ -1,10 +1,12 @@
 """Gradient caching: cached gradients equal full-batch gradients, on 1 process, DDP x2 and DeepSpeed
-ZeRO-1/2/3 x2 (gloo on CPU), with LoRA and with Matryoshka; RNG replay reproduces dropout.
+ZeRO-1/2/3 x2 (gloo on CPU), with LoRA and with Matryoshka, for the tiny BERT and for a tiny Llama and a tiny
+Qwen3 (last-token pooling, left padding, LoRA on every projection); RNG replay reproduces dropout.
 
 Each distributed case runs tests/dist_gradcheck.py under `accelerate launch` with the repository's launch
 configs: one step of SGD with lr=1 and no clipping, so every parameter moves by minus its gradient, which
 is compared with one process computing the whole global batch (8 queries, 0-3 hard negatives each, so
-ranks hold different numbers of candidates) in a single forward per side.
+ranks hold different numbers of candidates) in a single forward per side. The DDP and ZeRO-3 launches each
+run all their cases (BERT and both decoders, with and without LoRA) in one process start.
 
 Tolerance: relative error of the whole update vector <= 1e-5 and every element within 1e-4. Measured here:
 about 1e-6 relative (float32 summation order and padding differences); a wrong scale or a lost micro-step
@@ -39,8 +41,8 @@ def no_dropout_model(tiny_model_dir, tmp_path_factory):
     return folder
 
 
-def check_update(out, model, lora=False, matryoshka=False) -> dict:
-    result = compare(out, str(model), lora, matryoshka)
+def check_update(out, model, lora=False, matryoshka=False, decoder=False) -> dict:
+    result = compare(out, str(model), lora, matryoshka, decoder)
     grads, params = result["grads"], result["params"]
     assert result["grad_norm"] > 1e-3, "the reference gradient is (near) zero: the comparison would prove nothing"
     if lora:
@@ -104,18 +106,76 @@ def test_chunk_of_one_text_still_matches(tmp_path, no_dropout_model):
     check_update(run_gradcheck(tmp_path, no_dropout_model, "--chunk", "1"), no_dropout_model)
 
 
+@pytest.mark.parametrize("family", ["tiny_llama_dir", "tiny_qwen3_dir"])
+@pytest.mark.parametrize("flags", [[], ["--lora"], ["--lora", "--checkpointing"]],
+                         ids=["full", "lora", "lora-grad-checkpointing"])
+def test_one_process_decoder_equals_full_batch(tmp_path, family, flags, request):
+    model = request.getfixturevalue(family)
+    info = check_update(run_gradcheck(tmp_path, model, "--decoder", *flags), model, lora="--lora" in flags,
+                        decoder=True)
+    assert info["pooling"] == "last" and info["padding_side"] == "left"
+
+
 # ---------------------------------------------------------------- two processes: DDP, ZeRO-1/2/3
 
+CASES = {  # name -> (model fixture, flags); each launch below runs the cases it names in one process start
+    "bert": ("no_dropout_model", []),
+    "bert-lora": ("no_dropout_model", ["--lora"]),
+    "llama": ("tiny_llama_dir", ["--decoder"]),
+    "qwen3": ("tiny_qwen3_dir", ["--decoder"]),
+    "llama-lora": ("tiny_llama_dir", ["--decoder", "--lora"]),
+    "qwen3-lora": ("tiny_qwen3_dir", ["--decoder", "--lora"]),
+}
+LAUNCHES = {"ddp": (0, ["bert", "bert-lora", "llama", "qwen3"]), "zero3": (3, list(CASES))}
+
+
+@pytest.fixture(scope="module")
+def launched(request, tmp_path_factory):
+    """Each launch of LAUNCHES run once for the module (on first use): {launch: {case: (out folder, model)}}."""
+    done = {}
+
+    def run(launch: str) -> dict:
+        if launch not in done:
+            stage, names = LAUNCHES[launch]
+            root = tmp_path_factory.mktemp(launch)
+            cases, folders = [], {}
+            for name in names:
+                fixture, flags = CASES[name]
+                model = request.getfixturevalue(fixture)
+                folders[name] = (root / name, model)
+                cases.append(["--model", str(model), "--out", str(root / name), *flags])
+            (root / "cases.json").write_text(json.dumps(cases))
+            extra = ["--mixed_precision", "no"] + (["--gradient_clipping", "1000000"] if stage else [])
+            proc = accelerate_launch(extra + [str(REPO / "tests" / "dist_gradcheck.py"), "--cases",
+                                              str(root / "cases.json")], processes=2, deepspeed_stage=stage,
+                                     timeout=600)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            done[launch] = folders
+        return done[launch]
+    return run
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("flags", [[], ["--lora"]], ids=["full", "lora"])
-def test_ddp_two_processes_equals_full_batch(tmp_path, no_dropout_model, flags):
-    out = run_gradcheck(tmp_path, no_dropout_model, *flags, processes=2)
-    info = check_update(out, no_dropout_model, lora="--lora" in flags)
+@pytest.mark.parametrize("case", LAUNCHES["ddp"][1])
+def test_ddp_two_processes_equals_full_batch(launched, case):
+    out, model = launched("ddp")[case]
+    flags = CASES[case][1]
+    info = check_update(out, model, lora="--lora" in flags, decoder="--decoder" in flags)
     assert info["processes"] == 2 and info["distributed_type"].endswith("MULTI_CPU")
 
 
-@pytest.mark.parametrize("stage,flags", [(1, []), (2, ["--matryoshka"]), (3, []), (3, ["--lora"])],
-                         ids=["zero1", "zero2-matryoshka", "zero3", "zero3-lora"])
+@pytest.mark.slow
+@pytest.mark.parametrize("case", LAUNCHES["zero3"][1])
+def test_zero3_two_processes_equals_full_batch(launched, case):
+    out, model = launched("zero3")[case]
+    flags = CASES[case][1]
+    info = check_update(out, model, lora="--lora" in flags, decoder="--decoder" in flags)
+    assert info["deepspeed"] and info["zero_stage"] == 3 and info["processes"] == 2
+    if "--decoder" in flags:
+        assert info["backbone"] in ("LlamaModel", "Qwen3Model") and info["padding_side"] == "left"
+
+
+@pytest.mark.parametrize("stage,flags", [(1, []), (2, ["--matryoshka"])], ids=["zero1", "zero2-matryoshka"])
 @pytest.mark.slow
 def test_deepspeed_two_processes_equals_full_batch(tmp_path, no_dropout_model, stage, flags):
     out = run_gradcheck(tmp_path, no_dropout_model, *flags, processes=2, stage=stage)

@@ -109,3 +109,36 @@ def resolve_model(name: str) -> ResolvedModel:
     if name.startswith((".", "/", "~")):
         raise EmbedtuneError(f"model path {name} does not exist")
     return ResolvedModel(name)  # a hub id: transformers resolves it (and fails clearly when offline)
+
+
+def embedder_folder(resolved: ResolvedModel) -> str:
+    """A folder an encoder can load: `resolved` itself, or for a GGUF model its weights dequantised to float32
+    safetensors once into the user cache (the generator's SmolLM2 as a decoder embedder, say)."""
+    if resolved.gguf_file is None:
+        return resolved.path
+    import os
+    import shutil
+
+    target = Path.home() / ".cache" / "embedtune" / "models" / f"{Path(resolved.gguf_file).stem}-dequantised"
+    if (target / "config.json").exists():
+        return str(target)
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        model = AutoModel.from_pretrained(resolved.path, gguf_file=resolved.gguf_file)
+        tokenizer = AutoTokenizer.from_pretrained(resolved.path, gguf_file=resolved.gguf_file)
+    except (OSError, ValueError) as e:
+        raise EmbedtuneError(f"cannot dequantise {resolved.gguf_file} from {resolved.path}: {e}") from e
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    # GGUF-loaded models refuse save_pretrained: the same architecture, unquantised, takes their weights
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = type(model)(config)
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return str(target)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoTokenizer
 
-from embedtune.assets import resolve_model
+from embedtune.assets import embedder_folder, resolve_model
 from embedtune.backbone import load_backbone, lora_targets, resolve_dtype, set_attention
 from embedtune.distributed import local_rank
 from embedtune.errors import EmbedtuneError
@@ -120,7 +120,7 @@ class Encoder(nn.Module):
             source, pooling = str(path), saved["pooling"]
             fingerprint = fingerprint or saved.get("fingerprint", "")
         else:
-            source = resolve_model(cfg.name).path
+            source = embedder_folder(resolve_model(cfg.name))
             pooling = cfg.pooling
             if pooling == "auto":
                 pooling = _st_pooling(Path(source)) or "mean"
