@@ -4,6 +4,7 @@ what they compose to, and the 8B recipe's CPU form trained on a tiny Qwen3 (same
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -51,10 +52,8 @@ def test_llm8b_experiment_cpu_form_trains_a_tiny_qwen3(tiny_qwen3_dir, tmp_path)
     data = memorisable_data(**dataclasses.asdict(cfg.train))
     result = run_training(job, data, tmp_path / "ckpt")
     assert result.steps == 12 and not result.halted
-    losses = [line for line in (tmp_path / "ckpt" / "metrics.jsonl").read_text().splitlines()]
-    import json
-
-    first, last = json.loads(losses[0])["train/loss"], json.loads(losses[-1])["train/loss"]
+    losses = [json.loads(line)["train/loss"] for line in (tmp_path / "ckpt" / "metrics.jsonl").read_text().splitlines()]
+    first, last = losses[0], losses[-1]
     assert last < first, (first, last)
     encoder = Encoder.load(None, path=str(tmp_path / "ckpt" / result.final / "encoder"))
     assert encoder.pooling == "last" and encoder.tokenizer.padding_side == "left"

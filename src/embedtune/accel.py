@@ -90,12 +90,13 @@ def make_accelerator(cfg):
                              f"{accelerator.num_processes} training processes")
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         plugin = accelerator.state.deepspeed_plugin  # one per process: a second training in it sees it filled
-        if getattr(plugin, "embedtune_filled", None) not in (None, (cfg.batch_size, cfg.grad_clip, cfg.mixed_precision)):
+        filled, wanted = getattr(plugin, "embedtune_filled", None), (cfg.batch_size, cfg.grad_clip, cfg.mixed_precision)
+        if filled is None:
+            _check_deepspeed_config(cfg, plugin.deepspeed_config, cfg.batch_size // accelerator.num_processes)
+            plugin.embedtune_filled = wanted
+        elif filled != wanted:
             raise EmbedtuneError("a second training in this process with other train.batch_size, grad_clip or "
                                  "mixed_precision: DeepSpeed's config is per process; start a new process")
-        if getattr(plugin, "embedtune_filled", None) is None:
-            _check_deepspeed_config(cfg, plugin.deepspeed_config, cfg.batch_size // accelerator.num_processes)
-            plugin.embedtune_filled = (cfg.batch_size, cfg.grad_clip, cfg.mixed_precision)
     return accelerator
 
 

@@ -104,6 +104,7 @@ class Encoder(nn.Module):
         self.cfg = cfg
         self.pooling = pooling
         self.fingerprint = fingerprint  # names this exact set of weights (embedding caches key on it)
+        self._prompt_lengths: dict[str, int] = {}  # per kind: the prefix is fixed, so it is tokenized once
 
     @classmethod
     def load(cls, cfg: ModelConfig, path: Optional[str] = None, fingerprint: str = "",
@@ -181,7 +182,9 @@ class Encoder(nn.Module):
         batch = dict(self.tokenizer.pad({"input_ids": ids}, padding=True, pad_to_multiple_of=multiple,
                                         return_tensors="pt"))
         if not self.cfg.pool_prefix:
-            batch["prompt_length"] = torch.tensor(prompt_length(self.tokenizer, self.prefix(kind)))
+            if kind not in self._prompt_lengths:
+                self._prompt_lengths[kind] = prompt_length(self.tokenizer, self.prefix(kind))
+            batch["prompt_length"] = torch.tensor(self._prompt_lengths[kind])
         return batch
 
     def tokenize(self, texts: list[str], kind: str) -> dict[str, torch.Tensor]:
