@@ -117,10 +117,11 @@ def tiny_lm_dir(tmp_path_factory) -> Path:
 
 # ---------------------------------------------------------------- tiny decoders: Llama and Qwen3 embedder backbones
 
-def build_tiny_decoder(folder: Path, family: str, seed: int = 0, pad_token: bool = True) -> Path:
+def build_tiny_decoder(folder: Path, family: str, seed: int = 0, pad_token: bool = True, **shape) -> Path:
     """A random 2-layer decoder (`family` llama or qwen3: 4 query heads sharing 2 key/value heads, RoPE, Qwen3's
     q/k norms) with a decoder-style fast tokenizer: BOS first, no EOS appended ([CLS] is BOS, [SEP] is EOS),
-    padding on the right; `pad_token=False` leaves it without a pad token, as many LM tokenizers are."""
+    padding on the right; `pad_token=False` leaves it without a pad token, as many LM tokenizers are.
+    `shape` overrides the config's sizes (hidden_size=..., num_hidden_layers=..., vocab_size=...)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
 
@@ -134,9 +135,10 @@ def build_tiny_decoder(folder: Path, family: str, seed: int = 0, pad_token: bool
                                                            special_tokens=[("[CLS]", vocab["[CLS]"])])
     special = dict(bos_token="[CLS]", eos_token="[SEP]", unk_token="[UNK]", **({"pad_token": "[PAD]"} if pad_token else {}))
     PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=512, **special).save_pretrained(folder)
-    shape = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
-                 pad_token_id=vocab["[PAD]"], bos_token_id=vocab["[CLS]"], eos_token_id=vocab["[SEP]"])
+    defaults = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
+                    pad_token_id=vocab["[PAD]"], bos_token_id=vocab["[CLS]"], eos_token_id=vocab["[SEP]"])
+    shape = {**defaults, **shape}
     config = Qwen3Config(**shape) if family == "qwen3" else LlamaConfig(**shape)
     with torch.random.fork_rng():
         torch.manual_seed(seed)

@@ -70,12 +70,16 @@ def load_backbone(source: str, dtype: torch.dtype, attn_implementation: str) -> 
     except ValueError as e:  # e.g. an architecture without sdpa or flash-attention support
         raise EmbedtuneError(f"cannot load model '{source}' with model.attn_implementation={implementation}: {e}; "
                              "try model.attn_implementation=eager") from e
+    freeze_pooler(backbone)
+    return backbone
+
+
+def freeze_pooler(backbone: nn.Module) -> None:
+    """The backbone's own pooler (BERT's tanh layer) never reaches our embeddings: frozen, so DDP and
+    DeepSpeed do not wait for gradients that never come (DDP would silently skip a whole bucket)."""
     for name, param in backbone.named_parameters():
-        # the backbone's own pooler (BERT's tanh layer) never reaches our embeddings: frozen, so DDP and
-        # DeepSpeed do not wait for gradients that never come (DDP would silently skip a whole bucket)
         if name.startswith("pooler."):
             param.requires_grad_(False)
-    return backbone
 
 
 def causal_modules(backbone: nn.Module) -> list[nn.Module]:

@@ -17,7 +17,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # e.g. its GGUF advice
 import hydra  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from embedtune import distributed, pipeline, sweep
+from embedtune import distributed, memory_plan, pipeline, sweep
 from embedtune.config import Config, register
 from embedtune.errors import EmbedtuneError
 from embedtune.io import atomic_path
@@ -36,6 +36,8 @@ stages:
   export    sentence-transformers folder with a model card
   run       all of the above in order (stages that are up to date are skipped)
   status    for each stage of a run: done, stale (run would redo it) or missing; its counts and wall time
+  plan      predicted per-GPU memory of `train` for this config (plan.launch=..., plan.gpus=N,
+            plan.gpu_memory_gb=80) and the largest train.chunk_size that fits
 
 `embedtune <stage> --help` lists the config groups and every option.
 """
@@ -59,6 +61,9 @@ def _hydra_main(stage: str) -> None:
             if stage == "status":
                 print("\n".join(status_lines(cfg)))
                 return
+            if stage == "plan":
+                memory_plan.run_plan(cfg)
+                return
             check_config(cfg)
             sweep.enter_point(cfg, stage)  # a sweep point (or point=...): its own seeded folder
             _save_config(cfg, stage)
@@ -79,7 +84,7 @@ def _hydra_main(stage: str) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] not in (*STAGE_NAMES, "run", "status"):
+    if len(sys.argv) < 2 or sys.argv[1] not in (*STAGE_NAMES, "run", "status", "plan"):
         print(USAGE, file=sys.stderr)
         sys.exit(0 if len(sys.argv) >= 2 and sys.argv[1] in ("-h", "--help") else 2)
     stage = sys.argv.pop(1)

@@ -13,6 +13,7 @@ from embedtune.export import ExportConfig
 from embedtune.filter import FilterConfig
 from embedtune.generate.runner import GeneratorConfig
 from embedtune.loss import LossConfig
+from embedtune.memory_plan import PlanConfig
 from embedtune.mine import MiningConfig
 from embedtune.model import ModelConfig, PeftConfig
 from embedtune.tracking import LoggerConfig
@@ -41,6 +42,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)  # `embedtune plan` only
 
 
 def register() -> None:

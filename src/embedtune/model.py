@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -108,9 +108,10 @@ class Encoder(nn.Module):
 
     @classmethod
     def load(cls, cfg: ModelConfig, path: Optional[str] = None, fingerprint: str = "",
-             full_weights_training: bool = False) -> "Encoder":
+             full_weights_training: bool = False, backbone_loader: Callable = load_backbone) -> "Encoder":
         """The base model of `cfg`, or a saved encoder folder at `path` (its own settings win).
-        `full_weights_training`: every weight will be trained outside DeepSpeed (model.dtype=auto keeps fp32)."""
+        `full_weights_training`: every weight will be trained outside DeepSpeed (model.dtype=auto keeps fp32).
+        `backbone_loader(source, dtype, attn_implementation)`: the memory plan builds a weightless one."""
         if path is not None:
             settings = Path(path) / ENCODER_CONFIG
             if not settings.exists():
@@ -132,7 +133,7 @@ class Encoder(nn.Module):
                                  f"model.pooling={pooling} set it to true")
         if cfg.padding_side not in ("auto", "left", "right"):
             raise EmbedtuneError(f"model.padding_side={cfg.padding_side} is not auto, left or right")
-        backbone = load_backbone(source, resolve_dtype(cfg.dtype, full_weights_training), cfg.attn_implementation)
+        backbone = backbone_loader(source, resolve_dtype(cfg.dtype, full_weights_training), cfg.attn_implementation)
         set_attention(backbone, cfg.attention)
         try:
             # padding_side as a constructor argument: saved with the tokenizer (a later attribute change is not)
@@ -192,7 +193,11 @@ class Encoder(nn.Module):
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute activations in backward (non-reentrant: works with LoRA, DDP and dropout RNG)."""
-        self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.backbone, "activation_checkpointing_enable"):  # transformers 5.x's name for it
+            self.backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         batch = dict(batch)
