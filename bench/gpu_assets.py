@@ -35,7 +35,7 @@ def main() -> None:
     AutoTokenizer.from_pretrained(smol.path, gguf_file=smol.gguf_file).save_pretrained(out / "smollm2")
     _, terms = load_terms()
     passages = [{"title": t.name, "text": t.definition} for t in terms[1000:2024] if t.definition]
-    (out / "hpo.json").write_text(json.dumps({"pairs": hpo_pairs(), "passages": passages}))
+    (out / "hpo.json").write_text(json.dumps({"pairs": hpo_pairs(seed=0), "passages": passages}))
     print(f"wrote {out}: " + ", ".join(f"{p.name} {sum(f.stat().st_size for f in p.rglob('*') if f.is_file()) / 2**20:.1f} MB"
                                        if p.is_dir() else f"{p.name} {p.stat().st_size / 2**20:.1f} MB"
                                        for p in sorted(out.iterdir())))

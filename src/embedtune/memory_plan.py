@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from embedtune.errors import EmbedtuneError
+from embedtune.gradcache import length_chunks
 from embedtune.memory_sim import StepActivations, fake_copy, layer_count, meta_backbone, simulate_step
 from embedtune.model import Encoder
 from embedtune.precision import train_precision
@@ -184,19 +185,21 @@ class Simulator:
 
         self.depth = depth
         self.grad_cache = cfg.train.grad_cache
-        self.autocast = t.zero_stage == 0 and t.precision == "bf16"
+        self.autocast = t.zero_stage == 0 and t.precision in ("bf16", "fp16")
+        self.grads_in_step = t.zero_stage == 0  # DeepSpeed keeps gradients in its own partitions
         self.sims = {}
         for layers in ((2, 3) if depth is not None and depth > 3 else (None,)):
             fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
             self.sims[layers] = (fake_copy(_encoder(cfg, t, checkpointing, layers), fake_mode), fake_mode)
 
     def __call__(self, chunks: list[tuple[int, int]]) -> StepActivations:
-        runs = {k: simulate_step(e, m, chunks, self.grad_cache, self.autocast) for k, (e, m) in self.sims.items()}
+        runs = {k: simulate_step(e, m, chunks, self.grad_cache, self.autocast, self.grads_in_step)
+                for k, (e, m) in self.sims.items()}
         if None in runs:
             return runs[None]
         more = self.depth - 2
-        return StepActivations(saved=runs[2].saved + more * (runs[3].saved - runs[2].saved),
-                               peak=runs[2].peak + more * (runs[3].peak - runs[2].peak))
+        return StepActivations(peak=runs[2].peak + more * (runs[3].peak - runs[2].peak),
+                               grads=runs[2].grads + more * (runs[3].grads - runs[2].grads))
 
 
 @dataclass
@@ -206,36 +209,43 @@ class Plan:
     states: dict[int, dict[str, int]]          # ZeRO stage -> model states
     activations: dict[bool, StepActivations]   # checkpointing -> activations of the step's chunks
     loss_bytes: int                            # embeddings cached for the loss, scores, their gradients
-    chunk: tuple[int, int, int]                # (texts per chunk, query tokens, passage tokens)
-    fits: dict[bool, Optional[int]]            # checkpointing -> largest chunk_size that fits (None: not even 1)
+    chunks: list[tuple[int, int]]              # (texts, tokens) of the chunks simulated
+    fits: dict[bool, Optional[int]]            # checkpointing -> largest chunk_size that fits (0: not even 1)
     budget: int
 
-    def peak(self, checkpointing: bool, stage: Optional[int] = None) -> int:
-        s = self.states[self.target.zero_stage if stage is None else stage]
-        static = s["weights"] + s["gradients"] + s["optimizer"]
-        return static + max(self.activations[checkpointing].peak + self.loss_bytes, s["step"])
+    def peak(self, checkpointing: bool, stage: Optional[int] = None,
+             activations: Optional[StepActivations] = None) -> int:
+        """The larger of the backward peak and the optimizer step's, for `stage` (default: the target's)."""
+        stage = self.target.zero_stage if stage is None else stage
+        s, a = self.states[stage], activations or self.activations[checkpointing]
+        states = s["weights"] + s["gradients"] + s["optimizer"]
+        # a.grads: gradients the simulation counted as they grew (outside DeepSpeed); not counted twice
+        backward = states - a.grads + a.peak + self.loss_bytes
+        return max(backward, states + s["step"])
 
 
-def _chunks(cfg, local_queries: int, chunk_size: int) -> list[tuple[int, int]]:
-    """(texts, tokens) of the chunks one step embeds on one GPU, every text at its max length (the worst
-    case); with gradient caching only the largest query and passage chunk matter (one lives at a time)."""
-    local_candidates = local_queries * (1 + cfg.train.hard_negatives)
+def _chunks(cfg, local_queries: int, chunk_size: int, multiple: int) -> list[tuple[int, int]]:
+    """(texts, tokens) of the chunks one step embeds on one GPU, cut as gradcache.plan cuts them (nearly equal
+    runs), every text at its max length (the worst case) padded to `multiple`; with gradient caching only the
+    largest query and passage chunk (one lives at a time)."""
     out = []
     for n, tokens in ((local_queries, cfg.model.query_max_length),
-                      (local_candidates, cfg.model.passage_max_length)):
-        size = min(chunk_size, n)
-        count = math.ceil(n / size)
-        out += [(size, tokens)] if cfg.train.grad_cache else [(size, tokens)] * count
+                      (local_queries * (1 + cfg.train.hard_negatives), cfg.model.passage_max_length)):
+        sizes = [len(run) for run in length_chunks([0] * n, math.ceil(n / chunk_size))]
+        padded = -(-tokens // multiple) * multiple
+        out += [(max(sizes), padded)] if cfg.train.grad_cache else [(size, padded) for size in sizes]
     return out
 
 
 def _loss_bytes(cfg, t: Target, hidden: int, local_queries: int) -> int:
     """fp32 embeddings of the step (local, and gathered across GPUs for the loss), their gradients, and the
-    local queries' score matrix against every candidate with its softmax and gradient."""
+    local queries' score matrix against every candidate (and query) with its softmax and gradient: an upper
+    bound (with gradient caching the scores are freed before the chunks are replayed)."""
     local = local_queries * (2 + cfg.train.hard_negatives)
-    global_candidates = t.gpus * local_queries * (1 + cfg.train.hard_negatives)
-    embeddings = 4 * hidden * (2 * local + 2 * t.gpus * local)
-    return int(embeddings + 3 * 4 * local_queries * (global_candidates + local_queries))
+    gathered = t.gpus * local if t.gpus > 1 else 0
+    candidates = t.gpus * local_queries * (1 + cfg.train.hard_negatives)
+    embeddings = 4 * hidden * 2 * (local + gathered)
+    return int(embeddings + 3 * 4 * local_queries * (candidates + t.gpus * local_queries))
 
 
 def make_plan(cfg, plan_cfg: PlanConfig) -> Plan:
@@ -243,43 +253,46 @@ def make_plan(cfg, plan_cfg: PlanConfig) -> Plan:
     if cfg.train.batch_size % t.gpus:
         raise EmbedtuneError(f"train.batch_size={cfg.train.batch_size} is not divisible by {t.gpus} GPUs")
     local_queries = cfg.train.batch_size // t.gpus
+    multiple = 8 if t.device == "cuda" else 1  # gradcache pads chunks to a multiple of 8 on GPUs
     whole = _encoder(cfg, t, checkpointing=False)
     counts = count_params(whole)
     depth = layer_count(whole.backbone.config)
     states = {stage: model_states(cfg, counts, t, stage) for stage in (0, 1, 2, 3)}
     budget = int(plan_cfg.gpu_memory_gb * GIB * (1 - plan_cfg.reserve))
+    chunks = _chunks(cfg, local_queries, cfg.train.chunk_size, multiple)
     plan = Plan(t, counts, states, {}, _loss_bytes(cfg, t, int(whole.backbone.config.hidden_size), local_queries),
-                (min(cfg.train.chunk_size, local_queries), cfg.model.query_max_length, cfg.model.passage_max_length),
-                {}, budget)
+                chunks, {}, budget)
     for checkpointing in (True, False):
         simulate = Simulator(cfg, t, checkpointing, depth)
-        plan.activations[checkpointing] = simulate(_chunks(cfg, local_queries, cfg.train.chunk_size))
-        searched = t.device == "cuda" and cfg.train.grad_cache
-        plan.fits[checkpointing] = _largest_chunk(cfg, plan, simulate, local_queries, checkpointing) \
-            if searched else None
+        plan.activations[checkpointing] = simulate(chunks)
+        if t.device == "cuda" and cfg.train.grad_cache:
+            plan.fits[checkpointing] = _largest_chunk(cfg, plan, simulate, local_queries, checkpointing, multiple)
     return plan
 
 
-def _largest_chunk(cfg, plan: Plan, simulate: Simulator, local_queries: int, checkpointing: bool) -> Optional[int]:
-    """The largest chunk_size whose predicted peak fits the budget: activations grow linearly with the chunk
-    (every tensor is per text), so two simulations give the line and one more confirms its answer."""
-    most = local_queries * (1 + cfg.train.hard_negatives)
+def _largest_chunk(cfg, plan: Plan, simulate: Simulator, local_queries: int, checkpointing: bool,
+                   multiple: int) -> int:
+    """The largest chunk_size whose predicted peak fits the budget (0: not even 1). The peak grows with the
+    chunk, nearly on a line (every tensor is per text): the line's answer, then bisection to the exact one."""
+    most = local_queries * (1 + cfg.train.hard_negatives)  # larger chunks change nothing
 
-    def peak(size: int) -> int:
-        a = simulate(_chunks(cfg, local_queries, size))
-        return plan.peak(checkpointing) - plan.activations[checkpointing].peak + a.peak
+    def fits(size: int) -> bool:
+        return plan.peak(checkpointing, activations=simulate(_chunks(cfg, local_queries, size, multiple))) \
+            <= plan.budget
 
-    one = peak(1)
-    if one > plan.budget:
-        return None
+    if not fits(1):
+        return 0
     at = min(cfg.train.chunk_size, most)
-    slope = (peak(at) - one) / max(at - 1, 1) if at > 1 else peak(2) - one
-    size = min(most, max(1, int(1 + (plan.budget - one) / max(slope, 1))))
-    while size > 1 and peak(size) > plan.budget:
-        size = max(1, int(size * 0.95))
-    while size < most and peak(size + 1) <= plan.budget:  # the line is nearly exact: a step or two at most
-        size += 1
-    return size
+    one = plan.peak(checkpointing, activations=simulate(_chunks(cfg, local_queries, 1, multiple)))
+    slope = (plan.peak(checkpointing) - one) / (at - 1) if at > 1 else 0
+    guess = min(most, max(1, int(1 + (plan.budget - one) / slope))) if slope > 0 else most
+    lo, hi = (guess, most + 1) if fits(guess) else (1, guess)  # fits(lo); hi does not fit (or is past most)
+    if lo < most and hi > lo + 1 and not fits(lo + 1):
+        return lo
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
 
 
 def _gib(n: float) -> str:
@@ -291,44 +304,41 @@ def format_plan(cfg, p: Plan) -> str:
     where = (f"{t.gpus} GPU{'s' if t.gpus > 1 else ''}" if t.device == "cuda" else "this CPU") + \
         (f", ZeRO-{t.zero_stage}" if t.zero_stage else (", DDP" if t.gpus > 1 else ""))
     offload = ", ".join(x for x, on in (("optimizer", t.offload_optimizer), ("parameters", t.offload_params)) if on)
-    lora = f", LoRA r={cfg.peft.r}: {c.adapters / 1e6:.2f}M trainable" if cfg.peft.enabled else ""
-    texts, q_tokens, p_tokens = p.chunk
-    lines = [f"embedtune plan: {cfg.model.name}: {(c.frozen + c.trainable) / 1e6:.1f}M parameters{lora}; {where}"
-             f"{', offloaded: ' + offload if offload else ''}; precision {t.precision}",
+    adapters = f", LoRA r={cfg.peft.r}: {c.adapters / 1e6:.2f}M trainable" if cfg.peft.enabled else ""
+    (q_texts, q_tokens), (p_texts, p_tokens) = p.chunks[0], p.chunks[-1]
+    lines = [f"embedtune plan: {cfg.model.name}: {(c.frozen + c.trainable) / 1e6:.1f}M parameters{adapters}; "
+             f"{where}{', offloaded: ' + offload if offload else ''}; precision {t.precision}",
              f"one step per GPU: {cfg.train.batch_size // t.gpus} queries x (1 positive + "
-             f"{cfg.train.hard_negatives} hard negatives), chunks of {texts} texts of {q_tokens} (query) / "
-             f"{p_tokens} (passage) tokens, gradient caching {'on' if cfg.train.grad_cache else 'off'}",
+             f"{cfg.train.hard_negatives} hard negatives); chunks of {q_texts} queries x {q_tokens} tokens and "
+             f"{p_texts} passages x {p_tokens} tokens (every text at its max length); gradient caching "
+             f"{'on' if cfg.train.grad_cache else 'off'}",
              "", "| per GPU, GiB | ZeRO-0 | ZeRO-1 | ZeRO-2 | ZeRO-3 |", "| --- | ---: | ---: | ---: | ---: |"]
     for key, label in (("weights", "weights"), ("gradients", "gradients"), ("optimizer", "optimizer state")):
         lines.append(f"| {label} | " + " | ".join(_gib(p.states[s][key]) for s in range(4)) + " |")
     if cfg.peft.enabled:
-        adapters = dataclasses.replace(c, frozen=0, trainable=c.adapters, largest_module=0,
-                                       largest_trainable_module=0)
-        lora = [model_states(cfg, adapters, t, s) for s in range(4)]
+        only = dataclasses.replace(c, frozen=0, trainable=c.adapters, largest_module=0, largest_trainable_module=0)
+        rows = [model_states(cfg, only, t, s) for s in range(4)]
         lines.append("| of which LoRA adapters | " +
-                     " | ".join(_gib(x["weights"] + x["gradients"] + x["optimizer"]) for x in lora) + " |")
+                     " | ".join(_gib(x["weights"] + x["gradients"] + x["optimizer"]) for x in rows) + " |")
     for ck in (True, False):
-        act = p.activations[ck].peak + p.loss_bytes
+        a = p.activations[ck]
         lines.append(f"| activations + loss, checkpointing {'on' if ck else 'off'} | " +
-                     " | ".join(_gib(act) for _ in range(4)) + " |")
+                     " | ".join([_gib(a.peak - a.grads + p.loss_bytes)] * 4) + " |")
     for ck in (True, False):
         lines.append(f"| **peak**, checkpointing {'on' if ck else 'off'} | " +
                      " | ".join(_gib(p.peak(ck, s)) for s in range(4)) + " |")
     chosen = cfg.train.gradient_checkpointing
-    lines += ["", f"this config (ZeRO-{t.zero_stage}, checkpointing {'on' if chosen else 'off'}, chunk_size "
-              f"{cfg.train.chunk_size}): predicted peak {_gib(p.peak(chosen))} GiB per GPU"]
-    if t.device == "cuda":
-        for ck in (True, False):
-            size = p.fits[ck]
-            what = ("train.grad_cache=false: memory grows with train.batch_size, not chunk_size"
-                    if not cfg.train.grad_cache else
-                    f"largest train.chunk_size={size}" if size else "does not fit even at chunk_size=1")
-            lines.append(f"in {plan_budget_text(p)} with checkpointing {'on' if ck else 'off'}: {what}")
+    lines += ["", f"activations are simulated for ZeRO-{t.zero_stage}'s dtypes (the other columns reuse them)",
+              f"this config (checkpointing {'on' if chosen else 'off'}, chunk_size {cfg.train.chunk_size}): "
+              f"predicted peak {_gib(p.peak(chosen))} GiB per GPU"]
+    if t.device == "cuda" and not cfg.train.grad_cache:
+        lines.append("train.grad_cache=false: memory grows with train.batch_size, whatever the chunk_size")
+    for ck, size in p.fits.items():
+        runs = _chunks(cfg, cfg.train.batch_size // t.gpus, size, 8)[-1][0] if size else 0
+        what = (f"largest train.chunk_size={size} (the trainer then embeds passages {runs} at a time)" if size
+                else "does not fit even at chunk_size=1")
+        lines.append(f"in {_gib(p.budget)} GiB usable of each GPU, checkpointing {'on' if ck else 'off'}: {what}")
     return "\n".join(lines)
-
-
-def plan_budget_text(p: Plan) -> str:
-    return f"{_gib(p.budget)} GiB usable of each GPU"
 
 
 def run_plan(cfg) -> None:

@@ -26,7 +26,7 @@ from embedtune.errors import EmbedtuneError
 
 
 class StorageCounter(TorchDispatchMode):
-    """Bytes of the tensor storages created under it: `live` now, `peak` since `reset_peak`. Storages that
+    """Bytes of the tensor storages created under it: `live` now, `peak` since `forget`. Storages that
     exist before (weights, buffers) are not counted; a view shares its base's storage and counts once."""
 
     def __init__(self):
@@ -39,8 +39,9 @@ class StorageCounter(TorchDispatchMode):
     def ignore(self, tensors) -> None:
         self._known.update(t.untyped_storage()._cdata for t in tensors)
 
-    def reset_peak(self) -> None:
-        self.peak = self.live
+    def forget(self) -> None:
+        """Start counting afresh: what lives now is not counted (its frees then change nothing)."""
+        self.live, self.peak, self._sizes = 0, 0, {}
 
     def _freed(self, key: int) -> None:
         self.live -= self._sizes.pop(key, 0)
@@ -119,51 +120,54 @@ def fake_copy(module: nn.Module, fake_mode) -> nn.Module:
                     sub._parameters[name] = made[id(p)]
             for name, b in sub._buffers.items():
                 if b is not None:
-                    made.setdefault(id(b), torch.zeros(b.shape, dtype=b.dtype))
+                    if id(b) not in made:
+                        made[id(b)] = torch.zeros(b.shape, dtype=b.dtype)
                     sub._buffers[name] = made[id(b)]
     return module
 
 
 @dataclass
 class StepActivations:
-    """Bytes above the model states during one step's forwards and backwards (peak) and what the forwards
-    keep for backward (saved), for the chunks simulated."""
-    saved: int
+    """Peak bytes above the model states during one step's forwards and backwards; `grads`: the bytes of the
+    weights' gradients included in that peak (made during the step), 0 when they were made before it."""
     peak: int
+    grads: int
 
 
-def simulate_step(encoder, fake_mode, chunks: list[tuple[int, int]], grad_cache: bool,
-                  autocast_bf16: bool) -> StepActivations:
+def simulate_step(encoder, fake_mode, chunks: list[tuple[int, int]], grad_cache: bool, autocast_16bit: bool,
+                  grads_in_step: bool) -> StepActivations:
     """Run `chunks` (texts, tokens per text) through `encoder` (its tensors fake ones of `fake_mode`: see
     fake_copy) as a training step does: with gradient caching one chunk at a time, forward with a graph then
     backward of dot(embedding, cached gradient); without, every chunk's forward keeps its graph and one
-    backward follows. Gradients of the weights already exist (a tiny warm-up step makes them), as in every
-    step after the first. Fake CPU tensors, not meta ones: autocast acts on them, and attention dispatches
-    to a fused kernel that keeps no attention matrix, as on a GPU (meta tensors take the math path)."""
+    backward follows. `grads_in_step`: the weights' gradients are made during the step (the trainer's
+    zero_grad(set_to_none=True); so they grow while the activations shrink) and counted; else (DeepSpeed,
+    which keeps them in its own buffers, model states) a tiny warm-up step makes them first.
+    Fake CPU tensors, not meta ones: autocast acts on them, and attention dispatches to a fused kernel that
+    keeps no attention matrix, as on a GPU (meta tensors take the math path)."""
     def embed(texts: int, tokens: int) -> torch.Tensor:
         batch = {"input_ids": torch.zeros(texts, tokens, dtype=torch.long),
                  "attention_mask": torch.ones(texts, tokens, dtype=torch.long)}
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast_bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast_16bit):  # fp16: the same bytes
             return encoder(batch)
 
     encoder.train()
+    for p in encoder.parameters():
+        p.grad = None
     counter = StorageCounter()
     with fake_mode, masks_always_built():
         counter.ignore([*encoder.parameters(), *encoder.buffers()])
         with counter:
-            embed(1, 8).sum().backward()  # every trainable weight now has its .grad (counted as model state)
-            counter.live, counter._sizes = 0, {}  # the warm-up's leftovers are not this step's
-            counter.reset_peak()
-            saved = 0
+            if not grads_in_step:
+                embed(1, 8).sum().backward()
+                counter.forget()  # the warm-up and the gradients it made are not this step's
             if grad_cache:
                 for texts, tokens in chunks:
                     e = embed(texts, tokens)
-                    saved = max(saved, counter.live)
                     (e * torch.ones_like(e)).sum().backward()
                     del e
             else:
                 embeddings = [embed(texts, tokens) for texts, tokens in chunks]
-                saved = counter.live
                 sum((e * torch.ones_like(e)).sum() for e in embeddings).backward()
                 del embeddings
-    return StepActivations(saved=saved, peak=counter.peak)
+    grads = sum(p.grad.untyped_storage().nbytes() for p in encoder.parameters() if p.grad is not None)
+    return StepActivations(peak=counter.peak, grads=grads if grads_in_step else 0)
