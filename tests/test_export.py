@@ -142,3 +142,24 @@ def test_onnx_refuses_a_prompt_left_out_of_pooling(tiny_llama_dir, tmp_path):
     with pytest.raises(EmbedtuneError, match="model.pool_prefix=false"):
         export_model(encoder_dir, tmp_path / "model", TEXTS, ExportConfig(onnx=True), card="")
     assert not (tmp_path / "model").exists()
+
+
+def test_onnx_with_external_data_is_checked_from_its_files(tiny_llama_dir, tmp_path):
+    """Models over protobuf's 2 GB limit are written with their weights beside the graph; here forced on a
+    tiny decoder: the graph file holds no weights, the data file does, and onnxruntime (loading both from
+    the graph's path) gives the encoder's embeddings on the traced and on a second batch."""
+    import onnx
+
+    from embedtune.export import export_onnx
+
+    encoder = Encoder.load(ModelConfig(name=str(tiny_llama_dir), pooling="last"))
+    path = tmp_path / "onnx" / "sentence_embedding.onnx"
+    diff = export_onnx(encoder, path, TEXTS, external_data=True)
+    assert 0 <= diff <= 1e-4
+    weights = sum(p.numel() * 4 for p in encoder.parameters())
+    data = [f for f in path.parent.iterdir() if f != path]
+    assert data and sum(f.stat().st_size for f in data) >= 0.9 * weights
+    graph = onnx.load(str(path), load_external_data=False)
+    outside = [t for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    inside = sum(len(t.raw_data) for t in graph.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL)
+    assert outside and inside < 0.1 * weights  # only tiny tensors (under a size threshold) stay in the graph

@@ -34,7 +34,7 @@ class _Embedder(torch.nn.Module):
         return self.encoder({"input_ids": input_ids, "attention_mask": attention_mask})
 
 
-def export_onnx(encoder: Encoder, path: Path, sample_texts: list[str]) -> float:
+def export_onnx(encoder: Encoder, path: Path, sample_texts: list[str], external_data: Optional[bool] = None) -> float:
     """Write an ONNX graph of the whole embedder (dynamic batch and length) and return the largest absolute
     difference between onnxruntime's embeddings and the encoder's on `sample_texts`."""
     try:
@@ -62,7 +62,9 @@ def export_onnx(encoder: Encoder, path: Path, sample_texts: list[str]) -> float:
         program = torch.onnx.export(_Embedder(encoder), inputs, input_names=["input_ids", "attention_mask"],
                                     output_names=["sentence_embedding"], dynamo=True, dynamic_shapes=shapes,
                                     verbose=False)
-    program.save(str(path))  # weights as external data (beside the graph) when over 2 GB: torch decides
+    # weights as external data beside the graph (<name>.data) when over protobuf's 2 GB limit (None: torch
+    # decides), which onnxruntime finds from the graph's path
+    program.save(str(path), external_data=external_data)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = 0.0
     # the traced batch, and one text alone (another length, no padding): a shape or mask decision traced
