@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from decoder_reference import reference_hidden
+from embedtune import precision
 from embedtune.backbone import is_causal, lora_targets
 from embedtune.errors import EmbedtuneError
 from embedtune.model import Encoder, ModelConfig, PeftConfig
@@ -191,3 +192,18 @@ def test_default_lora_adapts_all_attention_and_mlp_projections(tiny_qwen3_dir):
     assert trainable and all("lora_" in n for n in trainable)
     for projection in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
         assert any(f"{projection}.lora_A" in n for n in trainable), projection
+
+
+def test_fp32_encoding_keeps_auto_weights_in_fp32_on_a_bf16_gpu(tiny_llama_dir, monkeypatch):
+    """model.dtype=auto loads bf16 weights on a bf16 GPU, except for an encoding stage asked for fp32
+    (eval.precision=fp32): its weights stay fp32. The GPU is what this machine lacks, so torch is told it
+    has one (only the dtype choice asks; nothing is moved to it)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(precision, "native_bf16", lambda: True)  # cached per process: the GPU's answer
+    cfg = ModelConfig(name=str(tiny_llama_dir), pooling="last")
+    dtype = lambda **kw: next(Encoder.load(cfg, **kw).backbone.parameters()).dtype  # noqa: E731
+    assert dtype() == torch.bfloat16
+    assert dtype(precision="auto") == torch.bfloat16 and dtype(precision="bf16") == torch.bfloat16
+    assert dtype(precision="fp32") == torch.float32
+    assert dtype(full_weights_training=True) == torch.float32

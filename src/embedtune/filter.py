@@ -121,7 +121,7 @@ def roundtrip_filter(queries: list[dict], passages: list[dict], texts: dict[str,
     """(kept, dropped): a query is kept when the base model ranks its own passage in the top `top_k` of the
     whole corpus, or when its id is in `exempt`; each row gets its `roundtrip_rank`. The corpus embeddings
     land in `cache`, where mine and eval find them."""
-    encoder = on_device(Encoder.load(model_cfg))
+    encoder = on_device(Encoder.load(model_cfg, precision=precision))
     with autocast(precision):
         passage_emb = cache.encode(encoder, [texts[p["id"]] for p in passages], "passage", batch_size,
                                    desc="filter: passages")

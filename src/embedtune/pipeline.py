@@ -141,7 +141,7 @@ def mine(cfg: Config) -> dict:
         return load_manifest(run.negatives)
     pairs, passages = read_rows(run.pairs / "train.parquet"), run.read_passages()
     several = init_process_group_from_env()  # under accelerate launch / torchrun: ranks split the encoding
-    encoder = on_device(Encoder.load(cfg.model))
+    encoder = on_device(Encoder.load(cfg.model, precision=cfg.eval.precision))
     cache = embedding_cache(run.cache, base_fingerprint(cfg.model), cfg.eval.precision)
     with autocast(cfg.eval.precision):
         passage_emb = cache.encode(encoder, [passage_text(p["title"], p["text"]) for p in passages], "passage",
@@ -202,8 +202,8 @@ def evaluate(cfg: Config) -> dict:
     corpus = {p["id"]: passage_text(p["title"], p["text"]) for p in run.read_passages()}
     sets = eval_sets(cfg.eval, run.benchmarks, run.read_pairs("test"), corpus)
     several = init_process_group_from_env()  # under accelerate launch / torchrun: ranks split the encoding
-    models = {"base": (lambda: Encoder.load(cfg.model), base_fingerprint(cfg.model)),
-              "tuned": (lambda: Encoder.load(cfg.model, path=str(run.final_encoder())),
+    models = {"base": (lambda: Encoder.load(cfg.model, precision=cfg.eval.precision), base_fingerprint(cfg.model)),
+              "tuned": (lambda: Encoder.load(cfg.model, path=str(run.final_encoder()), precision=cfg.eval.precision),
                         "tuned:" + train_manifest["run_id"])}
     results: dict[str, dict] = {s.name: {} for s in sets}
     for label, (load, fingerprint) in models.items():
