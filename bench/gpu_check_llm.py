@@ -1,7 +1,7 @@
 """The GPU check of decoder embedders (issue 15), as one script for a CUDA machine:
 
     python bench/gpu_assets.py .gpu              # here: configs, tokenizers, HPO pairs (no weights)
-    python bench/gpu_check_llm.py --assets .gpu  # there (about 4 minutes on one H100-class GPU)
+    python bench/gpu_check_llm.py --assets .gpu  # there (a few minutes, estimated: not yet run on a GPU)
     python bench/gpu_check_llm.py --assets .gpu --smoke   # here, on CPU: tiny sizes, every code path
 
 1. Gradient equality on CUDA for a tiny Qwen3 (last-token pooling, left padding): tests/dist_gradcheck.py's
