@@ -29,6 +29,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "src"), str(REPO / "tests")]
+from gpu_check import table  # noqa: E402  (bench/gpu_check.py, beside this script)
 
 QWEN3_06B = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
                  num_key_value_heads=8, head_dim=128, vocab_size=151669, max_position_embeddings=32768)
@@ -139,11 +140,6 @@ def plan_vs_measured(folder: Path, work: Path, batch: int, chunk: int, precision
     measured = max(m["train/memory_mb"] for m in metrics) / 1024
     return [(f"{batch} x 256 tokens, chunk {chunk}", f"{predicted:.2f}", f"{measured:.2f}",
              f"{predicted / measured:.3f}")]
-
-
-def table(header: tuple, rows: list[tuple]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
 
 
 def main() -> None:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
 
 from embedtune.errors import EmbedtuneError
+from embedtune.precision import encoding_arithmetic
 
 ATTENTIONS = ("auto", "causal", "bidirectional")
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
@@ -46,14 +48,22 @@ def resolve_attn_implementation(setting: str) -> str:
     return "sdpa"
 
 
-def resolve_dtype(setting: str, full_weights_training: bool) -> torch.dtype:
-    """model.dtype: auto is bf16 weights on a bf16 GPU, except for full fine-tuning outside DeepSpeed (AdamW on
-    bf16 weights loses small updates; DeepSpeed keeps fp32 master weights itself); float32 on CPUs."""
+def auto_dtype(on_bf16_gpu: bool, full_weights_training: bool) -> torch.dtype:
+    """model.dtype=auto: bf16 weights on a bf16 GPU, except for full fine-tuning outside DeepSpeed (AdamW on
+    bf16 weights loses small updates; DeepSpeed keeps fp32 master weights itself); float32 on CPUs. The memory
+    plan asks it for the GPU it plans for."""
+    return torch.bfloat16 if on_bf16_gpu and not full_weights_training else torch.float32
+
+
+def resolve_dtype(setting: str, full_weights_training: bool, encoding_precision: Optional[str] = None) -> torch.dtype:
+    """model.dtype on this machine. `encoding_precision`: an encoding stage's eval.precision; one that resolves
+    to fp32 keeps auto's weights in fp32 (else a bf16 GPU would encode in bf16 whatever was asked)."""
     if setting not in DTYPES:
         raise EmbedtuneError(f"model.dtype={setting} is not one of {', '.join(DTYPES)}")
     if setting == "auto":
-        gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if gpu_bf16 and not full_weights_training else torch.float32
+        if encoding_precision is not None and encoding_arithmetic(encoding_precision) == "fp32":
+            return torch.float32
+        return auto_dtype(torch.cuda.is_available() and torch.cuda.is_bf16_supported(), full_weights_training)
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[setting]
 
 

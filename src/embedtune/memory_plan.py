@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 import yaml
 
+from embedtune.backbone import auto_dtype
 from embedtune.errors import EmbedtuneError
 from embedtune.gradcache import length_chunks
 from embedtune.memory_sim import StepActivations, fake_copy, layer_count, meta_backbone, simulate_step
@@ -124,8 +125,8 @@ def weight_dtype(cfg, t: Target, stage: int) -> str:
         return "bfloat16"  # DeepSpeed runs the module in 16 bits (fp32 masters sit in the optimizer)
     if cfg.model.dtype != "auto":
         return cfg.model.dtype
-    full_outside_deepspeed = not cfg.peft.enabled and stage == 0
-    return "bfloat16" if t.device == "cuda" and not full_outside_deepspeed else "float32"
+    auto = auto_dtype(on_bf16_gpu=t.device == "cuda", full_weights_training=not cfg.peft.enabled and stage == 0)
+    return "bfloat16" if auto == torch.bfloat16 else "float32"
 
 
 def model_states(cfg, c: ParamCounts, t: Target, stage: int) -> dict[str, int]:
@@ -210,7 +211,7 @@ class Plan:
     activations: dict[bool, StepActivations]   # checkpointing -> activations of the step's chunks
     loss_bytes: int                            # embeddings cached for the loss, scores, their gradients
     chunks: list[tuple[int, int]]              # (texts, tokens) of the chunks simulated
-    fits: dict[bool, Optional[int]]            # checkpointing -> largest chunk_size that fits (0: not even 1)
+    fits: dict[bool, int]                      # checkpointing -> largest chunk_size that fits (0: not even 1)
     budget: int
 
     def peak(self, checkpointing: bool, stage: Optional[int] = None,
@@ -276,18 +277,20 @@ def _largest_chunk(cfg, plan: Plan, simulate: Simulator, local_queries: int, che
     chunk, nearly on a line (every tensor is per text): the line's answer, then bisection to the exact one."""
     most = local_queries * (1 + cfg.train.hard_negatives)  # larger chunks change nothing
 
+    @functools.lru_cache(maxsize=None)
+    def peak(size: int) -> int:
+        return plan.peak(checkpointing, activations=simulate(_chunks(cfg, local_queries, size, multiple)))
+
     def fits(size: int) -> bool:
-        return plan.peak(checkpointing, activations=simulate(_chunks(cfg, local_queries, size, multiple))) \
-            <= plan.budget
+        return peak(size) <= plan.budget
 
     if not fits(1):
         return 0
     at = min(cfg.train.chunk_size, most)
-    one = plan.peak(checkpointing, activations=simulate(_chunks(cfg, local_queries, 1, multiple)))
-    slope = (plan.peak(checkpointing) - one) / (at - 1) if at > 1 else 0
-    guess = min(most, max(1, int(1 + (plan.budget - one) / slope))) if slope > 0 else most
+    slope = (plan.peak(checkpointing) - peak(1)) / (at - 1) if at > 1 else 0
+    guess = min(most, max(1, int(1 + (plan.budget - peak(1)) / slope))) if slope > 0 else most
     lo, hi = (guess, most + 1) if fits(guess) else (1, guess)  # fits(lo); hi does not fit (or is past most)
-    if lo < most and hi > lo + 1 and not fits(lo + 1):
+    if lo < most and not fits(lo + 1):  # the line is nearly exact: usually its answer is the answer
         return lo
     while hi - lo > 1:
         mid = (lo + hi) // 2

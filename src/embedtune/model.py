@@ -18,7 +18,6 @@ from embedtune.distributed import local_rank
 from embedtune.errors import EmbedtuneError
 from embedtune.inputs import ensure_eos, prompt_length, render_prefix
 from embedtune.manifest import fingerprint as config_fingerprint
-from embedtune.precision import encoding_arithmetic
 
 ENCODER_CONFIG = "embedtune_encoder.json"
 POOLINGS = ("mean", "cls", "last")
@@ -113,8 +112,7 @@ class Encoder(nn.Module):
              precision: Optional[str] = None) -> "Encoder":
         """The base model of `cfg`, or a saved encoder folder at `path` (its own settings win).
         `full_weights_training`: every weight will be trained outside DeepSpeed (model.dtype=auto keeps fp32).
-        `precision`: an encoding stage's eval.precision; one that resolves to fp32 keeps model.dtype=auto's
-        weights in fp32 (else a bf16 GPU would load them in bf16 and encode in bf16 whatever was asked).
+        `precision`: an encoding stage's eval.precision (fp32 keeps model.dtype=auto's weights fp32).
         `backbone_loader(source, dtype, attn_implementation)`: the memory plan builds a weightless one."""
         if path is not None:
             settings = Path(path) / ENCODER_CONFIG
@@ -137,10 +135,8 @@ class Encoder(nn.Module):
                                  f"model.pooling={pooling} set it to true")
         if cfg.padding_side not in ("auto", "left", "right"):
             raise EmbedtuneError(f"model.padding_side={cfg.padding_side} is not auto, left or right")
-        dtype = resolve_dtype(cfg.dtype, full_weights_training)
-        if precision is not None and cfg.dtype == "auto" and encoding_arithmetic(precision) == "fp32":
-            dtype = torch.float32
-        backbone = backbone_loader(source, dtype, cfg.attn_implementation)
+        backbone = backbone_loader(source, resolve_dtype(cfg.dtype, full_weights_training, precision),
+                                   cfg.attn_implementation)
         set_attention(backbone, cfg.attention)
         try:
             # padding_side as a constructor argument: saved with the tokenizer (a later attribute change is not)
