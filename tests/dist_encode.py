@@ -19,3 +19,4 @@ torch.distributed.all_gather(gathered, emb)
 assert torch.equal(gathered[0], gathered[1]), "ranks disagree"
 if torch.distributed.get_rank() == 0:
     torch.save({"texts": texts, "emb": emb}, out)
+torch.distributed.destroy_process_group()  # gloo's threads left running at exit can abort a rank
