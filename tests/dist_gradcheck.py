@@ -22,13 +22,18 @@ from embedtune.train import TrainConfig, TrainData
 WORDS = "gene protein heart lung kidney liver brain blood cell disease fever pain river city".split()
 
 
-def toy_data(cfg: TrainConfig, world: int = 1) -> TrainData:
-    """10 rows with texts of many lengths, 0 to 3 hard negatives each, and two queries sharing a passage."""
+def toy_data(cfg: TrainConfig, world: int = 1, teacher: bool = False) -> TrainData:
+    """10 rows with texts of many lengths, 0 to 3 hard negatives each, and two queries sharing a passage;
+    with `teacher`, teacher scores for every positive and negative (as the score stage writes them)."""
     n = 10
     passages = {f"p{i}": " ".join(WORDS[(i + k) % len(WORDS)] for k in range(3 + 4 * i)) for i in range(n)}
     queries = {f"q{i}": " ".join(WORDS[(2 * i + k) % len(WORDS)] for k in range(1 + i % 4)) for i in range(n)}
     rows = [{"query_id": f"q{i}", "passage_id": "p3" if i == 7 else f"p{i}",
              "negative_ids": [f"p{(i + k) % n}" for k in range(1, 1 + i % 4)]} for i in range(n)]
+    if teacher:
+        for i, r in enumerate(rows):
+            r["positive_teacher_score"] = 0.9 - 0.02 * i
+            r["negative_teacher_scores"] = [0.1 * ((i + k) % 7) for k in range(len(r["negative_ids"]))]
     return TrainData(rows, queries, passages, cfg, world)
 
 
@@ -49,19 +54,23 @@ def build_encoder(model_dir: str, lora: bool, decoder: bool = False) -> Encoder:
     return encoder
 
 
-def loss_config(matryoshka: bool, symmetric: bool = True) -> LossConfig:
-    return LossConfig(temperature=0.1, symmetric=symmetric, matryoshka_dims=[32, 16, 8] if matryoshka else None)
+def loss_config(matryoshka: bool, symmetric: bool = True, distill: bool = False) -> LossConfig:
+    weights = {"margin_mse_weight": 2.0, "kl_weight": 0.5, "kl_temperature": 0.2} if distill else {}
+    return LossConfig(temperature=0.1, symmetric=symmetric, matryoshka_dims=[32, 16, 8] if matryoshka else None,
+                      **weights)
 
 
 def reference_grads(model_dir: str, lora: bool, matryoshka: bool, batch_size: int,
-                    decoder: bool = False) -> tuple[dict, dict, float]:
+                    decoder: bool = False, distill: bool = False) -> tuple[dict, dict, float]:
     """(initial params, their gradients, loss): one process, whole global batch, one forward per side."""
     encoder = build_encoder(model_dir, lora, decoder).train()
-    batch = toy_data(TrainConfig(batch_size=batch_size, hard_negatives=2)).batch(0)
+    batch = toy_data(TrainConfig(batch_size=batch_size, hard_negatives=2), teacher=distill).batch(0)
     q = encoder(encoder.tokenize(batch["queries"], "query"))
     c = encoder(encoder.tokenize(batch["candidates"], "passage"))
     scored = ScoredBatch.local(q, c, batch["query_pids"], batch["candidate_pids"])
-    loss_sum, total = local_loss_sum(scored, loss_config(matryoshka), normalize=True), scored.total_queries
+    scored.teacher, scored.teacher_columns = batch.get("teacher"), batch.get("teacher_columns")
+    loss_sum = local_loss_sum(scored, loss_config(matryoshka, distill=distill), normalize=True)
+    total = scored.total_queries
     (loss_sum / total).backward()
     params = {n: p.detach().clone() for n, p in encoder.named_parameters() if p.requires_grad}
     grads = {n: torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
@@ -69,12 +78,13 @@ def reference_grads(model_dir: str, lora: bool, matryoshka: bool, batch_size: in
     return params, grads, float(loss_sum.detach() / total)
 
 
-def compare(out: Path, model_dir: str, lora: bool = False, matryoshka: bool = False, decoder: bool = False) -> dict:
+def compare(out: Path, model_dir: str, lora: bool = False, matryoshka: bool = False, decoder: bool = False,
+            distill: bool = False) -> dict:
     """How far the step written in `out` is from the fp32 full-batch reference: relative error of the
     whole update vector, largest element error, loss difference, reference gradient norm."""
     from safetensors.torch import load_file
 
-    params, grads, loss = reference_grads(model_dir, lora, matryoshka, 8, decoder)
+    params, grads, loss = reference_grads(model_dir, lora, matryoshka, 8, decoder, distill)
     after = load_file(str(Path(out) / "after.safetensors"))
     info = json.loads((Path(out) / "info.json").read_text())
     if set(after) != set(params):
@@ -112,8 +122,9 @@ def run_case(args):
     encoder, optimizer = accelerator.prepare(encoder, optimizer)
     encoder.train()
 
-    data = toy_data(cfg, accelerator.num_processes)
-    loss, tokens = contrastive_step(encoder, data.batch(0, accelerator.process_index), loss_config(args.matryoshka),
+    data = toy_data(cfg, accelerator.num_processes, teacher=args.distill)
+    loss, tokens = contrastive_step(encoder, data.batch(0, accelerator.process_index),
+                                    loss_config(args.matryoshka, distill=args.distill),
                                     accelerator, cfg.chunk_size, cfg.grad_cache, normalize=True)
     optimizer.step()
     optimizer.zero_grad()
@@ -152,6 +163,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--lora", action="store_true")
     ap.add_argument("--decoder", action="store_true", help="last-token pooling, left padding")
     ap.add_argument("--matryoshka", action="store_true")
+    ap.add_argument("--distill", action="store_true", help="MarginMSE + listwise KL on teacher scores, with InfoNCE")
     ap.add_argument("--no-cache", action="store_true")
     ap.add_argument("--checkpointing", action="store_true")
     ap.add_argument("--chunk", type=int, default=3)

@@ -1,6 +1,8 @@
 """Gradient caching: cached gradients equal full-batch gradients, on 1 process, DDP x2 and DeepSpeed
 ZeRO-1/2/3 x2 (gloo on CPU), with LoRA and with Matryoshka, for the tiny BERT and for a tiny Llama and a tiny
-Qwen3 (last-token pooling, left padding, LoRA on every projection); RNG replay reproduces dropout.
+Qwen3 (last-token pooling, left padding, LoRA on every projection), and with distillation (MarginMSE + listwise
+KL on teacher scores beside InfoNCE: each rank's lists point into the gathered candidates); RNG replay
+reproduces dropout.
 
 Each distributed case runs tests/dist_gradcheck.py under `accelerate launch` with the repository's launch
 configs: one step of SGD with lr=1 and no clipping, so every parameter moves by minus its gradient, which
@@ -41,8 +43,8 @@ def no_dropout_model(tiny_model_dir, tmp_path_factory):
     return folder
 
 
-def check_update(out, model, lora=False, matryoshka=False, decoder=False) -> dict:
-    result = compare(out, str(model), lora, matryoshka, decoder)
+def check_update(out, model, lora=False, matryoshka=False, decoder=False, distill=False) -> dict:
+    result = compare(out, str(model), lora, matryoshka, decoder, distill)
     grads, params = result["grads"], result["params"]
     assert result["grad_norm"] > 1e-3, "the reference gradient is (near) zero: the comparison would prove nothing"
     if lora:
@@ -94,11 +96,14 @@ def test_rng_replay_reproduces_dropout(tiny_model_dir):
 
 # ---------------------------------------------------------------- one process
 
-@pytest.mark.parametrize("flags", [[], ["--matryoshka"], ["--lora"], ["--no-cache"], ["--lora", "--checkpointing"]],
-                         ids=["cached", "matryoshka", "lora", "length-chunks-no-cache", "lora-grad-checkpointing"])
+@pytest.mark.parametrize("flags", [[], ["--matryoshka"], ["--lora"], ["--no-cache"], ["--lora", "--checkpointing"],
+                                   ["--distill"], ["--distill", "--matryoshka"]],
+                         ids=["cached", "matryoshka", "lora", "length-chunks-no-cache", "lora-grad-checkpointing",
+                              "distill", "distill-matryoshka"])
 def test_one_process_equals_full_batch(tmp_path, no_dropout_model, flags):
     out = run_gradcheck(tmp_path, no_dropout_model, *flags)
-    info = check_update(out, no_dropout_model, lora="--lora" in flags, matryoshka="--matryoshka" in flags)
+    info = check_update(out, no_dropout_model, lora="--lora" in flags, matryoshka="--matryoshka" in flags,
+                        distill="--distill" in flags)
     assert info["processes"] == 1
 
 
@@ -125,8 +130,9 @@ CASES = {  # name -> (model fixture, flags); each launch below runs the cases it
     "qwen3": ("tiny_qwen3_dir", ["--decoder"]),
     "llama-lora": ("tiny_llama_dir", ["--decoder", "--lora"]),
     "qwen3-lora": ("tiny_qwen3_dir", ["--decoder", "--lora"]),
+    "bert-distill": ("no_dropout_model", ["--distill"]),  # MarginMSE + KL + InfoNCE on teacher scores
 }
-LAUNCHES = {"ddp": (0, ["bert", "bert-lora", "llama", "qwen3"]), "zero3": (3, list(CASES))}
+LAUNCHES = {"ddp": (0, ["bert", "bert-lora", "llama", "qwen3", "bert-distill"]), "zero3": (3, list(CASES))}
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +166,7 @@ def launched(request, tmp_path_factory):
 def test_two_processes_equal_full_batch(launched, launch, case):
     out, model = launched(launch)[case]
     flags = CASES[case][1]
-    info = check_update(out, model, lora="--lora" in flags, decoder="--decoder" in flags)
+    info = check_update(out, model, lora="--lora" in flags, decoder="--decoder" in flags, distill="--distill" in flags)
     assert info["processes"] == 2
     if launch == "ddp":
         assert info["distributed_type"].endswith("MULTI_CPU")

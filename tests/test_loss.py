@@ -169,3 +169,73 @@ def test_backward_scale_undoes_data_parallel_averaging_and_accumulation_division
     assert backward_scale(1, 32, 1) == 1 / 32               # one process: the mean
     assert backward_scale(4, 128, 1) == 4 / 128             # DDP/DeepSpeed average over 4 ranks
     assert backward_scale(4, 128, 2) == 8 / 128             # accelerate also divides by its 2 micro-steps
+
+
+# ---------------------------------------------------------------- distillation (MarginMSE, listwise KL)
+
+from embedtune.loss import LossConfig, ScoredBatch, local_loss_sum  # noqa: E402
+
+
+def distill_batch(teacher, columns) -> ScoredBatch:
+    batch = ScoredBatch.local(Q, C, QP, CP)
+    batch.teacher = torch.tensor(teacher, dtype=torch.float64)
+    batch.teacher_columns = torch.tensor(columns)
+    return batch
+
+
+# query 0: positive C0, negatives C2, C3; query 1: positive C1, negative C3, one slot empty
+TEACHER = [[0.9, 0.4, 0.1], [0.7, 0.2, float("nan")]]
+COLUMNS = [[0, 2, 3], [1, 3, -1]]
+
+
+def test_margin_mse_equals_hand_computed_value():
+    cfg = LossConfig(infonce_weight=0.0, margin_mse_weight=1.0, teacher_scale=2.0)
+    got = float(local_loss_sum(distill_batch(TEACHER, COLUMNS), cfg, normalize=True))
+    s = [[dot(Q[0], C[j]) for j in (0, 2, 3)], [dot(Q[1], C[j]) for j in (1, 3)]]
+    q0 = ((s[0][0] - s[0][1] - 2 * (0.9 - 0.4)) ** 2 + (s[0][0] - s[0][2] - 2 * (0.9 - 0.1)) ** 2) / 2
+    q1 = (s[1][0] - s[1][1] - 2 * (0.7 - 0.2)) ** 2  # the empty slot is not a negative
+    assert got == pytest.approx(q0 + q1, rel=1e-12)
+
+
+def test_listwise_kl_equals_hand_computed_value():
+    t, tt = 0.1, 0.5
+    cfg = LossConfig(temperature=t, infonce_weight=0.0, kl_weight=1.0, kl_temperature=tt)
+    got = float(local_loss_sum(distill_batch(TEACHER, COLUMNS), cfg, normalize=True))
+
+    def kl(teacher: list[float], student: list[float]) -> float:
+        p = [math.exp(x / tt) for x in teacher]
+        p = [x / sum(p) for x in p]
+        q = [math.exp(x / t) for x in student]
+        q = [x / sum(q) for x in q]
+        return sum(a * math.log(a / b) for a, b in zip(p, q))
+    expected = (kl([0.9, 0.4, 0.1], [dot(Q[0], C[j]) for j in (0, 2, 3)])
+                + kl([0.7, 0.2], [dot(Q[1], C[j]) for j in (1, 3)]))
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_distillation_adds_to_infonce_by_weight_and_its_gradient_is_finite():
+    q, c = Q.clone().requires_grad_(), C.clone().requires_grad_()
+    batch = distill_batch(TEACHER, COLUMNS)
+    batch.queries, batch.candidates = q, c
+    both = LossConfig(temperature=0.1, margin_mse_weight=0.3, kl_weight=0.7)
+    total = local_loss_sum(batch, both, normalize=True)
+    parts = [float(local_loss_sum(batch, LossConfig(temperature=0.1, **w), normalize=True)) for w in (
+        {}, {"infonce_weight": 0.0, "margin_mse_weight": 1.0}, {"infonce_weight": 0.0, "kl_weight": 1.0})]
+    assert float(total) == pytest.approx(parts[0] + 0.3 * parts[1] + 0.7 * parts[2], rel=1e-12)
+    total.backward()
+    assert torch.isfinite(q.grad).all() and torch.isfinite(c.grad).all()  # absent entries give no nan
+    assert float(q.grad.abs().sum()) > 0
+
+
+def test_a_query_without_scored_negatives_adds_no_distillation():
+    cfg = LossConfig(infonce_weight=0.0, margin_mse_weight=1.0, kl_weight=1.0)
+    lonely = distill_batch([[0.9, float("nan")], [0.7, 0.2]], [[0, -1], [1, 3]])
+    only_second = distill_batch([[0.7, 0.2]], [[1, 3]])
+    only_second.queries, only_second.query_pids, only_second.positive = Q[1:], QP[1:], POS[1:]
+    assert float(local_loss_sum(lonely, cfg, True)) == pytest.approx(float(local_loss_sum(only_second, cfg, True)))
+    assert float(local_loss_sum(lonely, cfg, True)) > 0
+
+
+def test_distillation_without_teacher_scores_is_an_error():
+    with pytest.raises(ValueError, match="teacher scores"):
+        local_loss_sum(ScoredBatch.local(Q, C, QP, CP), LossConfig(margin_mse_weight=1.0), True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -92,18 +93,24 @@ def _assemble(chunks: list[Chunk], embeddings: list[torch.Tensor], kind: str, n:
 
 
 def scored_batch(queries: torch.Tensor, candidates: torch.Tensor, query_pids: torch.Tensor,
-                 candidate_pids: torch.Tensor, cfg: LossConfig) -> ScoredBatch:
+                 candidate_pids: torch.Tensor, cfg: LossConfig, teacher: Optional[torch.Tensor] = None,
+                 teacher_columns: Optional[torch.Tensor] = None) -> ScoredBatch:
     """This rank's queries and what they are scored against: with cross_device, every rank's candidates
-    (gathered with gradient), else this rank's own. On every rank candidates[i] is queries[i]'s positive."""
+    (gathered with gradient), else this rank's own. On every rank candidates[i] is queries[i]'s positive.
+    `teacher_columns` index this rank's own candidates; they are moved to where those sit in the gather."""
     device = queries.device
     query_sizes = gather_sizes(len(queries), device)
     if not (cfg.cross_device and group_size() > 1):
         return ScoredBatch(queries, query_pids, candidates, candidate_pids, torch.arange(len(queries), device=device),
-                           sum(query_sizes))
+                           sum(query_sizes), teacher=teacher, teacher_columns=teacher_columns)
     rank, candidate_sizes = group_rank(), gather_sizes(len(candidates), device)
-    positive = torch.arange(len(queries), device=device) + sum(candidate_sizes[:rank])
+    offset = sum(candidate_sizes[:rank])
+    positive = torch.arange(len(queries), device=device) + offset
+    if teacher_columns is not None:
+        teacher_columns = torch.where(teacher_columns >= 0, teacher_columns + offset, teacher_columns)
     batch = ScoredBatch(queries, query_pids, gather_with_grad(candidates, candidate_sizes),
-                        gather_with_grad(candidate_pids, candidate_sizes), positive, sum(query_sizes))
+                        gather_with_grad(candidate_pids, candidate_sizes), positive, sum(query_sizes),
+                        teacher=teacher, teacher_columns=teacher_columns)
     if cfg.symmetric:
         batch.all_queries = gather_with_grad(queries, query_sizes)
         batch.all_query_pids = gather_with_grad(query_pids, query_sizes)
@@ -141,8 +148,11 @@ def contrastive_step(encoder, batch: dict, loss_cfg: LossConfig, accelerator, ch
     kwargs, divisor = _backward_kwargs(accelerator)
     world = accelerator.num_processes
 
+    teacher = batch["teacher"].to(device) if "teacher" in batch else None
+    columns = batch["teacher_columns"].to(device) if "teacher_columns" in batch else None
+
     def loss_of(q, c) -> tuple[torch.Tensor, int]:
-        scored = scored_batch(q.float(), c.float(), q_pids, c_pids, loss_cfg)
+        scored = scored_batch(q.float(), c.float(), q_pids, c_pids, loss_cfg, teacher, columns)
         return local_loss_sum(scored, loss_cfg, normalize), scored.total_queries
 
     if not grad_cache:

@@ -1,10 +1,17 @@
-"""Contrastive losses on embeddings: pure math on tensors (no model, no data loading, no collectives).
+"""Contrastive and distillation losses on embeddings: pure math on tensors (no model, no data loading, no
+collectives).
 
 The global batch of a step is spread over ranks. Each rank holds its own queries and candidates (its
 queries' positives first, then their hard negatives). The caller (gradcache.py, through
 distributed.gather_with_grad) hands the loss a `ScoredBatch`: this rank's queries against the candidates of
 every rank when `cross_device`, so every query is scored against the whole global batch; the gradient a rank
 computes for another rank's candidate is summed back to its owner by that gather.
+
+Distillation (when a teacher scored the pairs, `embedtune score`): each query's own list (its positive and
+its hard negatives) carries teacher scores. MarginMSE (Hofstaetter et al. 2020, as in GPL) matches the
+student's margins s(q, p) - s(q, n) (cosine) to the teacher's, times `teacher_scale`; listwise KL matches
+softmax(student cosine / temperature) over the list to softmax(teacher / kl_temperature). Both are per-query
+terms added to InfoNCE by weight, so the same scaling rule, gradient caching and cross-device gather apply.
 """
 
 from __future__ import annotations
@@ -23,6 +30,16 @@ class LossConfig:
     symmetric: bool = False                # also score each positive passage against all queries
     cross_device: bool = True              # negatives from every rank's candidates (all-gathered)
     matryoshka_dims: Optional[list[int]] = None  # e.g. [384, 256, 128, 64]: mean loss over truncated dims
+    infonce_weight: float = 1.0            # weight of InfoNCE in the per-query loss (0: distillation only)
+    margin_mse_weight: float = 0.0         # MarginMSE on the teacher's scores (needs `embedtune score`)
+    kl_weight: float = 0.0                 # listwise KL to the teacher's softmax (needs `embedtune score`)
+    kl_temperature: float = 1.0            # the teacher's softmax temperature, in its own score units
+    teacher_scale: float = 1.0             # MarginMSE: teacher margins times this meet cosine margins (a
+                                           # bi-encoder or P(yes) teacher: 1; cross-encoder logits: ~0.1)
+
+    @property
+    def distills(self) -> bool:
+        return self.margin_mse_weight > 0 or self.kl_weight > 0
 
 
 @dataclass
@@ -39,6 +56,9 @@ class ScoredBatch:
     all_queries: Optional[torch.Tensor] = None      # [B, d] every rank's queries (symmetric term)
     all_query_pids: Optional[torch.Tensor] = None
     query_offset: int = 0                 # index of queries[0] in all_queries
+    teacher: Optional[torch.Tensor] = None          # [B_r, L] teacher scores of each query's list (nan: none)
+    teacher_columns: Optional[torch.Tensor] = None  # [B_r, L] their indices in candidates (-1: none);
+                                                    # column 0 is the positive
 
     @classmethod
     def local(cls, queries: torch.Tensor, candidates: torch.Tensor, query_pids: torch.Tensor,
@@ -88,6 +108,31 @@ def info_nce(queries: torch.Tensor, candidates: torch.Tensor, positive: torch.Te
                          symmetric) / len(positive)
 
 
+def _distill_sum(queries: torch.Tensor, candidates: torch.Tensor, columns: torch.Tensor, teacher: torch.Tensor,
+                 cfg: LossConfig) -> torch.Tensor:
+    """Sum over the queries of margin_mse_weight x MarginMSE + kl_weight x KL(teacher || student), each on the
+    query's own list (positive first, then its hard negatives; entries with column -1 are absent)."""
+    present = (columns >= 0) & torch.isfinite(teacher)
+    student = (queries[:, None, :] * candidates[columns.clamp(min=0)]).sum(-1)  # [B, L] cosine (normalised)
+    teacher = torch.where(present, teacher, torch.zeros_like(teacher))
+    total = queries.new_zeros(())
+    negatives = present[:, 1:] & present[:, :1]
+    if cfg.margin_mse_weight > 0 and columns.shape[1] > 1:
+        gap = (student[:, :1] - student[:, 1:]) - cfg.teacher_scale * (teacher[:, :1] - teacher[:, 1:])
+        per_query = (gap.pow(2) * negatives).sum(1) / negatives.sum(1).clamp(min=1)  # mean over its negatives
+        total = total + cfg.margin_mse_weight * per_query.sum()
+    if cfg.kl_weight > 0:
+        listed = present & negatives.any(1, keepdim=True)  # a list of one says nothing
+        neg_inf, zero = torch.full_like(student, float("-inf")), torch.zeros_like(student)
+        log_student = torch.where(listed, student / cfg.temperature, neg_inf).log_softmax(1)
+        log_teacher = torch.where(listed, teacher / cfg.kl_temperature, neg_inf).log_softmax(1)
+        # absent entries become 0 before any product: 0 x (-inf) would be nan, in the gradient too
+        log_student, log_teacher = torch.where(listed, log_student, zero), torch.where(listed, log_teacher, zero)
+        probability = torch.where(listed, log_teacher.exp(), zero)
+        total = total + cfg.kl_weight * (probability * (log_teacher - log_student)).sum()
+    return total
+
+
 def _truncate(embeddings: torch.Tensor, dim: int, normalize: bool) -> torch.Tensor:
     head = embeddings[:, :dim]
     return F.normalize(head, dim=-1) if normalize else head
@@ -105,8 +150,14 @@ def local_loss_sum(batch: ScoredBatch, cfg: LossConfig, normalize: bool) -> torc
         full = dim == q.shape[-1]
         tq, tc = (q, c) if full else (_truncate(q, dim, normalize), _truncate(c, dim, normalize))
         tq_all = q_all if (full or q_all is None) else _truncate(q_all, dim, normalize)
-        loss = loss + _info_nce_sum(tq, tc, batch.positive, batch.query_pids, batch.candidate_pids,
-                                    cfg.temperature, cfg.symmetric, tq_all, batch.all_query_pids, batch.query_offset)
+        if cfg.infonce_weight:
+            loss = loss + cfg.infonce_weight * _info_nce_sum(
+                tq, tc, batch.positive, batch.query_pids, batch.candidate_pids, cfg.temperature, cfg.symmetric,
+                tq_all, batch.all_query_pids, batch.query_offset)
+        if cfg.distills:
+            if batch.teacher is None:
+                raise ValueError("loss.margin_mse_weight / loss.kl_weight need teacher scores in the batch")
+            loss = loss + _distill_sum(tq, tc, batch.teacher_columns, batch.teacher.to(tq.dtype), cfg)
     return loss / len(dims)
 
 

@@ -98,21 +98,40 @@ class TrainData:
         rows = self.global_rows(step)
         global_size = len(rows)
         g = torch.Generator().manual_seed(self.cfg.seed * 7919 + step)
-        negatives = []  # drawn for the whole global batch, so the draw does not depend on the rank
+        picks = []  # drawn for the whole global batch, so the draw does not depend on the rank
         for r in rows:
-            ids = list(r["negative_ids"])
-            if len(ids) > self.cfg.hard_negatives:
-                pick = torch.randperm(len(ids), generator=g)[:self.cfg.hard_negatives].tolist()
-                ids = [ids[i] for i in sorted(pick)]
-            negatives.append(ids)
+            pick = list(range(len(r["negative_ids"])))
+            if len(pick) > self.cfg.hard_negatives:
+                pick = sorted(torch.randperm(len(pick), generator=g)[:self.cfg.hard_negatives].tolist())
+            picks.append(pick)
         share = range(rank, len(rows), self.world)  # this rank's rows of the global batch
-        rows, negatives = [rows[i] for i in share], [n for i in share for n in negatives[i]]
+        rows, picks = [rows[i] for i in share], [picks[i] for i in share]
+        negatives = [r["negative_ids"][i] for r, pick in zip(rows, picks) for i in pick]
         candidate_ids = [r["passage_id"] for r in rows] + negatives
-        return {"queries": [self.queries[r["query_id"]] for r in rows],
-                "candidates": [self.passages[p] for p in candidate_ids],
-                "query_pids": torch.tensor([passage_hash(r["passage_id"]) for r in rows]),
-                "candidate_pids": torch.tensor([passage_hash(p) for p in candidate_ids]),
-                "global_size": global_size}
+        batch = {"queries": [self.queries[r["query_id"]] for r in rows],
+                 "candidates": [self.passages[p] for p in candidate_ids],
+                 "query_pids": torch.tensor([passage_hash(r["passage_id"]) for r in rows]),
+                 "candidate_pids": torch.tensor([passage_hash(p) for p in candidate_ids]),
+                 "global_size": global_size}
+        if rows and rows[0].get("negative_teacher_scores") is not None:  # the score stage ran
+            batch.update(teacher_lists(rows, picks, self.cfg.hard_negatives))
+        return batch
+
+
+def teacher_lists(rows: list[dict], picks: list[list[int]], hard_negatives: int) -> dict:
+    """Per query of this rank: teacher scores of its positive and its chosen negatives ([B, 1 + H], nan
+    where it has fewer) and their indices among this rank's candidates (positives first, then every row's
+    negatives in row order; -1 where absent)."""
+    width = 1 + hard_negatives
+    scores = torch.full((len(rows), width), float("nan"))
+    columns = torch.full((len(rows), width), -1, dtype=torch.long)
+    next_negative = len(rows)
+    for n, (r, pick) in enumerate(zip(rows, picks)):
+        scores[n, 0], columns[n, 0] = r["positive_teacher_score"], n
+        for j, i in enumerate(pick):
+            scores[n, 1 + j], columns[n, 1 + j] = r["negative_teacher_scores"][i], next_negative + j
+        next_negative += len(pick)
+    return {"teacher": scores, "teacher_columns": columns}
 
 
 def lr_lambda(total: int, warmup_ratio: float):
