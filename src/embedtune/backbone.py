@@ -78,6 +78,8 @@ def load_backbone(source: str, dtype: torch.dtype, attn_implementation: str) -> 
     except OSError as e:
         raise EmbedtuneError(f"cannot load model '{source}': {e}") from e
     except ValueError as e:  # e.g. an architecture without sdpa or flash-attention support
+        if attn_implementation == "auto" and implementation != "eager":  # auto: the one every model has
+            return load_backbone(source, dtype, "eager")
         raise EmbedtuneError(f"cannot load model '{source}' with model.attn_implementation={implementation}: {e}; "
                              "try model.attn_implementation=eager") from e
     freeze_pooler(backbone)

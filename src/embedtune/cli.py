@@ -31,6 +31,7 @@ stages:
   generate  write synthetic queries for passages (sharded; reruns skip finished shards)
   filter    drop bad queries; split train/dev/test by document
   mine      hard negatives from the base model
+  score     a teacher's scores for every mined pair (teacher=biencoder|cross_encoder|llm; sharded like generate)
   train     contrastive fine-tuning (under `accelerate launch` for several processes)
   eval      base vs tuned on held-out synthetic and human-labelled queries
   export    sentence-transformers folder with a model card

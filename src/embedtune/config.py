@@ -16,6 +16,7 @@ from embedtune.loss import LossConfig
 from embedtune.memory_plan import PlanConfig
 from embedtune.mine import MiningConfig
 from embedtune.model import ModelConfig, PeftConfig
+from embedtune.teacher import TeacherConfig
 from embedtune.tracking import LoggerConfig
 from embedtune.train import TrainConfig
 
@@ -36,6 +37,7 @@ class Config:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)  # `embedtune score` (off with kind=none)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)

@@ -14,9 +14,9 @@ from embedtune.io import read_rows, read_stage_table
 from embedtune.manifest import MANIFEST, Stage, load_manifest
 from embedtune.precision import encoding_arithmetic, train_precision
 
-STAGE_NAMES = ("prepare", "generate", "filter", "mine", "train", "eval", "export")
-UPSTREAM = {"generate": "prepare", "filter": "generate", "mine": "filter", "train": "mine", "eval": "train",
-            "export": "train"}
+STAGE_NAMES = ("prepare", "generate", "filter", "mine", "score", "train", "eval", "export")
+UPSTREAM = {"generate": "prepare", "filter": "generate", "mine": "filter", "score": "mine", "train": "mine",
+            "eval": "train", "export": "train"}
 
 
 class RunFolder:
@@ -27,6 +27,8 @@ class RunFolder:
         self.queries = self.root / "queries"
         self.pairs = self.root / "pairs"
         self.negatives = self.root / "negatives"
+        self.scores = self.root / "scores"
+        self.merged = self.root / "merged"
         self.checkpoints = self.root / "checkpoints"
         self.model = self.root / "model"
         self.eval = self.root / "eval"
@@ -48,7 +50,11 @@ class RunFolder:
 
     def folder(self, stage: str) -> Path:
         return {"prepare": self.passages, "generate": self.queries, "filter": self.pairs, "mine": self.negatives,
-                "train": self.checkpoints, "eval": self.eval, "export": self.model}[stage]
+                "score": self.scores, "train": self.checkpoints, "eval": self.eval, "export": self.model}[stage]
+
+    def training_rows(self, cfg: Config) -> Path:
+        """What train reads: the negatives with teacher scores when a teacher ran, else the negatives."""
+        return self.scores / "train.parquet" if cfg.teacher.enabled else self.negatives / "train.parquet"
 
 
 def stage_of(cfg: Config, name: str) -> Stage:
@@ -64,13 +70,19 @@ def stage_of(cfg: Config, name: str) -> Stage:
         return Stage("filter", run.pairs, config, {"queries": load_manifest(run.queries)})
     if name == "mine":
         return Stage("mine", run.negatives, [cfg.mining, cfg.model, encoding], {"pairs": load_manifest(run.pairs)})
+    if name == "score":
+        return Stage("score", run.scores, cfg.teacher, {"negatives": load_manifest(run.negatives)})
     if name == "train":
         precision = train_precision(cfg.train.mixed_precision, launcher_settings().get("mixed_precision", "no"))
         config = [cfg.model, cfg.peft, cfg.loss, cfg.train, precision]  # auto precision: as resolved here
-        return Stage("train", run.checkpoints, config, {"negatives": load_manifest(run.negatives)})
+        inputs = {"negatives": load_manifest(run.negatives)}
+        if cfg.teacher.enabled:
+            inputs["scores"] = load_manifest(run.scores)
+        return Stage("train", run.checkpoints, config, inputs)
     if name == "eval":
         inputs = {"train": load_manifest(run.checkpoints), "pairs": load_manifest(run.pairs)}
-        return Stage("eval", run.eval, [cfg.eval, cfg.model, encoding], inputs)
+        merging = cfg.export.merge_alpha  # eval also reports the merged model (export.merge_alpha)
+        return Stage("eval", run.eval, [cfg.eval, cfg.model, encoding, merging], inputs)
     if name == "export":
         inputs = {"train": load_manifest(run.checkpoints)}
         if (run.eval / MANIFEST).exists():
@@ -104,6 +116,9 @@ def status_lines(cfg: Config) -> list[str]:
     lines = [f"run folder {run.root}"]
     redo: set[str] = set()  # stages `embedtune run` would run again: so would everything after them
     for name in STAGE_NAMES:
+        if name == "score" and not cfg.teacher.enabled:
+            lines.append(f"  {name:<8} off (teacher.kind=none)")
+            continue
         path = run.folder(name) / MANIFEST
         if not path.exists():
             upstream = UPSTREAM.get(name)
@@ -113,7 +128,8 @@ def status_lines(cfg: Config) -> list[str]:
             continue
         manifest = load_manifest(run.folder(name))
         try:
-            state = "done" if stage_of(cfg, name).is_done() and UPSTREAM.get(name) not in redo else "stale"
+            upstream = {UPSTREAM.get(name), "score" if name == "train" else None} - {None}
+            state = "done" if stage_of(cfg, name).is_done() and not upstream & redo else "stale"
         except EmbedtuneError:
             state = "stale"
         if state == "stale":

@@ -3,7 +3,7 @@
 `embedtune train -m loss.temperature=0.02,0.05` (locally, or with hydra/launcher=slurm one SLURM job per
 point) trains each point in ${paths.runs}/${run_name}/points/<point>/, where <point> is the point's overrides
 (Hydra's override_dirname). A point folder starts as hard links to the run's passages, queries, pairs,
-negatives, benchmarks and embedding cache: nothing is copied, and since every file is written by
+negatives, teacher scores, benchmarks and embedding cache: nothing is copied, and since every file is written by
 temp-and-rename, a stage that reruns inside a point replaces its links and never touches the run's files.
 After the last point, SweepReport writes sweep.md / sweep.json / sweep.png into the sweep folder.
 """
@@ -26,7 +26,7 @@ from embedtune.plots import pyplot, save_png
 from embedtune.runs import RunFolder
 from embedtune.tracking import read_metrics
 
-SEEDED = ("passages", "queries", "pairs", "negatives", "benchmarks", "cache")
+SEEDED = ("passages", "queries", "pairs", "negatives", "scores", "benchmarks", "cache")
 RECORD = "point.json"
 
 

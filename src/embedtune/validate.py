@@ -60,6 +60,25 @@ def problems(cfg: Config) -> list[str]:
     need(0 <= corpus.chunk_overlap < corpus.chunk_tokens,
          f"corpus.chunk_overlap={corpus.chunk_overlap} must be in [0, corpus.chunk_tokens={corpus.chunk_tokens})")
     need(cfg.eval.precision in ("auto", "bf16", "fp32"), f"eval.precision={cfg.eval.precision} is not one of auto, bf16, fp32")
+    teacher = cfg.teacher
+    need(teacher.kind in ("none", "cross_encoder", "biencoder", "llm"),
+         f"teacher.kind={teacher.kind} is not one of none, cross_encoder, biencoder, llm")
+    need(teacher.kind not in ("cross_encoder", "biencoder") or bool(teacher.model),
+         f"teacher.kind={teacher.kind} needs teacher.model (a local folder or hub id)")
+    need(teacher.precision in ("auto", "bf16", "fp32"), f"teacher.precision={teacher.precision} is not one of auto, bf16, fp32")
+    for key in ("infonce_weight", "margin_mse_weight", "kl_weight"):
+        need(getattr(loss, key) >= 0, f"loss.{key}={getattr(loss, key)} must be >= 0")
+    need(loss.infonce_weight > 0 or loss.distills, "loss.infonce_weight=0 with no distillation weight: nothing to learn")
+    need(loss.kl_temperature > 0, f"loss.kl_temperature={loss.kl_temperature} must be > 0")
+    need(not loss.distills or teacher.enabled,
+         "loss.margin_mse_weight / loss.kl_weight need teacher scores: choose a teacher (teacher=biencoder "
+         "teacher.model=..., teacher=cross_encoder, teacher=llm), which `embedtune score` runs")
+    need(not (loss.distills and t.hard_negatives == 0),
+         "loss.margin_mse_weight / loss.kl_weight compare each query's positive with its hard negatives: "
+         "train.hard_negatives must be >= 1")
+    alpha = cfg.export.merge_alpha
+    need(alpha in (None, "auto") or _fraction(alpha),
+         f"export.merge_alpha={alpha} must be null, auto, or a number in [0, 1] (the tuned weights' share)")
     found += generator_problems(cfg.generator)
     if peft.enabled:
         need(peft.r >= 1, f"peft.r={peft.r} must be >= 1")
@@ -75,6 +94,13 @@ def problems(cfg: Config) -> list[str]:
         need("{task}" not in getattr(model, key) or bool(model.task),
              f"model.{key} has a {{task}} slot but model.task is empty: set model.task=\"...\"")
     return found
+
+
+def _fraction(value) -> bool:
+    try:
+        return 0 <= float(value) <= 1
+    except (TypeError, ValueError):
+        return False
 
 
 def generator_problems(gen) -> list[str]:

@@ -51,7 +51,8 @@ class OpenAIBackend:
             body["top_p"] = self.cfg.top_p
         return body
 
-    async def _one(self, client, limit: asyncio.Semaphore, prompt: Prompt, seed: int) -> Answer:
+    async def _one(self, client, limit: asyncio.Semaphore, body: dict, parse):
+        """POST `body` with retries; `parse(choice)` reads the first choice (a KeyError etc.: malformed)."""
         import httpx
 
         problem = ""
@@ -61,7 +62,7 @@ class OpenAIBackend:
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))  # jitter: retries do not march in step
             async with limit:
                 try:
-                    response = await client.post(self.url, json=self._body(prompt, seed), headers=self._headers())
+                    response = await client.post(self.url, json=body, headers=self._headers())
                 except httpx.TimeoutException:
                     problem = f"timed out after {self.cfg.timeout_s}s"
                     continue
@@ -74,24 +75,36 @@ class OpenAIBackend:
             if response.status_code != 200:
                 raise EmbedtuneError(f"{self.url}: HTTP {response.status_code}: {response.text[:200]}")
             try:
-                choice = response.json()["choices"][0]
-                return answer_of(choice["message"]["content"] or "", choice.get("finish_reason") == "length")
+                return parse(response.json()["choices"][0])
             except (ValueError, KeyError, IndexError, TypeError):
                 problem = "malformed response body"
         raise EmbedtuneError(f"{self.url}: gave up after {self.cfg.max_retries + 1} attempts ({problem})")
 
-    async def _all(self, prompts: list[Prompt], seed: int) -> list[Answer]:
+    async def _all(self, bodies: list[dict], parse, desc: str) -> list:
         import httpx
 
         limit = asyncio.Semaphore(self.cfg.concurrency)
         timeout = httpx.Timeout(self.cfg.timeout_s)
         async with httpx.AsyncClient(timeout=timeout) as client:
-            with tqdm(total=len(prompts), desc="generate", unit="query", mininterval=2.0) as bar:
-                async def run(i: int, prompt: Prompt) -> Answer:
-                    answer = await self._one(client, limit, prompt, seed + i)
+            with tqdm(total=len(bodies), desc=desc, unit="query", mininterval=2.0) as bar:
+                async def run(body: dict):
+                    answer = await self._one(client, limit, body, parse)
                     bar.update(1)
                     return answer
-                return await asyncio.gather(*(run(i, p) for i, p in enumerate(prompts)))
+                return await asyncio.gather(*(run(b) for b in bodies))
 
     def generate(self, prompts: list[Prompt], seed: int = 0) -> list[Answer]:
-        return asyncio.run(self._all(prompts, seed))
+        def parse(choice) -> Answer:
+            return answer_of(choice["message"]["content"] or "", choice.get("finish_reason") == "length")
+        return asyncio.run(self._all([self._body(p, seed + i) for i, p in enumerate(prompts)], parse, "generate"))
+
+    def yes_no_probabilities(self, prompts: list[Prompt]) -> list[float]:
+        """P(yes) among yes/no of each answer's first token, from the server's top logprobs (a teacher)."""
+        from embedtune.teacher import yes_no_probability
+
+        def parse(choice) -> float:
+            top = choice["logprobs"]["content"][0]["top_logprobs"]
+            return yes_no_probability({t["token"]: float(t["logprob"]) for t in top})
+        bodies = [{**self._body(p, 0), "max_tokens": 1, "temperature": 0.0, "logprobs": True, "top_logprobs": 20}
+                  for p in prompts]
+        return asyncio.run(self._all(bodies, parse, "score: llm"))
