@@ -108,6 +108,12 @@ def group_rank() -> int:
     return dist.get_rank() if group_size() > 1 else 0
 
 
+def barrier() -> None:
+    """Wait until every rank of the joined group gets here (nothing without a group)."""
+    if group_size() > 1:
+        dist.barrier()
+
+
 def collective_device() -> torch.device:
     """Where tensors must sit for this group's collectives: the current GPU under NCCL, else the CPU."""
     if group_size() > 1 and dist.get_backend() == "nccl":

@@ -100,21 +100,31 @@ def markdown_table(results: dict[str, dict[str, dict]]) -> str:
     for name, models in results.items():
         for model, m in models.items():
             lines.append(f"| {name} | {model} | {m['queries']:,} | " + " | ".join(f"{m[k]:.3f}" for k in METRICS) + " |")
-        if "base" in models and "tuned" in models:
-            d = {k: models["tuned"][k] - models["base"][k] for k in METRICS}
-            lines.append(f"| {name} | tuned - base | | " + " | ".join(f"{d[k]:+.3f}" for k in METRICS) + " |")
+        for model in ("tuned", "merged"):
+            if "base" in models and model in models:
+                d = {k: models[model][k] - models["base"][k] for k in METRICS}
+                lines.append(f"| {name} | {model} - base | | " + " | ".join(f"{d[k]:+.3f}" for k in METRICS) + " |")
     return "\n".join(lines) + "\n"
 
 
 def comparisons(results: dict[str, dict[str, dict]]) -> list[dict]:
-    """tuned - base and tuned - bm25 on every set: nDCG@10 difference with its paired-bootstrap 95% interval."""
+    """tuned - base, tuned - bm25 (and merged - base, merged - tuned when merged) on every set: nDCG@10
+    difference with its paired-bootstrap 95% interval."""
     rows = []
     for name, models in results.items():
-        for other in ("base", "bm25"):
-            if "tuned" in models and other in models and "per_query" in models[other]:
-                ci = paired_bootstrap(models[other]["per_query"], models["tuned"]["per_query"])
-                rows.append({"set": name, "comparison": f"tuned - {other}", **ci})
+        for model, other in (("tuned", "base"), ("tuned", "bm25"), ("merged", "base"), ("merged", "tuned")):
+            if model in models and other in models and "per_query" in models[other]:
+                ci = paired_bootstrap(models[other]["per_query"], models[model]["per_query"])
+                rows.append({"set": name, "comparison": f"{model} - {other}", **ci})
     return rows
+
+
+def regressions(compared: list[dict]) -> list[str]:
+    """A warning line for every set where tuned or merged is significantly worse than base (the paired
+    interval is below 0)."""
+    return [f"{r['comparison'].split(' - ')[0]} is significantly worse than base on {r['set']}: nDCG@10 "
+            f"{r['diff']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]"
+            for r in compared if r["comparison"] in ("tuned - base", "merged - base") and r["high"] < 0]
 
 
 def comparison_table(rows: list[dict]) -> str:
@@ -192,7 +202,8 @@ def write_report(folder: Path, heading: str, results: dict[str, dict[str, dict]]
     plots += plot_training(training_metrics, folder / "training.png")
     caveats = "".join(f"{s.name}: {s.missing_documents:,} judgements name documents absent from the corpus "
                       f"(no model can retrieve them; they lower recall).\n\n" for s in sets if s.missing_documents)
-    report = (f"{heading}\n\n{caveats}{table}\n{intervals}\nRecall@k:\n\n{recall_table(results)}\n"
+    warnings = "".join(f"**Warning: {w}.**\n\n" for w in regressions(compared))
+    report = (f"{heading}\n\n{warnings}{caveats}{table}\n{intervals}\nRecall@k:\n\n{recall_table(results)}\n"
               + "".join(f"![{p}]({p})\n" for p in plots))
     with atomic_path(folder / "report.md") as tmp:
         tmp.write_text(report, encoding="utf-8")

@@ -21,6 +21,8 @@ if TYPE_CHECKING:  # the root config imports this module's ExportConfig
 class ExportConfig:
     max_abs_diff: float = 1e-4        # export fails if its embeddings differ more from the trained encoder's
     onnx: bool = True                 # also onnx/sentence_embedding.onnx (needs the onnx + onnxruntime packages)
+    merge_alpha: Optional[str] = None  # export alpha x tuned + (1 - alpha) x base weights (WiSE-FT): a number in
+                                      # [0, 1], auto (the best of merge.GRID on the synthetic dev queries) or null
 
 
 class _Embedder(torch.nn.Module):

@@ -11,12 +11,13 @@ from embedtune.assets import resolve_model
 from embedtune.beir import RetrievalSet
 from embedtune.config import Config
 from embedtune.corpus import chunk_documents, clean_documents, read_documents
-from embedtune.distributed import init_process_group_from_env, is_main
+from embedtune.distributed import barrier, init_process_group_from_env, is_main
 from embedtune.encode import embedding_cache
 from embedtune.errors import EmbedtuneError
 from embedtune.evaluate import (
     comparison_table,
     eval_sets,
+    regressions,
     evaluate_bm25,
     evaluate_set,
     training_evaluator,
@@ -35,6 +36,8 @@ from embedtune.hpo import load_terms, write_beir
 from embedtune.io import read_rows, write_parquet
 from embedtune.judge import judge_queries
 from embedtune.manifest import MANIFEST, load_manifest
+from embedtune.merge import describe as describe_merge
+from embedtune.merge import merged_encoder
 from embedtune.mine import mine_hard_negatives
 from embedtune.model import Encoder, base_fingerprint, on_device, passage_text
 from embedtune.precision import autocast
@@ -45,6 +48,7 @@ from embedtune.query_report import (
     write_query_report,
 )
 from embedtune.runs import RunFolder, skip, stage_of
+from embedtune.score import write_shard_and_merge as score_shard_and_merge
 from embedtune.train import TrainData, TrainJob, run_training
 
 PASSAGE_FILE_ROWS = 100_000
@@ -163,9 +167,28 @@ def mine(cfg: Config) -> dict:
     return stage.finish(counts, files=["train.parquet"])
 
 
+def score(cfg: Config) -> Optional[dict]:
+    """A teacher's scores for the mined pairs (this worker's shard; merged once every shard is there).
+    Off (None, nothing written) with teacher.kind=none."""
+    if not cfg.teacher.enabled:
+        print("score: off (teacher.kind=none)")
+        return None
+    run, stage = RunFolder(cfg), stage_of(cfg, "score")
+    if skip(stage, cfg.force):
+        return load_manifest(run.scores)
+    queries = {r["query_id"]: r["query"] for r in run.read_pairs("train")}
+    passages = {p["id"]: passage_text(p["title"], p["text"]) for p in run.read_passages()}
+    return score_shard_and_merge(cfg.teacher, stage, run.negatives / "train.parquet", queries, passages, cfg.force)
+
+
 def train(cfg: Config) -> dict:
     run = RunFolder(cfg)
     negatives, pairs = load_manifest(run.negatives), load_manifest(run.pairs)
+    if cfg.teacher.enabled:
+        scores = run.scores / MANIFEST
+        if not scores.exists() or load_manifest(run.scores)["inputs"].get("negatives") != negatives.get("run_id"):
+            raise EmbedtuneError(f"{run.scores}: no teacher scores for the current negatives (teacher.kind="
+                                 f"{cfg.teacher.kind}): run `embedtune score` first (or `embedtune run`)")
     if negatives["inputs"].get("pairs") != pairs.get("run_id", pairs["key"]):
         raise EmbedtuneError(f"{run.negatives} was mined from older pairs than {run.pairs} (filter ran again "
                              "since): run `embedtune mine` first (or `embedtune run`, which reruns what is stale)")
@@ -174,7 +197,7 @@ def train(cfg: Config) -> dict:
         return load_manifest(run.checkpoints)
     queries = {r["query_id"]: r["query"] for r in run.read_pairs("train")}
     passages = {p["id"]: passage_text(p["title"], p["text"]) for p in run.read_passages()}
-    data = TrainData(read_rows(run.negatives / "train.parquet"), queries, passages, cfg.train)
+    data = TrainData(read_rows(run.training_rows(cfg)), queries, passages, cfg.train)
     dev = run.read_pairs("dev")
     evaluator = training_evaluator(RetrievalSet("dev", passages, {q["query_id"]: q["query"] for q in dev},
                                                 {q["query_id"]: {q["passage_id"]: 1} for q in dev}),
@@ -205,6 +228,15 @@ def evaluate(cfg: Config) -> dict:
     models = {"base": (lambda: Encoder.load(cfg.model, precision=cfg.eval.precision), base_fingerprint(cfg.model)),
               "tuned": (lambda: Encoder.load(cfg.model, path=str(run.final_encoder()), precision=cfg.eval.precision),
                         "tuned:" + train_manifest["run_id"])}
+    merge_info = None
+    if cfg.export.merge_alpha is not None:  # merging is built (and its alpha chosen) before any rank reads it
+        if not several or is_main():
+            merged_dir, merge_info = merged_encoder(cfg, run)
+        if several:
+            barrier()
+        merged_dir, merge_info = merged_encoder(cfg, run)
+        models["merged"] = (lambda: Encoder.load(cfg.model, path=str(merged_dir), precision=cfg.eval.precision),
+                            "merged:" + merge_info["key"])
     results: dict[str, dict] = {s.name: {} for s in sets}
     for label, (load, fingerprint) in models.items():
         encoder, cache = on_device(load()), embedding_cache(run.cache, fingerprint, cfg.eval.precision)
@@ -219,11 +251,17 @@ def evaluate(cfg: Config) -> dict:
     heading = (f"# embedtune eval: {cfg.run_name}\n\nBase model `{cfg.model.name}` vs tuned "
                f"(`{train_manifest['final']}`). Metrics by trec_eval (pytrec_eval), mean over queries. "
                f"The synthetic training queries, with samples: [{queries_report}]({queries_report}).")
+    if merge_info:
+        heading += " " + describe_merge(merge_info)
     table, compared, plots = write_report(run.eval, heading, results, sets, run.checkpoints / "metrics.jsonl")
     print("\n" + table + ("\n" + comparison_table(compared) if compared else ""))
+    warned = regressions(compared)
+    for line in warned:
+        print(f"eval: warning: {line}")
     counts = {name: next(iter(r.values()))["queries"] for name, r in results.items()}
     judged = {s.name: {"missing_documents": s.missing_documents, "unjudged_queries": s.unjudged_queries} for s in sets}
-    return stage.finish(counts, table=table, plots=plots, sets=judged)
+    extra = {"merge": {k: merge_info[k] for k in ("alpha", "setting", "grid")}} if merge_info else {}
+    return stage.finish(counts, table=table, plots=plots, sets=judged, regressions=warned, **extra)
 
 
 def export(cfg: Config) -> dict:
@@ -234,13 +272,14 @@ def export(cfg: Config) -> dict:
     sample = [passage_text(p["title"], p["text"]) for p in run.read_passages()[:64]]
     card = model_card(cfg, load_manifest(run.pairs), load_manifest(run.passages), load_manifest(run.checkpoints),
                       eval_table)
-    result = export_model(run.final_encoder(), run.model, sample, cfg.export, card)
+    source = merged_encoder(cfg, run)[0] if cfg.export.merge_alpha is not None else run.final_encoder()
+    result = export_model(source, run.model, sample, cfg.export, card)
     onnx = f", ONNX {result['onnx_max_abs_diff']:.1e}" if 'onnx_max_abs_diff' in result else ''
     print(f"export: {run.model} (max |diff| vs trained encoder: sentence-transformers {result['max_abs_diff']:.1e}{onnx})")
     return stage.finish({"texts_checked": result["texts_checked"]}, **result)
 
 
-STAGES = {"prepare": prepare, "generate": generate, "filter": filter_and_split, "mine": mine,
+STAGES = {"prepare": prepare, "generate": generate, "filter": filter_and_split, "mine": mine, "score": score,
           "train": train, "eval": evaluate, "export": export}
 
 
@@ -251,8 +290,8 @@ def run_all(cfg: Config) -> dict:
         started = time.time()
         result = fn(cfg)
         times[name] = time.time() - started
-        if name == "generate" and result is None:
-            raise EmbedtuneError("generate: shards are missing (see above); run them, then `embedtune run` again")
+        if name in ("generate", "score") and result is None and (name == "generate" or cfg.teacher.enabled):
+            raise EmbedtuneError(f"{name}: shards are missing (see above); run them, then `embedtune run` again")
         if name == "train" and result.get("halted"):
             print("run: training stopped before its last step; `embedtune run` again resumes it")
             return times
@@ -266,4 +305,6 @@ def run_all(cfg: Config) -> dict:
     print("stage wall times: " + ", ".join(f"{n} {t:.0f}s" for n, t in times.items())
           + f" (total {sum(times.values()) / 60:.1f} min)")
     print(f"report: {run.eval / 'report.md'}   model: {run.model}")
+    for line in load_manifest(run.eval).get("regressions", []):  # last, where nobody misses it
+        print(f"embedtune run: warning: {line}")
     return times

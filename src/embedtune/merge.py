@@ -1,0 +1,115 @@
+"""Merging with the base (WiSE-FT, Wortsman et al. 2022; LM-Cocktail): weights alpha x tuned + (1 - alpha) x
+base, which keeps more of what the base model knew. export.merge_alpha is a number, or `auto`: the alpha of
+GRID with the best nDCG@10 on the synthetic dev queries (pairs/dev) against their passages and a seeded sample
+of others (ties go to the larger alpha). The merged encoder is saved once per (training run, setting) in
+<run>/merged/ and shared by eval (which reports it beside base and tuned) and export.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from embedtune.beir import RetrievalSet
+from embedtune.encode import NoCache
+from embedtune.errors import EmbedtuneError
+from embedtune.io import atomic_path
+from embedtune.manifest import fingerprint, load_manifest
+from embedtune.model import Encoder, on_device, passage_text
+
+if TYPE_CHECKING:
+    from embedtune.config import Config
+    from embedtune.runs import RunFolder
+
+GRID = (0.25, 0.5, 0.75, 1.0)
+GRID_PASSAGES = 2000  # passages besides the dev positives that the auto grid retrieves from
+INFO = "merge.json"
+
+
+def interpolate(base: Encoder, tuned: Encoder, alpha: float) -> None:
+    """Set `tuned`'s weights to alpha x tuned + (1 - alpha) x base, in place (float weights in float32)."""
+    base_state, tuned_state = base.backbone.state_dict(), tuned.backbone.state_dict()
+    if set(base_state) != set(tuned_state):
+        odd = sorted(set(base_state) ^ set(tuned_state))[:3]
+        raise EmbedtuneError(f"merge: the tuned and base weights do not match (e.g. {odd}): not the same architecture")
+    merged = {}
+    for name, t in tuned_state.items():
+        b = base_state[name]
+        if t.shape != b.shape:
+            raise EmbedtuneError(f"merge: {name} is {tuple(t.shape)} tuned but {tuple(b.shape)} in the base")
+        merged[name] = (alpha * t.float() + (1 - alpha) * b.float().to(t.device)).to(t.dtype) if t.is_floating_point() else t
+    tuned.backbone.load_state_dict(merged)
+
+
+def grid_set(dev: list[dict], passages: list[dict], seed: int = 0) -> RetrievalSet:
+    """The synthetic dev queries against their own passages plus GRID_PASSAGES others (seeded)."""
+    own = {q["passage_id"] for q in dev}
+    others = [p for p in passages if p["id"] not in own]
+    sample = random.Random(seed).sample(others, min(GRID_PASSAGES, len(others)))
+    corpus = {p["id"]: passage_text(p["title"], p["text"]) for p in passages if p["id"] in own}
+    corpus.update({p["id"]: passage_text(p["title"], p["text"]) for p in sample})
+    return RetrievalSet("synthetic dev (merge grid)", corpus, {q["query_id"]: q["query"] for q in dev},
+                        {q["query_id"]: {q["passage_id"]: 1} for q in dev})
+
+
+def choose_alpha(base: Encoder, tuned_dir: Path, data: RetrievalSet, eval_cfg) -> tuple[float, dict[str, float]]:
+    """(best alpha of GRID, nDCG@10 per alpha) on `data`."""
+    from embedtune.evaluate import evaluate_set
+
+    scores = {}
+    for alpha in GRID:
+        tuned = on_device(Encoder.load(None, path=str(tuned_dir), precision=eval_cfg.precision))
+        interpolate(base, tuned, alpha)
+        scores[f"{alpha:g}"] = evaluate_set(tuned, NoCache(), data, eval_cfg, f"merge {alpha:g}")["nDCG@10"]
+        del tuned
+    best = max(GRID, key=lambda a: (round(scores[f"{a:g}"], 6), a))
+    return best, scores
+
+
+def merged_encoder(cfg: Config, run: RunFolder) -> tuple[Path, dict]:
+    """(folder of the merged encoder, {alpha, grid, key}) for export.merge_alpha, built once per training run
+    and setting and reused after."""
+    setting = cfg.export.merge_alpha
+    train = load_manifest(run.checkpoints)
+    key = fingerprint("merge", setting, train["run_id"], cfg.model, cfg.eval.precision,
+                      load_manifest(run.pairs)["run_id"] if setting == "auto" else None)
+    info_path = run.merged / INFO
+    if info_path.exists() and json.loads(info_path.read_text()).get("key") == key:
+        return run.merged / "encoder", json.loads(info_path.read_text())
+    tuned_dir = run.final_encoder()
+    base = on_device(Encoder.load(cfg.model, precision=cfg.eval.precision))
+    grid: dict[str, float] = {}
+    if setting == "auto":
+        dev = run.read_pairs("dev")
+        if not dev:
+            raise EmbedtuneError("export.merge_alpha=auto picks alpha on the synthetic dev queries, and "
+                                 "pairs/dev.parquet has none (filter.dev_fraction=0?): set a number instead")
+        alpha, grid = choose_alpha(base, tuned_dir, grid_set(dev, run.read_passages()), cfg.eval)
+    else:
+        alpha = float(setting)
+    merged = Encoder.load(None, path=str(tuned_dir), fingerprint=f"merged:{key}")
+    interpolate(base, merged, alpha)
+    tmp = run.merged / ".encoder.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save(tmp)
+    shutil.rmtree(run.merged / "encoder", ignore_errors=True)
+    tmp.rename(run.merged / "encoder")
+    info = {"key": key, "alpha": alpha, "setting": setting, "grid": grid, "tuned": str(tuned_dir)}
+    with atomic_path(info_path) as t:
+        t.write_text(json.dumps(info, indent=2))
+    if grid:
+        print("merge: nDCG@10 on the synthetic dev queries by alpha: "
+              + ", ".join(f"{a} {v:.3f}" for a, v in grid.items()) + f"; chose {alpha:g}")
+    return run.merged / "encoder", info
+
+
+def describe(info: dict) -> str:
+    """One line for the eval report: what `merged` is."""
+    how = (f"alpha={info['alpha']:g}, the best nDCG@10 on the synthetic dev queries of the grid "
+           + ", ".join(f"{a}: {v:.3f}" for a, v in info["grid"].items())) if info["grid"] else f"alpha={info['alpha']:g}"
+    return f"`merged` = alpha x tuned + (1 - alpha) x base weights ({how})."
