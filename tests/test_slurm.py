@@ -101,12 +101,13 @@ def pipeline_run(slurm, tmp_path_factory):
 
 def test_pipeline_sh_runs_every_stage_as_chained_jobs(pipeline_run):
     work, jobs, states = pipeline_run
-    assert set(jobs) == {"prepare", "generate", "filter+mine", "train", "eval+export"}
+    assert set(jobs) == {"prepare", "generate", "filter+mine", "score", "train", "eval+export"}
     assert set(states.values()) == {"COMPLETED"}, states
     assert {f"{jobs['generate']}_0", f"{jobs['generate']}_1"} <= set(states)  # the array's two tasks
     run = work / "runs" / "demo"
     for stage in ("passages", "queries", "pairs", "negatives", "checkpoints", "eval", "model"):
         assert (run / stage / "manifest.json").exists(), stage
+    assert not (run / "scores").exists()  # teacher.kind=none: the score job only says it is off
     train = json.loads((run / "checkpoints" / "manifest.json").read_text())
     assert train["processes"] == 2 and train["counts"]["steps"] == 4
     shards = json.loads((run / "queries" / "manifest.json").read_text())
