@@ -33,7 +33,8 @@ class LossConfig:
     infonce_weight: float = 1.0            # weight of InfoNCE in the per-query loss (0: distillation only)
     margin_mse_weight: float = 0.0         # MarginMSE on the teacher's scores (needs `embedtune score`)
     kl_weight: float = 0.0                 # listwise KL to the teacher's softmax (needs `embedtune score`)
-    kl_temperature: float = 1.0            # the teacher's softmax temperature, in its own score units
+    kl_temperature: Optional[float] = None  # the teacher's softmax temperature in its own score units (null:
+                                           # loss.temperature, right for cosine or P(yes) teachers; logits: ~1)
     teacher_scale: float = 1.0             # MarginMSE: teacher margins times this meet cosine margins (a
                                            # bi-encoder or P(yes) teacher: 1; cross-encoder logits: ~0.1)
 
@@ -125,7 +126,8 @@ def _distill_sum(queries: torch.Tensor, candidates: torch.Tensor, columns: torch
         listed = present & negatives.any(1, keepdim=True)  # a list of one says nothing
         neg_inf, zero = torch.full_like(student, float("-inf")), torch.zeros_like(student)
         log_student = torch.where(listed, student / cfg.temperature, neg_inf).log_softmax(1)
-        log_teacher = torch.where(listed, teacher / cfg.kl_temperature, neg_inf).log_softmax(1)
+        teacher_temperature = cfg.kl_temperature or cfg.temperature
+        log_teacher = torch.where(listed, teacher / teacher_temperature, neg_inf).log_softmax(1)
         # absent entries become 0 before any product: 0 x (-inf) would be nan, in the gradient too
         log_student, log_teacher = torch.where(listed, log_student, zero), torch.where(listed, log_teacher, zero)
         probability = torch.where(listed, log_teacher.exp(), zero)

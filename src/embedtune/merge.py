@@ -63,12 +63,19 @@ def choose_alpha(base: Encoder, tuned_dir: Path, data: RetrievalSet, eval_cfg) -
 
     scores = {}
     for alpha in GRID:
-        tuned = on_device(Encoder.load(None, path=str(tuned_dir), precision=eval_cfg.precision))
+        tuned = on_device(Encoder.load(None, path=str(tuned_dir), precision="fp32"))
         interpolate(base, tuned, alpha)
         scores[f"{alpha:g}"] = evaluate_set(tuned, NoCache(), data, eval_cfg, f"merge {alpha:g}")["nDCG@10"]
         del tuned
     best = max(GRID, key=lambda a: (round(scores[f"{a:g}"], 6), a))
     return best, scores
+
+
+def check(cfg: Config, run: RunFolder) -> None:
+    """What merging needs, checked on every rank before rank 0 builds it (no rank may wait on a failed one)."""
+    if cfg.export.merge_alpha == "auto" and not run.read_pairs("dev"):
+        raise EmbedtuneError("export.merge_alpha=auto picks alpha on the synthetic dev queries, and "
+                             "pairs/dev.parquet has none (filter.dev_fraction=0?): set a number instead")
 
 
 def merged_encoder(cfg: Config, run: RunFolder) -> tuple[Path, dict]:
@@ -81,19 +88,18 @@ def merged_encoder(cfg: Config, run: RunFolder) -> tuple[Path, dict]:
     info_path = run.merged / INFO
     if info_path.exists() and json.loads(info_path.read_text()).get("key") == key:
         return run.merged / "encoder", json.loads(info_path.read_text())
+    check(cfg, run)
     tuned_dir = run.final_encoder()
-    base = on_device(Encoder.load(cfg.model, precision=cfg.eval.precision))
+    # weights are mixed in float32 whatever this machine's bf16 support (the folder is reused elsewhere)
+    base = on_device(Encoder.load(cfg.model, precision="fp32"))
     grid: dict[str, float] = {}
     if setting == "auto":
-        dev = run.read_pairs("dev")
-        if not dev:
-            raise EmbedtuneError("export.merge_alpha=auto picks alpha on the synthetic dev queries, and "
-                                 "pairs/dev.parquet has none (filter.dev_fraction=0?): set a number instead")
-        alpha, grid = choose_alpha(base, tuned_dir, grid_set(dev, run.read_passages()), cfg.eval)
+        alpha, grid = choose_alpha(base, tuned_dir, grid_set(run.read_pairs("dev"), run.read_passages()), cfg.eval)
     else:
         alpha = float(setting)
-    merged = Encoder.load(None, path=str(tuned_dir), fingerprint=f"merged:{key}")
+    merged = Encoder.load(None, path=str(tuned_dir), fingerprint=f"merged:{key}", precision="fp32")
     interpolate(base, merged, alpha)
+    info_path.unlink(missing_ok=True)  # no stale key may name the folder while it is replaced
     tmp = run.merged / ".encoder.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save(tmp)

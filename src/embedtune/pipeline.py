@@ -37,6 +37,7 @@ from embedtune.io import read_rows, write_parquet
 from embedtune.judge import judge_queries
 from embedtune.manifest import MANIFEST, load_manifest
 from embedtune.merge import describe as describe_merge
+from embedtune.merge import check as check_merge
 from embedtune.merge import merged_encoder
 from embedtune.mine import mine_hard_negatives
 from embedtune.model import Encoder, base_fingerprint, on_device, passage_text
@@ -186,9 +187,9 @@ def train(cfg: Config) -> dict:
     negatives, pairs = load_manifest(run.negatives), load_manifest(run.pairs)
     if cfg.teacher.enabled:
         scores = run.scores / MANIFEST
-        if not scores.exists() or load_manifest(run.scores)["inputs"].get("negatives") != negatives.get("run_id"):
-            raise EmbedtuneError(f"{run.scores}: no teacher scores for the current negatives (teacher.kind="
-                                 f"{cfg.teacher.kind}): run `embedtune score` first (or `embedtune run`)")
+        if not scores.exists() or not stage_of(cfg, "score").is_done():  # another teacher, or older negatives
+            raise EmbedtuneError(f"{run.scores}: no scores of this teacher (teacher.kind={cfg.teacher.kind}) for the "
+                                 "current negatives: run `embedtune score` first (or `embedtune run`)")
     if negatives["inputs"].get("pairs") != pairs.get("run_id", pairs["key"]):
         raise EmbedtuneError(f"{run.negatives} was mined from older pairs than {run.pairs} (filter ran again "
                              "since): run `embedtune mine` first (or `embedtune run`, which reruns what is stale)")
@@ -230,6 +231,7 @@ def evaluate(cfg: Config) -> dict:
                         "tuned:" + train_manifest["run_id"])}
     merge_info = None
     if cfg.export.merge_alpha is not None:  # merging is built (and its alpha chosen) before any rank reads it
+        check_merge(cfg, run)
         if not several or is_main():
             merged_dir, merge_info = merged_encoder(cfg, run)
         if several:

@@ -69,7 +69,8 @@ def problems(cfg: Config) -> list[str]:
     for key in ("infonce_weight", "margin_mse_weight", "kl_weight"):
         need(getattr(loss, key) >= 0, f"loss.{key}={getattr(loss, key)} must be >= 0")
     need(loss.infonce_weight > 0 or loss.distills, "loss.infonce_weight=0 with no distillation weight: nothing to learn")
-    need(loss.kl_temperature > 0, f"loss.kl_temperature={loss.kl_temperature} must be > 0")
+    need(loss.kl_temperature is None or loss.kl_temperature > 0,
+         f"loss.kl_temperature={loss.kl_temperature} must be > 0 (or null: loss.temperature)")
     need(not loss.distills or teacher.enabled,
          "loss.margin_mse_weight / loss.kl_weight need teacher scores: choose a teacher (teacher=biencoder "
          "teacher.model=..., teacher=cross_encoder, teacher=llm), which `embedtune score` runs")
