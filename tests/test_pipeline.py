@@ -105,13 +105,14 @@ def test_status_says_what_run_would_redo(demo_run):
     result = embedtune("status", *demo_run.args, cwd=run.parent)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
-    assert list(lines) == ["prepare", "generate", "filter", "mine", "train", "eval", "export"]
+    assert list(lines) == ["prepare", "generate", "filter", "mine", "score", "train", "eval", "export"]
+    assert lines.pop("score").split()[1:] == ["off", "(teacher.kind=none)"]  # no teacher: nothing to score
     assert all(line.split()[1] == "done" for line in lines.values()), result.stdout
     assert "passages 300" in lines["prepare"] and "generated 24" in lines["filter"]
     changed = embedtune("status", *demo_run.args, "mining.num_negatives=1", cwd=run.parent)
     states = {line.split()[0]: line.split()[1] for line in changed.stdout.splitlines()[1:]}
-    assert states == {"prepare": "done", "generate": "done", "filter": "done", "mine": "stale", "train": "stale",
-                      "eval": "stale", "export": "stale"}
+    assert states == {"prepare": "done", "generate": "done", "filter": "done", "mine": "stale", "score": "off",
+                      "train": "stale", "eval": "stale", "export": "stale"}
     manifests = {s: json.loads((run / f / "manifest.json").read_text())["counts"]
                  for s, f in (("prepare", "passages"), ("mine", "negatives"), ("train", "checkpoints"))}
     assert "dropped" in manifests["prepare"] and "queries_with_fewer_negatives" in manifests["mine"]
