@@ -135,11 +135,14 @@ def train(model_dir, out_dir, peft: PeftConfig = PeftConfig(), **overrides) -> d
 
 class ChatServer:
     """POST /v1/chat/completions -> the tiny LM's greedy completion; `faults` are served first, in order:
-    an HTTP status (429, 500), "malformed" JSON, a "truncated" body, or "slow" (past the client timeout)."""
+    an HTTP status (429, 500), "malformed" JSON, a "truncated" body, or "slow" (past the client timeout).
+    `choice(body) -> dict`: the whole first choice, scripted (no model is loaded; e.g. one with logprobs)."""
 
-    def __init__(self, model_dir, faults=(), answer=None):
-        self.backend = TransformersBackend(BackendConfig(model=str(model_dir), dtype="float32", batch_size=1))
+    def __init__(self, model_dir, faults=(), answer=None, choice=None):
+        self.backend = None if choice else TransformersBackend(
+            BackendConfig(model=str(model_dir), dtype="float32", batch_size=1))
         self.answer = answer  # optional: messages -> reply text, in place of the model (a scripted judge)
+        self.choice = choice
         self.faults, self.requests, self.lock = list(faults), [], threading.Lock()
         server = self
 
@@ -160,6 +163,8 @@ class ChatServer:
                     return self.reply(200, b'{"choices": [{"message": {"content": "x"}}]}', length=200)
                 if fault == "slow":
                     time.sleep(1.5)
+                if server.choice is not None:
+                    return self.reply(200, json.dumps({"choices": [server.choice(body)]}).encode())
                 with server.lock:
                     if server.answer is not None:
                         text, finish = server.answer(body["messages"]), "stop"

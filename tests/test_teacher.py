@@ -4,15 +4,13 @@ judge, and an OpenAI-compatible server on 127.0.0.1 that answers with top logpro
 
 from __future__ import annotations
 
-import json
 import math
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
 
 from conftest import build_tiny_model, tiny_vocab
+from helpers import ChatServer
 from embedtune.generate.backends import BackendConfig
 from embedtune.model import Encoder, ModelConfig
 from embedtune.teacher import LLM_PROMPT, TeacherConfig, make_teacher, relevance, yes_no_probability
@@ -108,52 +106,20 @@ def test_yes_no_probability_reads_token_variants_and_is_nan_without_either():
     assert math.isnan(yes_no_probability({"maybe": -0.1}))
 
 
-class LogprobServer:
-    """POST /v1/chat/completions -> one token with top logprobs: "yes" likely when the query's first word is
-    in the passage. The first request gets HTTP 500 (the client must retry)."""
-
-    def __init__(self):
-        self.requests, self.failed = [], False
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append(body)
-                if not server.failed:
-                    server.failed = True
-                    return self.reply(500, b"{}")
-                text = body["messages"][-1]["content"]
-                query = text.split("Query: ", 1)[1].split("\n", 1)[0]
-                passage = text.split("Passage: ", 1)[1]
-                p_yes = 0.8 if query.split()[0] in passage else 0.2
-                top = [{"token": "Yes", "logprob": math.log(p_yes * 0.9)}, {"token": " no", "logprob": math.log((1 - p_yes) * 0.9)},
-                       {"token": "Maybe", "logprob": math.log(0.1)}]
-                choice = {"message": {"role": "assistant", "content": "Yes"}, "finish_reason": "length",
-                          "logprobs": {"content": [{"token": "Yes", "logprob": top[0]["logprob"], "top_logprobs": top}]}}
-                self.reply(200, json.dumps({"choices": [choice]}).encode())
-
-            def reply(self, status, payload):
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def logprob_choice(body: dict) -> dict:
+    """One token with top logprobs: "yes" likely when the query's first word is in the passage."""
+    text = body["messages"][-1]["content"]
+    query = text.split("Query: ", 1)[1].split("\n", 1)[0]
+    passage = text.split("Passage: ", 1)[1]
+    p_yes = 0.8 if query.split()[0] in passage else 0.2
+    top = [{"token": "Yes", "logprob": math.log(p_yes * 0.9)}, {"token": " no", "logprob": math.log((1 - p_yes) * 0.9)},
+           {"token": "Maybe", "logprob": math.log(0.1)}]
+    return {"message": {"role": "assistant", "content": "Yes"}, "finish_reason": "length",
+            "logprobs": {"content": [{"token": "Yes", "logprob": top[0]["logprob"], "top_logprobs": top}]}}
 
 
 def test_llm_teacher_over_an_openai_compatible_server_reads_top_logprobs():
-    server = LogprobServer()
+    server = ChatServer(None, faults=[500], choice=logprob_choice)  # the 500 must be retried
     try:
         cfg = TeacherConfig(kind="llm", llm=BackendConfig(backend="openai", model="judge", api_base=server.url,
                                                           backoff_s=0.01, concurrency=2))
@@ -163,7 +129,8 @@ def test_llm_teacher_over_an_openai_compatible_server_reads_top_logprobs():
     expected = [0.8 if q.split()[0] in p else 0.2 for q, p in zip(QUERIES, PASSAGES)]
     assert got == pytest.approx(expected, abs=1e-9)
     assert len(server.requests) == len(QUERIES) + 1  # one retried after the 500
-    assert all(r["logprobs"] is True and r["max_tokens"] == 1 and r["top_logprobs"] == 20 for r in server.requests)
+    assert all(r["body"]["logprobs"] is True and r["body"]["max_tokens"] == 1 and r["body"]["top_logprobs"] == 20
+               for r in server.requests)
 
 
 def test_a_teacher_without_its_model_or_with_an_unknown_kind_is_refused(tmp_path):

@@ -86,8 +86,9 @@ def merged_encoder(cfg: Config, run: RunFolder) -> tuple[Path, dict]:
     key = fingerprint("merge", setting, train["run_id"], cfg.model, cfg.eval.precision,
                       load_manifest(run.pairs)["run_id"] if setting == "auto" else None)
     info_path = run.merged / INFO
-    if info_path.exists() and json.loads(info_path.read_text()).get("key") == key:
-        return run.merged / "encoder", json.loads(info_path.read_text())
+    saved = json.loads(info_path.read_text()) if info_path.exists() else {}
+    if saved.get("key") == key:
+        return run.merged / "encoder", saved
     check(cfg, run)
     tuned_dir = run.final_encoder()
     # weights are mixed in float32 whatever this machine's bf16 support (the folder is reused elsewhere)

@@ -232,11 +232,11 @@ def evaluate(cfg: Config) -> dict:
     merge_info = None
     if cfg.export.merge_alpha is not None:  # merging is built (and its alpha chosen) before any rank reads it
         check_merge(cfg, run)
-        if not several or is_main():
-            merged_dir, merge_info = merged_encoder(cfg, run)
-        if several:
-            barrier()
+        if several and not is_main():
+            barrier()  # rank 0 builds it; then every rank finds it built
         merged_dir, merge_info = merged_encoder(cfg, run)
+        if several and is_main():
+            barrier()
         models["merged"] = (lambda: Encoder.load(cfg.model, path=str(merged_dir), precision=cfg.eval.precision),
                             "merged:" + merge_info["key"])
     results: dict[str, dict] = {s.name: {} for s in sets}

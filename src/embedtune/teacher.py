@@ -24,6 +24,7 @@ from embedtune.errors import EmbedtuneError
 from embedtune.generate.backends import BackendConfig, make_backend
 from embedtune.generate.prompts import Prompt, cut
 from embedtune.manifest import not_in_key
+from embedtune.model import on_device
 from embedtune.precision import autocast
 
 KINDS = ("none", "cross_encoder", "biencoder", "llm")
@@ -51,14 +52,6 @@ class TeacherConfig:
         return self.kind != "none"
 
 
-def _device() -> torch.device:
-    from embedtune.distributed import local_rank
-
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank() % torch.cuda.device_count())
-    return torch.device("cpu")
-
-
 class CrossEncoderTeacher:
     def __init__(self, cfg: TeacherConfig):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -70,7 +63,7 @@ class CrossEncoderTeacher:
         except (OSError, ValueError) as e:
             raise EmbedtuneError(f"teacher.model={cfg.model}: cannot load a sequence-classification model "
                                  f"(safetensors weights): {e}") from e
-        self.model.to(_device()).eval()
+        self.model = on_device(self.model).eval()  # this rank's GPU when there is one
         self.cfg = cfg
 
     @torch.no_grad()
@@ -101,7 +94,7 @@ def relevance(logits: torch.Tensor) -> torch.Tensor:
 
 class BiencoderTeacher:
     def __init__(self, cfg: TeacherConfig):
-        from embedtune.model import Encoder, ModelConfig, on_device
+        from embedtune.model import Encoder, ModelConfig
 
         model_cfg = ModelConfig(name=cfg.model, query_prefix=cfg.query_prefix, passage_prefix=cfg.passage_prefix,
                                 passage_max_length=cfg.max_length)
@@ -118,8 +111,7 @@ class BiencoderTeacher:
         q_row, p_row = {t: i for i, t in enumerate(unique_q)}, {t: i for i, t in enumerate(unique_p)}
         qi = torch.tensor([q_row[t] for t in queries], dtype=torch.long)
         pi = torch.tensor([p_row[t] for t in passages], dtype=torch.long)
-        q, p = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(p, dim=-1)
-        return (q[qi] * p[pi]).sum(-1).tolist()
+        return (q[qi] * p[pi]).sum(-1).tolist()  # cosine: the encoder normalises (model.normalize)
 
 
 def yes_no_probability(logprobs: dict[str, float]) -> float:
