@@ -364,7 +364,7 @@ def test_chunk_documents_windows_overlap_and_last_window(tokenizer, word_doc):
 
 
 def test_chunk_documents_token_bound_on_real_text(tokenizer):
-    docs = clean_documents(read_documents(CorpusConfig(format="hpo", max_documents=200)))
+    docs = list(clean_documents(read_documents(CorpusConfig(format="hpo", max_documents=200))))
     cfg = CorpusConfig(chunk_tokens=48, chunk_overlap=8)
     passages = chunk_documents(docs, tokenizer, cfg)
     assert len(passages) > len(docs) * 0.9  # most definitions fit one window; long ones give several

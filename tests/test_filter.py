@@ -16,7 +16,6 @@ from embedtune.filter import (
     filter_queries,
     is_copy,
     longest_shared_run,
-    roundtrip_ranks,
     split_pairs,
     write_splits,
 )
@@ -182,10 +181,3 @@ def test_copy_filter_drops_passage_excerpts_but_keeps_term_names_and_paraphrases
     assert is_copy(queries[3]["text"], passage, FilterConfig(copy_max_share=0.8))
     kept, dropped = filter_queries(queries, FilterConfig(copy_max_share=None), passages)
     assert dropped["copy"] == [] and len(kept) == 4
-
-
-def test_roundtrip_ranks_count_passages_scoring_above_the_own_one():
-    passages = torch.eye(4)
-    queries = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.9, 0.1, 0.0, 0.0], [0.0, 0.2, 0.5, 0.9]])
-    ranks = roundtrip_ranks(queries, passages, torch.tensor([0, 1, 2]), chunk=2)
-    assert ranks == [1, 2, 2]

@@ -3,6 +3,8 @@ weight), the auto grid's choice, and eval's regression warnings."""
 
 from __future__ import annotations
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ from embedtune.errors import EmbedtuneError
 from embedtune.evaluate import EvalConfig, regressions
 from embedtune.merge import GRID, choose_alpha, grid_set, interpolate
 from embedtune.model import Encoder, ModelConfig
+from embedtune.store import MappedTable, TextLookup
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -43,7 +46,9 @@ def test_auto_alpha_is_the_best_of_the_grid_on_the_given_queries(tmp_path, tiny_
          "cat dog fish", "red blue green"])]
     dev = [{"query_id": f"q{i}", "query": q, "passage_id": f"p{i}"}
            for i, q in enumerate(["heart", "blood", "city", "liver", "pain", "bread", "dog", "green"])]
-    data = grid_set(dev, passages)
+    pq.write_table(pa.Table.from_pylist(passages), tmp_path / "passages.parquet")
+    table = MappedTable.open([tmp_path / "passages.parquet"], tmp_path / "table", ["id", "title", "text"], "id")
+    data = grid_set(dev, TextLookup(table, lambda r: r["text"], ["title", "text"]))
     assert set(data.corpus) == {p["id"] for p in passages}
     best, scores = choose_alpha(load(tiny_model_dir), tmp_path / "tuned", data, EvalConfig(precision="fp32"))
     assert list(scores) == [f"{a:g}" for a in GRID]

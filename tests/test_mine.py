@@ -1,4 +1,4 @@
-"""mine.py: exact search, the positive-aware negative filter, and mining end to end on hand-made embeddings."""
+"""mine.py: the positive-aware negative filter, and mining end to end on hand-made embeddings (exact and ANN)."""
 
 from __future__ import annotations
 
@@ -8,36 +8,8 @@ import torch.nn.functional as F
 
 from embedtune.config import Config
 from embedtune.errors import EmbedtuneError
-from embedtune.mine import MiningConfig, mine_hard_negatives, search, select_negatives
+from embedtune.mine import MiningConfig, mine_hard_negatives, select_negatives
 from embedtune.validate import problems
-
-# ---------------------------------------------------------------- search
-
-def test_search_equals_brute_force_topk_across_chunks():
-    g = torch.Generator().manual_seed(0)
-    queries = F.normalize(torch.randn(7, 16, generator=g), dim=-1)
-    passages = F.normalize(torch.randn(50, 16, generator=g), dim=-1)
-    scores, indices = search(queries, passages, k=5, chunk=3)  # 3 chunks, the last one short
-    expected_scores, expected_indices = (queries @ passages.T).topk(5, dim=1)
-    assert indices.shape == (7, 5)
-    assert torch.equal(indices, expected_indices)
-    assert torch.allclose(scores, expected_scores)
-    assert torch.all(scores[:, :-1] >= scores[:, 1:])  # best first
-
-
-def test_search_clamps_k_to_the_number_of_passages():
-    queries = torch.eye(3)[:2]
-    passages = torch.eye(3)
-    scores, indices = search(queries, passages, k=10)
-    assert indices.shape == (2, 3)
-    assert indices[:, 0].tolist() == [0, 1]
-
-
-def test_search_without_queries_returns_empty_results():
-    scores, indices = search(torch.empty(0, 4), torch.eye(4), k=2)
-    assert scores.shape == (0, 2) and indices.shape == (0, 2)
-    assert indices.dtype == torch.long
-
 
 # ---------------------------------------------------------------- select_negatives
 
@@ -170,15 +142,26 @@ def test_mine_hard_negatives_names_unknown_passage_ids():
         mine_hard_negatives(pairs, PASSAGES, F.normalize(torch.rand(3, 6), dim=-1), torch.eye(6), MiningConfig())
 
 
-def test_faiss_and_torch_exact_search_agree():
-    pytest.importorskip("faiss")  # installed with the test extras; optional for users
-    from embedtune.mine import exact_search
-
-    g = torch.Generator().manual_seed(0)
-    passages = F.normalize(torch.randn(500, 16, generator=g), dim=-1)
-    queries = F.normalize(torch.randn(40, 16, generator=g), dim=-1)
-    s_torch, i_torch = exact_search(queries, passages, 10, "torch")
-    s_faiss, i_faiss = exact_search(queries, passages, 10, "faiss")
-    assert torch.equal(i_torch, i_faiss)
-    assert torch.allclose(s_torch, s_faiss, atol=1e-5)
+def test_an_unknown_index_kind_is_named():
     assert any("mining.index=annoy is not one of" in p for p in problems(Config(mining=MiningConfig(index="annoy"))))
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_search_mines_what_exact_search_mines_on_clustered_vectors(kind):
+    """500 passages in 25 topics; each query near its positive. IVF probing every cell and HNSW with a wide
+    candidate list find the exact top-k, so the mined rows equal exact mining's, held-out documents included."""
+    g = torch.Generator().manual_seed(3)
+    topics = F.normalize(torch.randn(25, 16, generator=g), dim=-1)
+    passage_emb = F.normalize(topics.repeat_interleave(20, 0) + 0.4 * torch.randn(500, 16, generator=g), dim=-1)
+    passages = [{"id": f"p{i}", "doc_id": f"d{i // 2}", "source": "s"} for i in range(500)]
+    positives = torch.randperm(500, generator=g)[:40].tolist()
+    query_emb = F.normalize(passage_emb[positives] + 0.2 * torch.randn(40, 16, generator=g), dim=-1)
+    pairs = [{"query_id": f"q{n}", "passage_id": f"p{i}"} for n, i in enumerate(positives)]
+    held = frozenset(("s", f"d{i}") for i in range(0, 250, 7))
+    base = dict(top_k=10, num_negatives=3, margin=0.95)
+    exact = mine_hard_negatives(pairs, passages, query_emb, passage_emb, MiningConfig(index="exact", **base), held)
+    ann = mine_hard_negatives(pairs, passages, query_emb, passage_emb,
+                              MiningConfig(index=kind, ivf_probe=100, hnsw_ef_search=400, **base), held)
+    assert sum(len(r["negative_ids"]) for r in exact) >= 100
+    assert [r["negative_ids"] for r in ann] == [r["negative_ids"] for r in exact]
+    assert all(r["negative_scores"] == pytest.approx(e["negative_scores"], abs=2e-3) for r, e in zip(ann, exact))

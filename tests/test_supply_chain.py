@@ -57,13 +57,13 @@ def test_models_asking_for_their_own_code_never_run_it(tiny_model_dir, tiny_lm_d
 def test_a_pickled_embedding_cache_is_refused_without_unpickling(tmp_path):
     import numpy as np
 
-    from embedtune.encode import EmbeddingCache
+    from embedtune.embedding_cache import EmbeddingCache
 
     marker = tmp_path / "ran"
     cache = EmbeddingCache(tmp_path / "cache", "model|fp32")
     cache.folder.mkdir(parents=True)
-    (cache.folder / "keys.json").write_text(json.dumps(["k"]))
-    np.save(cache.folder / "vectors.npy", np.array([Trap(marker)], dtype=object), allow_pickle=True)
+    np.save(cache.folder / "keys-x.npy", np.array([1], dtype=np.uint64))
+    np.save(cache.folder / "vectors-x.npy", np.array([Trap(marker)], dtype=object), allow_pickle=True)
     with pytest.raises(EmbedtuneError, match="not a plain array of numbers"):
         EmbeddingCache(tmp_path / "cache", "model|fp32")
     assert not marker.exists()

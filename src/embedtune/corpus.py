@@ -4,31 +4,41 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
+import os
 import re
 import sys
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 from tqdm import tqdm
 
 from embedtune.errors import EmbedtuneError
+from embedtune.hf_dataset import hf_records
 from embedtune.hpo import load_terms
 from embedtune.io import iter_jsonl
+from embedtune.store import DigestSet, hash64
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 HTML_SUFFIXES = (".html", ".htm")
 PDF_SUFFIXES = (".pdf",)
+CHUNK_BATCH = 256   # documents tokenized and chunked at once
+ID_BATCH = 4096     # records whose ids are checked for repeats at once
 
 
 @dataclass
 class CorpusConfig:
     name: str = "hpo"                 # label used in reports and model cards
-    format: str = "hpo"               # hpo | files | jsonl | parquet | beir
+    format: str = "hpo"               # hpo | files | jsonl | parquet | beir | hf (anything datasets.load_dataset opens)
     domain: str = "this subject"      # what the corpus is about, in a few words (fills the generator prompt)
-    path: Optional[str] = None        # folder (files) or file (jsonl, parquet, beir corpus.jsonl); unused by hpo
+    path: Optional[str] = None        # folder (files) or file (jsonl, parquet, beir corpus.jsonl); hf: a hub id, a
+                                      # dataset folder, save_to_disk output, or Parquet/JSON files (globs too)
+    subset: Optional[str] = None      # hf: the dataset's configuration name, if it has several
+    split: str = "train"              # hf: the split to read
+    streaming: bool = False           # hf: iterate the records without converting the dataset first (any size)
     text_field: str = "text"          # JSONL/Parquet field with the document text
     title_field: Optional[str] = "title"  # JSONL/Parquet field with a title (null: none)
     id_field: Optional[str] = None    # JSONL/Parquet field with a document id (null: the record's position)
@@ -100,12 +110,25 @@ def _read_text_file(path: Path, counts: Optional[Counter] = None) -> str:
         return text
 
 
+def _walk(root: Path, suffixes: tuple[str, ...]) -> Iterator[Path]:
+    """Files under `root` with one of `suffixes`, in the order of their sorted relative paths, one folder at a
+    time (nothing lists the whole tree at once). Symlinked folders are not followed (no loops)."""
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name + ("/" if e.is_dir(follow_symlinks=False) else ""))
+    except OSError as e:
+        raise EmbedtuneError(f"{root}: cannot list the folder ({e.strerror})") from e
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(Path(entry.path), suffixes)
+        elif entry.is_file() and Path(entry.name).suffix.lower() in suffixes:
+            yield Path(entry.path)
+
+
 def read_files(root: Path, extensions: list[str], counts: Optional[Counter] = None) -> Iterator[Document]:
     suffixes = tuple(s.lower() for s in extensions)
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
-    if not files:
-        raise EmbedtuneError(f"{root}: no files ending in {', '.join(suffixes)}")
-    for path in files:
+    found = False
+    for path in _walk(root, suffixes):
+        found = True
         rel = path.relative_to(root).as_posix()
         suffix = path.suffix.lower()
         if suffix in HTML_SUFFIXES:
@@ -115,6 +138,8 @@ def read_files(root: Path, extensions: list[str], counts: Optional[Counter] = No
         else:
             title, text = "", _read_text_file(path, counts)
         yield Document(doc_id=rel, title=title or path.stem, text=text, source=rel)
+    if not found:
+        raise EmbedtuneError(f"{root}: no files ending in {', '.join(suffixes)}")
 
 
 def _field(record: dict, name: str, where: str, required: bool) -> str:
@@ -151,32 +176,57 @@ def _records_parquet(path: Path, cfg: CorpusConfig) -> Iterator[tuple[str, dict]
             yield f"{path}: row {row}", record
 
 
-def read_records(path: Path, cfg: CorpusConfig, beir: bool, counts: Optional[Counter] = None) -> Iterator[Document]:
-    """Documents of a JSONL/Parquet/BEIR file. A repeated id is never silent: every later dict keyed by it
-    would keep one text for another's queries (corpus.duplicate_ids says what to do instead of stopping)."""
-    records = _records_parquet(path, cfg) if path.suffix == ".parquet" else _records_jsonl(path, counts)
-    text_field, title_field, id_field = ("text", "title", "_id") if beir else (
-        cfg.text_field, cfg.title_field, cfg.id_field)
-    first_seen: dict[str, str] = {}
-    repeats: Counter = Counter()
-    for n, (where, record) in enumerate(records):
-        text = _field(record, text_field, where, required=True)
-        title = _field(record, title_field, where, required=False) if title_field else ""
-        doc_id = _field(record, id_field, where, required=True) if id_field else str(n)
-        if doc_id in first_seen:
-            if cfg.duplicate_ids == "keep_first":
+def record_documents(records: Callable[[Optional[Counter]], Iterator[tuple[str, dict]]], fields: tuple,
+                     cfg: CorpusConfig, source: str, counts: Optional[Counter] = None) -> Iterator[Document]:
+    """Documents of (where, record) pairs. A repeated id is never silent: every later lookup by it would keep
+    one text for another's queries (corpus.duplicate_ids says what to do instead of stopping). Ids seen are
+    kept as 8-byte digests, checked a batch at a time; `records` is called again only to name the first
+    record of an id that repeats."""
+    text_field, title_field, id_field = fields
+    seen, repeats = DigestSet(), Counter()
+
+    def docs() -> Iterator[tuple[str, Document]]:
+        for n, (where, record) in enumerate(records(counts)):
+            text = _field(record, text_field, where, required=True)
+            title = _field(record, title_field, where, required=False) if title_field else ""
+            doc_id = _field(record, id_field, where, required=True) if id_field else str(n)
+            yield where, Document(doc_id=doc_id, title=title, text=text, source=source)
+
+    def first_where(doc_id: str) -> str:
+        return next(w for w, r in records(None) if _field(r, id_field, w, required=True) == doc_id)
+
+    batch_docs = docs()
+    while batch := list(itertools.islice(batch_docs, ID_BATCH)):
+        digests = hash64(doc.doc_id for _, doc in batch)
+        if seen.fresh(digests).all():  # the usual case: every id new
+            seen.add(digests)
+            yield from (doc for _, doc in batch)
+            continue
+        for where, doc in batch:  # a repeat in this batch: one record at a time
+            if not seen.add_new(hash64([doc.doc_id]))[0]:
+                if cfg.duplicate_ids == "keep_first":
+                    if counts is not None:
+                        counts["repeated_id_dropped"] += 1
+                    continue
+                if cfg.duplicate_ids != "suffix":
+                    raise EmbedtuneError(f"{where}: id '{doc.doc_id}' ({id_field}) repeats {first_where(doc.doc_id)}; "
+                                         "ids must be unique (or set corpus.duplicate_ids=keep_first or suffix)")
+                original = doc.doc_id
+                while not seen.add_new(hash64([f"{original}#{repeats[original] + 2}"]))[0]:
+                    repeats[original] += 1
+                repeats[original] += 1
+                doc.doc_id = f"{original}#{repeats[original] + 1}"
                 if counts is not None:
-                    counts["repeated_id_dropped"] += 1
-                continue
-            if cfg.duplicate_ids != "suffix":
-                raise EmbedtuneError(f"{where}: id '{doc_id}' ({id_field}) repeats {first_seen[doc_id]}; ids must be "
-                                     "unique (or set corpus.duplicate_ids=keep_first or suffix)")
-            repeats[doc_id] += 1
-            doc_id = f"{doc_id}#{repeats[doc_id] + 1}"
-            if counts is not None:
-                counts["repeated_id_renamed"] += 1
-        first_seen.setdefault(doc_id, where)
-        yield Document(doc_id=doc_id, title=title, text=text, source=path.name)
+                    counts["repeated_id_renamed"] += 1
+            yield doc
+
+
+def read_records(path: Path, cfg: CorpusConfig, beir: bool, counts: Optional[Counter] = None) -> Iterator[Document]:
+    """Documents of a JSONL/Parquet/BEIR file."""
+    def records(counts: Optional[Counter]) -> Iterator[tuple[str, dict]]:
+        return _records_parquet(path, cfg) if path.suffix == ".parquet" else _records_jsonl(path, counts)
+    fields = ("text", "title", "_id") if beir else (cfg.text_field, cfg.title_field, cfg.id_field)
+    return record_documents(records, fields, cfg, path.name, counts)
 
 
 def read_documents(cfg: CorpusConfig, counts: Optional[Counter] = None) -> Iterator[Document]:
@@ -188,12 +238,15 @@ def read_documents(cfg: CorpusConfig, counts: Optional[Counter] = None) -> Itera
         if not cfg.path:
             raise EmbedtuneError(f"corpus.format={cfg.format} needs corpus.path")
         path = Path(cfg.path).expanduser()
-        if not path.exists():
+        if not path.exists() and cfg.format != "hf":  # hf: also a hub id or a glob of files
             raise EmbedtuneError(f"corpus.path {path} does not exist")
         if cfg.format == "files":
             if not path.is_dir():
                 raise EmbedtuneError(f"corpus.path {path} must be a folder for corpus.format=files")
             docs = read_files(path, cfg.extensions, counts)
+        elif cfg.format == "hf":
+            docs = record_documents(lambda _: hf_records(cfg), (cfg.text_field, cfg.title_field, cfg.id_field), cfg,
+                                    path.name, counts)
         elif cfg.format in ("jsonl", "parquet", "beir"):
             if path.is_dir() and cfg.format == "beir":
                 path = path / "corpus.jsonl"
@@ -201,11 +254,16 @@ def read_documents(cfg: CorpusConfig, counts: Optional[Counter] = None) -> Itera
                 raise EmbedtuneError(f"corpus.path {path} must be a file for corpus.format={cfg.format}")
             docs = read_records(path, cfg, beir=cfg.format == "beir", counts=counts)
         else:
-            raise EmbedtuneError(f"corpus.format={cfg.format} is not one of hpo, files, jsonl, parquet, beir")
+            raise EmbedtuneError(f"corpus.format={cfg.format} is not one of hpo, files, jsonl, parquet, beir, hf")
     for n, doc in enumerate(docs):
         if cfg.max_documents is not None and n >= cfg.max_documents:
             return
         yield doc
+
+
+def doc_key(source: str, doc_id: str) -> str:
+    """A passage's document: its source (file or corpus) and doc_id. Splits and same-document checks use it."""
+    return f"{source}\x00{doc_id}"
 
 
 def passage_id(source: str, doc_id: str, chunk: int) -> str:
@@ -246,39 +304,46 @@ def chunk_spans(offsets: list[tuple[int, int]], size: int, overlap: int,
         start = before[0] if before else after[0] if after else nxt
 
 
-def chunk_documents(docs: list[Document], tokenizer, cfg: CorpusConfig, counts: Optional[Counter] = None) -> list[dict]:
-    """Passages (schema of DESIGN.md) from cleaned documents; exact duplicates (title + text) dropped, and
-    passages shorter than corpus.min_chars (`counts` gets both numbers)."""
+def iter_passages(docs: Iterable[Document], tokenizer, cfg: CorpusConfig, counts: Optional[Counter] = None,
+                  seen: Optional[DigestSet] = None) -> Iterator[dict]:
+    """Passages (schema of DESIGN.md) from cleaned documents, a batch of documents at a time; exact duplicates
+    (title + text, case-insensitive) dropped by their 8-byte digests in `seen`, and passages shorter than
+    corpus.min_chars (`counts` gets both numbers)."""
     counts = Counter() if counts is None else counts
-    passages, seen = [], set()
-    batch = 256
-    for i in tqdm(range(0, len(docs), batch), desc="chunk", unit="batch", leave=False):
-        part = docs[i:i + batch]
-        enc = tokenizer([d.text for d in part], add_special_tokens=False, return_offsets_mapping=True,
-                        truncation=False, verbose=False)
-        for j, (doc, offsets) in enumerate(zip(part, enc["offset_mapping"])):
-            spans = chunk_spans(offsets, cfg.chunk_tokens, cfg.chunk_overlap, enc.word_ids(j))
-            for n, (start, end, n_tokens) in enumerate(spans):
-                text = doc.text[start:end].strip()
-                if len(text) < cfg.min_chars:
-                    counts["passage_too_short"] += 1
-                    continue
-                key = hashlib.sha1(f"{doc.title.lower()}\x00{text.lower()}".encode("utf-8")).digest()
-                if key in seen:
-                    counts["duplicate_passage"] += 1
-                    continue
-                seen.add(key)
-                passages.append({"id": passage_id(doc.source, doc.doc_id, n), "doc_id": doc.doc_id,
-                                 "title": doc.title, "text": text, "source": doc.source, "n_tokens": n_tokens})
-    return passages
+    seen = DigestSet() if seen is None else seen
+    docs = iter(docs)
+    with tqdm(desc="prepare: chunk", unit="doc", mininterval=1.0, leave=False) as bar:
+        while part := list(itertools.islice(docs, CHUNK_BATCH)):
+            enc = tokenizer([d.text for d in part], add_special_tokens=False, return_offsets_mapping=True,
+                            truncation=False, verbose=False)
+            candidates = []
+            for j, (doc, offsets) in enumerate(zip(part, enc["offset_mapping"])):
+                spans = chunk_spans(offsets, cfg.chunk_tokens, cfg.chunk_overlap, enc.word_ids(j))
+                for n, (start, end, n_tokens) in enumerate(spans):
+                    text = doc.text[start:end].strip()
+                    if len(text) < cfg.min_chars:
+                        counts["passage_too_short"] += 1
+                        continue
+                    candidates.append({"id": passage_id(doc.source, doc.doc_id, n), "doc_id": doc.doc_id,
+                                       "title": doc.title, "text": text, "source": doc.source, "n_tokens": n_tokens})
+            new = seen.add_new(hash64(f"{p['title'].lower()}\x00{p['text'].lower()}" for p in candidates))
+            counts["duplicate_passage"] += int((~new).sum())
+            yield from (p for p, keep in zip(candidates, new) if keep)
+            bar.update(len(part))
+    if not counts["duplicate_passage"]:
+        del counts["duplicate_passage"]
 
 
-def clean_documents(docs: Iterator[Document], counts: Optional[Counter] = None) -> list[Document]:
-    out = []
+def chunk_documents(docs: list[Document], tokenizer, cfg: CorpusConfig, counts: Optional[Counter] = None) -> list[dict]:
+    """Every passage of `docs` (iter_passages, as a list)."""
+    return list(iter_passages(docs, tokenizer, cfg, counts))
+
+
+def clean_documents(docs: Iterable[Document], counts: Optional[Counter] = None) -> Iterator[Document]:
+    """Cleaned documents (clean_text on title and text); those left without text are dropped and counted."""
     for doc in docs:
         doc.title, doc.text = clean_text(doc.title), clean_text(doc.text)
         if doc.text:
-            out.append(doc)
+            yield doc
         elif counts is not None:
             counts["empty_after_cleaning"] += 1
-    return out

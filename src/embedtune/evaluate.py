@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from embedtune.beir import RetrievalSet, read_beir
-from embedtune.encode import EmbeddingCache, NoCache
+from embedtune.embedding_cache import EmbeddingCache, NoCache
 from embedtune.errors import EmbedtuneError
 from embedtune.io import atomic_path, write_json
 from embedtune.manifest import not_in_key
-from embedtune.mine import exact_search
+from embedtune.search import exact_topk
+from embedtune.store import TextLookup
 from embedtune.plots import plot_metrics, plot_recall, plot_training
 from embedtune.precision import autocast
 
@@ -77,20 +78,34 @@ def paired_bootstrap(reference: dict[str, float], compared: dict[str, float], dr
 
 
 def evaluate_set(encoder, cache: EmbeddingCache, data: RetrievalSet, cfg: EvalConfig, label: str) -> dict:
-    doc_ids = list(data.corpus)
+    """Metrics of `encoder` on one set. A corpus read from the run's passages (a TextLookup) is encoded and
+    searched block by block through the cache; a BEIR corpus (a dict) as one list."""
     query_ids = list(data.queries)
     if cfg.max_queries:
         query_ids = query_ids[:cfg.max_queries]
     qrels = {q: data.qrels[q] for q in query_ids}
     with autocast(cfg.precision):
-        docs = cache.encode(encoder, [data.corpus[d] for d in doc_ids], "passage", cfg.batch_size,
-                            desc=f"{label}: {data.name} corpus")
+        if isinstance(data.corpus, TextLookup) and not isinstance(cache, NoCache):
+            docs = cache.encode_corpus(encoder, data.corpus, "passage", cfg.batch_size,
+                                       desc=f"{label}: {data.name} corpus")
+        else:
+            docs = cache.encode(encoder, list(data.corpus.values()), "passage", cfg.batch_size,
+                                desc=f"{label}: {data.name} corpus")
         queries = cache.encode(encoder, [data.queries[q] for q in query_ids], "query", cfg.batch_size,
                                desc=f"{label}: {data.name} queries")
-    scores, indices = exact_search(queries, docs, 100)  # faiss when installed, else torch
-    run = {q: {doc_ids[i]: float(s) for s, i in zip(scores[n].tolist(), indices[n].tolist())}
+    scores, indices = exact_topk(queries, docs, 100, desc=f"{label}: {data.name} search")
+    doc_ids = _ids_at(data.corpus, sorted({i for row in indices.tolist() for i in row if i >= 0}))
+    run = {q: {doc_ids[i]: float(s) for s, i in zip(scores[n].tolist(), indices[n].tolist()) if i >= 0}
            for n, q in enumerate(query_ids)}
-    return {"queries": len(query_ids), "documents": len(doc_ids), **trec_metrics(run, qrels)}
+    return {"queries": len(query_ids), "documents": len(data.corpus), **trec_metrics(run, qrels)}
+
+
+def _ids_at(corpus, rows: list[int]) -> dict[int, str]:
+    """Corpus row -> document id, for the rows a search returned."""
+    if isinstance(corpus, TextLookup):
+        return dict(zip(rows, corpus.table.take(rows, [corpus.table.id_column]).column(0).to_pylist()))
+    ids = list(corpus)
+    return {r: ids[r] for r in rows}
 
 
 def markdown_table(results: dict[str, dict[str, dict]]) -> str:

@@ -14,12 +14,14 @@ from typing import Optional
 
 import torch
 
-from embedtune.encode import EmbeddingCache
+from embedtune.embedding_cache import EmbeddingCache
 from embedtune.errors import EmbedtuneError
 from embedtune.io import write_parquet
 from embedtune.judge import JudgeConfig
 from embedtune.model import Encoder, ModelConfig, on_device
 from embedtune.precision import autocast
+from embedtune.search import rank_of_rows
+from embedtune.store import MappedTable, TextLookup
 
 SPLITS = ("train", "dev", "test")
 
@@ -104,18 +106,7 @@ def counts(dropped: dict[str, list[dict]]) -> dict[str, int]:
     return {reason: len(rows) for reason, rows in dropped.items()}
 
 
-def roundtrip_ranks(query_emb: torch.Tensor, passage_emb: torch.Tensor, positives: torch.Tensor,
-                    chunk: int = 1024) -> list[int]:
-    """Rank (1 = best) of each query's own passage among all passages under the base model."""
-    ranks = []
-    for start in range(0, len(query_emb), chunk):
-        scores = query_emb[start:start + chunk] @ passage_emb.T
-        own = scores.gather(1, positives[start:start + chunk, None])
-        ranks.extend(((scores > own).sum(1) + 1).tolist())
-    return ranks
-
-
-def roundtrip_filter(queries: list[dict], passages: list[dict], texts: dict[str, str], exempt: set[str],
+def roundtrip_filter(queries: list[dict], passages: MappedTable, texts: TextLookup, exempt: set[str],
                      model_cfg: ModelConfig, top_k: int, cache: EmbeddingCache, precision: str,
                      batch_size: int) -> tuple[list[dict], list[dict]]:
     """(kept, dropped): a query is kept when the base model ranks its own passage in the top `top_k` of the
@@ -123,12 +114,10 @@ def roundtrip_filter(queries: list[dict], passages: list[dict], texts: dict[str,
     land in `cache`, where mine and eval find them."""
     encoder = on_device(Encoder.load(model_cfg, precision=precision))
     with autocast(precision):
-        passage_emb = cache.encode(encoder, [texts[p["id"]] for p in passages], "passage", batch_size,
-                                   desc="filter: passages")
+        vectors = cache.encode_corpus(encoder, texts, "passage", batch_size, desc="filter: passages")
         query_emb = cache.encode(encoder, [q["text"] for q in queries], "query", batch_size, desc="filter: queries")
-    row_of = {p["id"]: n for n, p in enumerate(passages)}
-    positives = torch.tensor([row_of[q["passage_id"]] for q in queries], dtype=torch.long)
-    ranks = roundtrip_ranks(query_emb, passage_emb, positives) if queries else []
+    positives = torch.from_numpy(passages.rows_of([q["passage_id"] for q in queries]))
+    ranks = rank_of_rows(query_emb, vectors, positives) if queries else []
     ranked = [{**q, "roundtrip_rank": r} for q, r in zip(queries, ranks)]
     keep = [r["roundtrip_rank"] <= top_k or r["query_id"] in exempt for r in ranked]
     return [r for r, k in zip(ranked, keep) if k], [r for r, k in zip(ranked, keep) if not k]

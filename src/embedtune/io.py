@@ -9,11 +9,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import itertools
 import os
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -72,6 +73,26 @@ def write_parquet(rows: list[dict] | pa.Table, path: str | os.PathLike, schema: 
     table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=schema)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
+
+
+def write_parquet_parts(rows: Iterable[dict], folder: Path, prefix: str, schema: pa.Schema, rows_per_file: int,
+                        rows_per_group: int = 8192) -> Iterator[str]:
+    """Stream rows into Parquet files `<prefix>-00000.parquet`, ... of at most `rows_per_file` rows, each written
+    under a temporary name a row group at a time and renamed once complete; yields each file's name once it
+    is in place. Memory: one row group."""
+    rows = iter(rows)
+    for n in itertools.count():
+        group = list(itertools.islice(rows, min(rows_per_group, rows_per_file)))
+        if not group:
+            return
+        name = f"{prefix}-{n:05d}.parquet"
+        with atomic_path(Path(folder) / name) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+            written = 0
+            while group:
+                writer.write_table(pa.Table.from_pylist(group, schema=schema))
+                written += len(group)
+                group = list(itertools.islice(rows, min(rows_per_group, rows_per_file - written)))
+        yield name
 
 
 def read_parquet(path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:

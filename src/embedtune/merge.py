@@ -13,14 +13,16 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from embedtune.beir import RetrievalSet
-from embedtune.encode import NoCache
+from embedtune.embedding_cache import NoCache
 from embedtune.errors import EmbedtuneError
 from embedtune.io import atomic_path
 from embedtune.manifest import fingerprint, load_manifest
 from embedtune.model import Encoder, on_device, passage_text
+from embedtune.store import TextLookup
 
 if TYPE_CHECKING:
     from embedtune.config import Config
@@ -46,13 +48,15 @@ def interpolate(base: Encoder, tuned: Encoder, alpha: float) -> None:
     tuned.backbone.load_state_dict(merged)
 
 
-def grid_set(dev: list[dict], passages: list[dict], seed: int = 0) -> RetrievalSet:
+def grid_set(dev: list[dict], passages: TextLookup, seed: int = 0) -> RetrievalSet:
     """The synthetic dev queries against their own passages plus GRID_PASSAGES others (seeded)."""
-    own = {q["passage_id"] for q in dev}
-    others = [p for p in passages if p["id"] not in own]
-    sample = random.Random(seed).sample(others, min(GRID_PASSAGES, len(others)))
-    corpus = {p["id"]: passage_text(p["title"], p["text"]) for p in passages if p["id"] in own}
-    corpus.update({p["id"]: passage_text(p["title"], p["text"]) for p in sample})
+    own_ids = sorted({q["passage_id"] for q in dev})
+    own_rows = passages.table.rows_of(own_ids)
+    others = np.setdiff1d(np.arange(len(passages)), own_rows)  # rows in table order, the dev positives left out
+    sample = others[random.Random(seed).sample(range(len(others)), min(GRID_PASSAGES, len(others)))]
+    rows = np.sort(np.concatenate([own_rows, sample]))
+    found = passages.table.take(rows, ["id", "title", "text"]).to_pylist()
+    corpus = {p["id"]: passage_text(p["title"], p["text"]) for p in found}
     return RetrievalSet("synthetic dev (merge grid)", corpus, {q["query_id"]: q["query"] for q in dev},
                         {q["query_id"]: {q["passage_id"]: 1} for q in dev})
 
@@ -95,7 +99,7 @@ def merged_encoder(cfg: Config, run: RunFolder) -> tuple[Path, dict]:
     base = on_device(Encoder.load(cfg.model, precision="fp32"))
     grid: dict[str, float] = {}
     if setting == "auto":
-        alpha, grid = choose_alpha(base, tuned_dir, grid_set(run.read_pairs("dev"), run.read_passages()), cfg.eval)
+        alpha, grid = choose_alpha(base, tuned_dir, grid_set(run.read_pairs("dev"), run.passage_texts()), cfg.eval)
     else:
         alpha = float(setting)
     merged = Encoder.load(None, path=str(tuned_dir), fingerprint=f"merged:{key}", precision="fp32")

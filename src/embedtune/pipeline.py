@@ -7,12 +7,15 @@ import time
 from collections import Counter
 from typing import Optional
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from embedtune.assets import resolve_model
 from embedtune.beir import RetrievalSet
 from embedtune.config import Config
-from embedtune.corpus import chunk_documents, clean_documents, read_documents
+from embedtune.corpus import clean_documents, doc_key, iter_passages, read_documents
 from embedtune.distributed import barrier, init_process_group_from_env, is_main
-from embedtune.encode import embedding_cache
+from embedtune.embedding_cache import embedding_cache
 from embedtune.errors import EmbedtuneError
 from embedtune.evaluate import (
     comparison_table,
@@ -33,13 +36,13 @@ from embedtune.filter import (
 )
 from embedtune.generate.runner import read_queries, write_shard_and_merge
 from embedtune.hpo import load_terms, write_beir
-from embedtune.io import read_rows, write_parquet
 from embedtune.judge import judge_queries
-from embedtune.manifest import MANIFEST, load_manifest
+from embedtune.io import write_parquet_parts
+from embedtune.manifest import MANIFEST, fingerprint, load_manifest
 from embedtune.merge import describe as describe_merge
 from embedtune.merge import check as check_merge
 from embedtune.merge import merged_encoder
-from embedtune.mine import mine_hard_negatives
+from embedtune.mine import PassageRows, held_out_documents, write_negatives
 from embedtune.model import Encoder, base_fingerprint, on_device, passage_text
 from embedtune.precision import autocast
 from embedtune.query_report import (
@@ -50,9 +53,12 @@ from embedtune.query_report import (
 )
 from embedtune.runs import RunFolder, skip, stage_of
 from embedtune.score import write_shard_and_merge as score_shard_and_merge
+from embedtune.search import Searcher
 from embedtune.train import TrainData, TrainJob, run_training
 
 PASSAGE_FILE_ROWS = 100_000
+PASSAGES_SCHEMA = pa.schema([("id", pa.string()), ("doc_id", pa.string()), ("title", pa.string()),
+                             ("text", pa.string()), ("source", pa.string()), ("n_tokens", pa.int64())])
 
 
 def prepare(cfg: Config) -> dict:
@@ -61,27 +67,32 @@ def prepare(cfg: Config) -> dict:
     run, stage = RunFolder(cfg), stage_of(cfg, "prepare")
     if skip(stage, cfg.force):
         return load_manifest(run.passages)
-    dropped: Counter = Counter()
+    dropped, documents = Counter(), Counter()
     docs = clean_documents(read_documents(cfg.corpus, dropped), dropped)
-    if not docs:
-        raise EmbedtuneError(f"corpus '{cfg.corpus.name}' has no documents with text")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.model.name).path)
-    passages = chunk_documents(docs, tokenizer, cfg.corpus, dropped)
-    if not passages:
+    counted = (documents.update(["documents"]) or d for d in docs)
+    passages = iter_passages(counted, tokenizer, cfg.corpus, dropped)
+    # file names carry this run's tag: the previous run's files stay whole until the new manifest names others
+    tag = fingerprint(stage.key, time.time_ns())[:8]
+    files = list(write_parquet_parts(passages, run.passages, f"part-{tag}", PASSAGES_SCHEMA, PASSAGE_FILE_ROWS))
+    if not documents["documents"]:
+        raise EmbedtuneError(f"corpus '{cfg.corpus.name}' has no documents with text")
+    if not files:
         raise EmbedtuneError(f"corpus '{cfg.corpus.name}': every passage is shorter than corpus.min_chars")
-    files = []
-    for n, start in enumerate(range(0, len(passages), PASSAGE_FILE_ROWS)):
-        files.append(f"part-{n:05d}.parquet")
-        write_parquet(passages[start:start + PASSAGE_FILE_ROWS], run.passages / files[-1])
     extra = {}
     if cfg.corpus.format == "hpo":
         release, terms = load_terms()
         # a corpus slice (corpus.max_documents) gets the matching slice of the labelled set
         extra["benchmark"] = write_beir(run.benchmarks / "hpo", terms[:cfg.corpus.max_documents], release)
-    counts = {"documents": len(docs), "passages": len(passages), "dropped": dict(sorted(dropped.items()))}
-    print(f"prepare: {len(docs):,} documents -> {len(passages):,} passages"
+    n_passages = sum(pq.ParquetFile(run.passages / f).metadata.num_rows for f in files)
+    counts = {"documents": documents["documents"], "passages": n_passages, "dropped": dict(sorted(dropped.items()))}
+    print(f"prepare: {documents['documents']:,} documents -> {n_passages:,} passages"
           + "".join(f"; {k.replace('_', ' ')} {v:,}" for k, v in sorted(dropped.items())))
-    return stage.finish(counts, files=files, **extra)
+    manifest = stage.finish(counts, files=files, **extra)
+    for old in run.passages.glob("part-*.parquet"):  # files of earlier runs, named by no manifest now
+        if old.name not in files:
+            old.unlink()
+    return manifest
 
 
 def generate(cfg: Config) -> Optional[dict]:
@@ -96,13 +107,17 @@ def filter_and_split(cfg: Config) -> dict:
     run, stage = RunFolder(cfg), stage_of(cfg, "filter")
     if skip(stage, cfg.force):
         return load_manifest(run.pairs)
-    outputs, passages = read_queries(run.queries), run.read_passages()
-    texts = {p["id"]: passage_text(p["title"], p["text"]) for p in passages}
-    doc_of = {p["id"]: f"{p['source']}\x00{p['doc_id']}" for p in passages}
-    unknown = [q["passage_id"] for q in outputs if q["passage_id"] not in doc_of]
-    if unknown:
+    outputs, table = read_queries(run.queries), run.passage_table()
+    corpus_texts = run.passage_texts(table)
+    named = sorted({q["passage_id"] for q in outputs})  # only the passages that have queries, not the corpus
+    rows = table.rows_of(named, missing_ok=True)
+    if (rows < 0).any():
+        unknown = [pid for pid, r in zip(named, rows) if r < 0]
         raise EmbedtuneError(f"{len(unknown)} queries name passages that are not in passages/ (e.g. {unknown[0]}): "
                              "rerun generate after prepare (force=true)")
+    found = table.take(rows, ["id", "title", "text", "source", "doc_id"]).to_pylist()
+    texts = {p["id"]: passage_text(p["title"], p["text"]) for p in found}
+    doc_of = {p["id"]: doc_key(p["source"], p["doc_id"]) for p in found}
     extraction: dict[str, list[dict]] = {}
     for q in outputs:
         if q["reason"]:
@@ -112,7 +127,7 @@ def filter_and_split(cfg: Config) -> dict:
         # held-out test queries are not filtered by the base model: that would bias the base-vs-tuned test
         held_out = {q["query_id"] for q in kept if split_of(doc_of[q["passage_id"]], cfg.filter) == "test"}
         cache = embedding_cache(run.cache, base_fingerprint(cfg.model), cfg.eval.precision)
-        kept, dropped["roundtrip"] = roundtrip_filter(kept, passages, texts, held_out, cfg.model,
+        kept, dropped["roundtrip"] = roundtrip_filter(kept, table, corpus_texts, held_out, cfg.model,
                                                       cfg.filter.roundtrip_top_k, cache, cfg.eval.precision,
                                                       cfg.mining.batch_size)
     if cfg.filter.judge.enabled:
@@ -125,7 +140,7 @@ def filter_and_split(cfg: Config) -> dict:
     train_ids = {q["query_id"] for q in splits["train"]}
     measured = rates(outputs, [q for q in kept if q["query_id"] in train_ids], texts, cfg.filter)
     report = write_query_report(run.queries, cfg.run_name, outputs, kept, train_ids, by_stage,
-                                {p["id"]: p["title"] for p in passages}, measured, cfg.filter.seed)
+                                {p["id"]: p["title"] for p in found}, measured, cfg.filter.seed)
     counts_out = {"generated": len(outputs), "kept": len(kept), "dropped": reason_counts(by_stage),
                   **{s: len(rows) for s, rows in splits.items()}}
     print(f"filter: kept {len(kept):,} of {len(outputs):,} outputs ({len(kept) / max(1, len(outputs)):.0%}); dropped "
@@ -144,28 +159,31 @@ def mine(cfg: Config) -> dict:
     run, stage = RunFolder(cfg), stage_of(cfg, "mine")
     if skip(stage, cfg.force):
         return load_manifest(run.negatives)
-    pairs, passages = read_rows(run.pairs / "train.parquet"), run.read_passages()
-    several = init_process_group_from_env()  # under accelerate launch / torchrun: ranks split the encoding
+    passages, pairs = run.passage_table(), run.pairs_table("train")
+    several = init_process_group_from_env()  # under accelerate launch / torchrun: ranks split encoding and search
     encoder = on_device(Encoder.load(cfg.model, precision=cfg.eval.precision))
     cache = embedding_cache(run.cache, base_fingerprint(cfg.model), cfg.eval.precision)
     with autocast(cfg.eval.precision):
-        passage_emb = cache.encode(encoder, [passage_text(p["title"], p["text"]) for p in passages], "passage",
-                                   cfg.mining.batch_size, desc="mine: passages")
-        query_emb = cache.encode(encoder, [q["query"] for q in pairs], "query", cfg.mining.batch_size,
-                                 desc="mine: queries")
-    doc_of = {p["id"]: (p["source"], p["doc_id"]) for p in passages}
-    held_out = frozenset(doc_of[q["passage_id"]] for split in ("dev", "test") for q in run.read_pairs(split))
-    rows = mine_hard_negatives(pairs, passages, query_emb, passage_emb, cfg.mining, held_out)
-    if several and not is_main():  # every rank mined the same rows; one writes them
+        passage_vectors = cache.encode_corpus(encoder, run.passage_texts(passages), "passage", cfg.mining.batch_size,
+                                              desc="mine: passages")
+        query_vectors = cache.encode_corpus(encoder, run.query_texts("train", pairs), "query", cfg.mining.batch_size,
+                                            desc="mine: queries")
+    held_out = {doc for split in ("dev", "test") for doc in held_out_documents(passages, run.read_pairs(split))}
+    rows = PassageRows.of_table(passages)
+    searcher = Searcher(passage_vectors, cfg.mining, rows.allowed(held_out),
+                        index_folder=cache.folder / "index" / passages.folder.name)
+    counts = write_negatives(pairs, query_vectors, rows, passage_vectors, cfg.mining, searcher,
+                             run.negatives / "train.parquet")
+    if several and not is_main():  # rank 0 joined every rank's rows and writes the manifest
         return {}
-    write_parquet(rows, run.negatives / "train.parquet")
-    n_neg = [len(r["negative_ids"]) for r in rows]
-    short = sum(1 for n in n_neg if n < cfg.mining.num_negatives)
-    counts = {"queries": len(rows), "negatives": sum(n_neg), "queries_without_negatives": n_neg.count(0),
-              "queries_with_fewer_negatives": short}
-    print(f"mine: {sum(n_neg):,} hard negatives for {len(rows):,} queries; {short:,} got fewer than "
-          f"{cfg.mining.num_negatives} ({n_neg.count(0):,} none)")
-    return stage.finish(counts, files=["train.parquet"])
+    recall = searcher.recall(query_vectors, cfg.mining.top_k + 1)
+    print(f"mine: {counts['negatives']:,} hard negatives for {counts['queries']:,} queries by {searcher.describe()}; "
+          f"{counts['queries_with_fewer_negatives']:,} got fewer than {cfg.mining.num_negatives} "
+          f"({counts['queries_without_negatives']:,} none)")
+    if recall:
+        print(f"mine: {recall['index']}: recall@{recall['k']} {recall['recall']:.3f} against exact search on "
+              f"{recall['sample']:,} sampled queries")
+    return stage.finish(counts, files=["train.parquet"], search=recall or {"index": searcher.describe()})
 
 
 def score(cfg: Config) -> Optional[dict]:
@@ -177,8 +195,7 @@ def score(cfg: Config) -> Optional[dict]:
     run, stage = RunFolder(cfg), stage_of(cfg, "score")
     if skip(stage, cfg.force):
         return load_manifest(run.scores)
-    queries = {r["query_id"]: r["query"] for r in run.read_pairs("train")}
-    passages = {p["id"]: passage_text(p["title"], p["text"]) for p in run.read_passages()}
+    queries, passages = run.query_texts("train"), run.passage_texts()
     return score_shard_and_merge(cfg.teacher, stage, run.negatives / "train.parquet", queries, passages, cfg.force)
 
 
@@ -196,9 +213,8 @@ def train(cfg: Config) -> dict:
     stage = stage_of(cfg, "train")
     if skip(stage, cfg.force):
         return load_manifest(run.checkpoints)
-    queries = {r["query_id"]: r["query"] for r in run.read_pairs("train")}
-    passages = {p["id"]: passage_text(p["title"], p["text"]) for p in run.read_passages()}
-    data = TrainData(read_rows(run.training_rows(cfg)), queries, passages, cfg.train)
+    passages = run.passage_texts()
+    data = TrainData(run.training_table(cfg).table, run.query_texts("train"), passages, cfg.train)
     dev = run.read_pairs("dev")
     evaluator = training_evaluator(RetrievalSet("dev", passages, {q["query_id"]: q["query"] for q in dev},
                                                 {q["query_id"]: {q["passage_id"]: 1} for q in dev}),
@@ -223,8 +239,7 @@ def evaluate(cfg: Config) -> dict:
     stage = stage_of(cfg, "eval")
     if skip(stage, cfg.force):
         return load_manifest(run.eval)
-    corpus = {p["id"]: passage_text(p["title"], p["text"]) for p in run.read_passages()}
-    sets = eval_sets(cfg.eval, run.benchmarks, run.read_pairs("test"), corpus)
+    sets = eval_sets(cfg.eval, run.benchmarks, run.read_pairs("test"), run.passage_texts())
     several = init_process_group_from_env()  # under accelerate launch / torchrun: ranks split the encoding
     models = {"base": (lambda: Encoder.load(cfg.model, precision=cfg.eval.precision), base_fingerprint(cfg.model)),
               "tuned": (lambda: Encoder.load(cfg.model, path=str(run.final_encoder()), precision=cfg.eval.precision),
@@ -271,7 +286,7 @@ def export(cfg: Config) -> dict:
     if skip(stage, cfg.force):
         return load_manifest(run.model)
     eval_table = load_manifest(run.eval)["table"] if (run.eval / MANIFEST).exists() else None
-    sample = [passage_text(p["title"], p["text"]) for p in run.read_passages()[:64]]
+    sample = run.passage_texts().at(0, 64)
     card = model_card(cfg, load_manifest(run.pairs), load_manifest(run.passages), load_manifest(run.checkpoints),
                       eval_table)
     source = merged_encoder(cfg, run)[0] if cfg.export.merge_alpha is not None else run.final_encoder()

@@ -6,13 +6,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from embedtune.config import Config
+from embedtune.corpus import doc_key
 from embedtune.distributed import launcher_settings
 from embedtune.errors import EmbedtuneError
 from embedtune.generate.runner import generate_stage
-from embedtune.io import read_rows, read_stage_table
+from embedtune.io import read_rows
 from embedtune.manifest import MANIFEST, Stage, load_manifest
+from embedtune.model import passage_text
 from embedtune.precision import encoding_arithmetic, train_precision
+from embedtune.store import MappedTable, TextLookup, drop_older, table_folder
 
 STAGE_NAMES = ("prepare", "generate", "filter", "mine", "score", "train", "eval", "export")
 UPSTREAM = {"generate": "prepare", "filter": "generate", "mine": "filter", "score": "mine", "train": "mine",
@@ -34,10 +39,42 @@ class RunFolder:
         self.eval = self.root / "eval"
         self.benchmarks = self.root / "benchmarks"
         self.cache = self.root / "cache" / "embeddings"
+        self.tables = self.root / "cache" / "tables"
 
-    def read_passages(self) -> list[dict]:
-        """Every passage row prepare wrote (id, doc_id, title, text, source)."""
-        return read_stage_table(self.passages, ["id", "doc_id", "title", "text", "source"]).to_pylist()
+    def table(self, name: str, folder: Path, files: list[str], columns: list[str], id_column: str,
+              hashes=None) -> MappedTable:
+        """A stage's Parquet files as one memory-mapped table (built once per run of that stage)."""
+        manifest = load_manifest(folder)
+        target = table_folder(self.tables, name, manifest)
+        table = MappedTable.open([folder / f for f in files], target, columns, id_column, hashes)
+        drop_older(self.tables, name, target)
+        return table
+
+    def passage_table(self) -> MappedTable:
+        """Every passage, memory-mapped, by id; `hashes("doc")` names each row's document."""
+        files = load_manifest(self.passages)["files"]
+        return self.table("passages", self.passages, files, ["id", "doc_id", "title", "text", "source"], "id",
+                          {"doc": lambda b: map(doc_key, b.column("source").to_pylist(), b.column("doc_id").to_pylist())})
+
+    def passage_texts(self, table: MappedTable | None = None) -> TextLookup:
+        """id -> what the encoder reads for that passage (title and text), without a dict of every text."""
+        return TextLookup(table or self.passage_table(), lambda r: passage_text(r["title"], r["text"]),
+                          ["title", "text"])
+
+    def pairs_table(self, split: str) -> MappedTable:
+        """One split of the filter stage's pairs, memory-mapped, by query id."""
+        return self.table(f"pairs-{split}", self.pairs, [f"{split}.parquet"], ["query_id", "query", "passage_id"],
+                          "query_id")
+
+    def query_texts(self, split: str, table: MappedTable | None = None) -> TextLookup:
+        return TextLookup(table or self.pairs_table(split), lambda r: r["query"], ["query"])
+
+    def training_table(self, cfg: Config) -> MappedTable:
+        """What train reads, memory-mapped: the negatives with teacher scores when a teacher ran, else the
+        negatives."""
+        folder = self.scores if cfg.teacher.enabled else self.negatives
+        columns = pq.read_schema(folder / "train.parquet").names
+        return self.table(folder.name, folder, ["train.parquet"], columns, "query_id")
 
     def read_pairs(self, split: str) -> list[dict]:
         """The filter stage's pairs of one split ([] when it wrote none)."""
@@ -51,10 +88,6 @@ class RunFolder:
     def folder(self, stage: str) -> Path:
         return {"prepare": self.passages, "generate": self.queries, "filter": self.pairs, "mine": self.negatives,
                 "score": self.scores, "train": self.checkpoints, "eval": self.eval, "export": self.model}[stage]
-
-    def training_rows(self, cfg: Config) -> Path:
-        """What train reads: the negatives with teacher scores when a teacher ran, else the negatives."""
-        return self.scores / "train.parquet" if cfg.teacher.enabled else self.negatives / "train.parquet"
 
 
 def stage_of(cfg: Config, name: str) -> Stage:

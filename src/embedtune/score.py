@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional
 
@@ -24,6 +25,7 @@ from embedtune.errors import EmbedtuneError
 from embedtune.generate.runner import shard_name
 from embedtune.io import atomic_path, read_parquet, read_rows, write_parquet
 from embedtune.manifest import Stage, fingerprint
+from embedtune.store import texts_of
 from embedtune.teacher import TeacherConfig, make_teacher
 
 SCORED = "train.parquet"
@@ -38,20 +40,20 @@ def pairs_of(rows: list[dict]) -> list[tuple[str, str]]:
     return [(r["query_id"], pid) for r in rows for pid in [r["passage_id"], *r["negative_ids"]]]
 
 
-def score_shard(rows: list[dict], queries: dict[str, str], passages: dict[str, str], cfg: TeacherConfig,
+def score_shard(rows: list[dict], queries: Mapping[str, str], passages: Mapping[str, str], cfg: TeacherConfig,
                 index: int, count: int, teacher=None) -> list[dict]:
     own = pairs_of([r for r in rows if _h(r["query_id"]) % count == index])
     if not own:
         return []
     teacher = teacher or make_teacher(cfg)
-    scores = teacher.score([queries[q] for q, _ in own], [passages[p] for _, p in own])
+    scores = teacher.score(texts_of(queries, [q for q, _ in own]), texts_of(passages, [p for _, p in own]))
     if len(scores) != len(own):
         raise EmbedtuneError(f"score: the teacher returned {len(scores)} scores for {len(own)} pairs")
     return [{"query_id": q, "passage_id": p, "score": float(s)} for (q, p), s in zip(own, scores)]
 
 
-def write_shard_and_merge(cfg: TeacherConfig, stage: Stage, negatives: Path, queries: dict[str, str],
-                          passages: dict[str, str], force: bool = False) -> Optional[dict]:
+def write_shard_and_merge(cfg: TeacherConfig, stage: Stage, negatives: Path, queries: Mapping[str, str],
+                          passages: Mapping[str, str], force: bool = False) -> Optional[dict]:
     """Score this worker's shard (unless it is done under this key), then merge if every shard is there;
     the manifest once merged, else None."""
     out_dir = stage.folder

@@ -11,10 +11,12 @@ import dataclasses
 import math
 import resource
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
+import pyarrow as pa
 import torch
 from accelerate.utils import set_seed
 from tqdm import tqdm
@@ -32,6 +34,7 @@ from embedtune.loss import LossConfig, passage_hash
 from embedtune.manifest import not_in_key
 from embedtune.model import Encoder, ModelConfig, PeftConfig
 from embedtune.preemption import StopRequests
+from embedtune.store import texts_of
 from embedtune.tracking import LoggerConfig, Tracker
 
 if TYPE_CHECKING:  # the root config imports this module's TrainConfig
@@ -62,12 +65,15 @@ class TrainConfig:
 
 
 class TrainData:
-    """Training rows + passage texts. batch(step, rank, world) is deterministic in (seed, step, world):
-    the global batch is the same whatever the rank; each rank takes every world-th row of it."""
+    """Training rows + query and passage texts. batch(step, rank, world) is deterministic in (seed, step,
+    world): the global batch is the same whatever the rank; each rank takes every world-th row of it.
 
-    def __init__(self, rows: list[dict], queries: dict[str, str], passages: dict[str, str], cfg: TrainConfig,
-                 world: int = 1):
-        if not rows:
+    `rows` is a list of dicts or an Arrow table (the run's, memory-mapped: a step copies out only its own
+    rows), and `queries`/`passages` map ids to texts (dicts, or the run's memory-mapped TextLookups)."""
+
+    def __init__(self, rows: list[dict] | pa.Table, queries: Mapping[str, str], passages: Mapping[str, str],
+                 cfg: TrainConfig, world: int = 1):
+        if not len(rows):
             raise EmbedtuneError("no training pairs: the filter/split stage kept none (see pairs/manifest.json)")
         if len(rows) < world:
             raise EmbedtuneError(f"{len(rows)} training pairs cannot feed {world} processes: the "
@@ -83,16 +89,22 @@ class TrainData:
             return self.cfg.max_steps
         return max(1, math.ceil(self.cfg.epochs * self.steps_per_epoch))
 
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.rows), generator=g)[:self.per_epoch]  # a tensor: 8 bytes per row
+
     def order(self, epoch: int) -> list[int]:
         """The rows of one epoch, in training order: a permutation seeded by (seed, epoch)."""
-        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.rows), generator=g).tolist()[:self.per_epoch]
+        return self._permutation(epoch).tolist()
 
     def global_rows(self, step: int) -> list[dict]:
         epoch, pos = divmod(step, self.steps_per_epoch)
         if epoch != self._perm_epoch:
-            self._perm, self._perm_epoch = self.order(epoch), epoch
-        return [self.rows[i] for i in self._perm[pos * self.cfg.batch_size:(pos + 1) * self.cfg.batch_size]]
+            self._perm, self._perm_epoch = self._permutation(epoch), epoch
+        chosen = self._perm[pos * self.cfg.batch_size:(pos + 1) * self.cfg.batch_size].tolist()
+        if isinstance(self.rows, pa.Table):
+            return self.rows.take(pa.array(chosen, type=pa.int64())).to_pylist()
+        return [self.rows[i] for i in chosen]
 
     def batch(self, step: int, rank: int = 0) -> dict:
         rows = self.global_rows(step)
@@ -108,8 +120,8 @@ class TrainData:
         rows, picks = [rows[i] for i in share], [picks[i] for i in share]
         negatives = [r["negative_ids"][i] for r, pick in zip(rows, picks) for i in pick]
         candidate_ids = [r["passage_id"] for r in rows] + negatives
-        batch = {"queries": [self.queries[r["query_id"]] for r in rows],
-                 "candidates": [self.passages[p] for p in candidate_ids],
+        batch = {"queries": texts_of(self.queries, [r["query_id"] for r in rows]),
+                 "candidates": texts_of(self.passages, candidate_ids),
                  "query_pids": torch.tensor([passage_hash(r["passage_id"]) for r in rows]),
                  "candidate_pids": torch.tensor([passage_hash(p) for p in candidate_ids]),
                  "global_size": global_size}

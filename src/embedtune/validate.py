@@ -50,10 +50,19 @@ def problems(cfg: Config) -> list[str]:
         ranks = list(mining.sample_ranks)
         need(len(ranks) == 2 and 0 <= ranks[0] < ranks[1] <= mining.top_k,
              f"mining.sample_ranks={ranks} must be [a, b] with 0 <= a < b <= mining.top_k={mining.top_k}")
-    need(mining.index in ("auto", "torch", "faiss"), f"mining.index={mining.index} is not one of auto, torch, faiss")
+    need(mining.index in ("auto", "exact", "ivf", "hnsw"), f"mining.index={mining.index} is not one of auto, exact, ivf, hnsw")
+    need(mining.ivf_probe >= 1 and (mining.ivf_lists is None or mining.ivf_lists >= 1),
+         f"mining.ivf_probe={mining.ivf_probe} and mining.ivf_lists={mining.ivf_lists} must be >= 1 (ivf_lists: or null)")
+    need(mining.hnsw_m >= 2 and mining.hnsw_ef_search >= 1 and mining.hnsw_ef_construction >= 1,
+         f"mining.hnsw_m={mining.hnsw_m} must be >= 2 and mining.hnsw_ef_search/ef_construction >= 1")
+    need(mining.recall_sample >= 1 and mining.query_block >= 1,
+         f"mining.recall_sample={mining.recall_sample} and mining.query_block={mining.query_block} must be >= 1")
     need(0 <= filt.dev_fraction < 1 and 0 <= filt.test_fraction < 1 and filt.dev_fraction + filt.test_fraction < 1,
          f"filter.dev_fraction={filt.dev_fraction} + filter.test_fraction={filt.test_fraction} must be below 1 "
          "(each in [0, 1)): training needs documents too")
+    need(corpus.format in ("hpo", "files", "jsonl", "parquet", "beir", "hf"),
+         f"corpus.format={corpus.format} is not one of hpo, files, jsonl, parquet, beir, hf")
+    need(corpus.format == "hpo" or bool(corpus.path), f"corpus.format={corpus.format} needs corpus.path")
     need(corpus.duplicate_ids in ("error", "keep_first", "suffix"),
          f"corpus.duplicate_ids={corpus.duplicate_ids} is not one of error, keep_first, suffix")
     need(corpus.chunk_tokens >= 8, f"corpus.chunk_tokens={corpus.chunk_tokens} must be >= 8")

@@ -7,19 +7,22 @@ holding the stage key, so a rerun skips finished shards and a changed config reg
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
+
+import pyarrow.parquet as pq
 
 from embedtune.distributed import ShardConfig, shard_of_worker
 from embedtune.errors import EmbedtuneError
 from embedtune.generate.backends import BackendConfig, make_backend
 from embedtune.generate.extract import extract_query
 from embedtune.generate.prompts import PromptConfig, passage_for_prompt, render
-from embedtune.io import atomic_path, read_parquet, read_stage_table, write_parquet
+from embedtune.io import atomic_path, read_json, read_parquet, read_stage_table, write_parquet
 from embedtune.manifest import Stage, not_in_key
 from embedtune.precision import generator_dtype
 from embedtune.validate import check_generator
@@ -40,11 +43,42 @@ def _h(text: str) -> int:
     return int(hashlib.sha1(text.encode("utf-8")).hexdigest(), 16)
 
 
-def select_passages(ids: list[str], cfg: GeneratorConfig) -> set[str]:
+def _sample_key(passage_id: str, cfg: GeneratorConfig) -> int:
+    return _h(f"{cfg.seed}\x00{passage_id}")
+
+
+def sample_threshold(ids: Iterable[str], cfg: GeneratorConfig) -> Optional[int]:
+    """The largest sample key among the `max_passages` smallest (None: every passage is in the sample).
+    A bounded heap: memory follows max_passages, not the corpus."""
+    if cfg.max_passages is None:
+        return None
+    keys = heapq.nsmallest(cfg.max_passages, (_sample_key(i, cfg) for i in ids))
+    return keys[-1] if len(keys) == cfg.max_passages else None
+
+
+def select_passages(ids: Iterable[str], cfg: GeneratorConfig) -> set[str]:
     """The sample: the `max_passages` ids of smallest seeded hash (stable whatever the corpus order)."""
-    if cfg.max_passages is None or cfg.max_passages >= len(ids):
-        return set(ids)
-    return set(sorted(ids, key=lambda i: _h(f"{cfg.seed}\x00{i}"))[:cfg.max_passages])
+    ids = list(ids)
+    threshold = sample_threshold(ids, cfg)
+    return {i for i in ids if threshold is None or _sample_key(i, cfg) <= threshold}
+
+
+def shard_passages(folder: Path, cfg: GeneratorConfig, index: int, count: int) -> list[dict]:
+    """This shard's passages of the sample: the ids are read a batch at a time (twice: the sample's threshold,
+    then the rows), and only this shard's rows are kept."""
+    files = [Path(folder) / f for f in read_json(Path(folder) / "manifest.json")["files"]]
+
+    def batches(columns: list[str]):
+        for path in files:
+            yield from pq.ParquetFile(path).iter_batches(batch_size=65_536, columns=columns)
+
+    threshold = sample_threshold((i for b in batches(["id"]) for i in b.column("id").to_pylist()), cfg)
+    own = []
+    for batch in batches(["id", "title", "text"]):
+        for p in batch.to_pylist():
+            if _h(p["id"]) % count == index and (threshold is None or _sample_key(p["id"], cfg) <= threshold):
+                own.append(p)
+    return own
 
 
 def query_types(passage_id: str, cfg: GeneratorConfig) -> list[str]:
@@ -107,9 +141,7 @@ def write_shard_and_merge(cfg: GeneratorConfig, stage: Stage, passages_dir: Path
     name = shard_name(index, count)
     done = out_dir / f"{name}.done"
     if force or not done.exists() or json.loads(done.read_text()).get("key") != stage.key:
-        table = read_stage_table(passages_dir, ["id", "title", "text"])
-        chosen = select_passages(table.column("id").to_pylist(), cfg)
-        passages = [p for p in table.to_pylist() if p["id"] in chosen]
+        passages = shard_passages(passages_dir, cfg, index, count)
         started = time.time()
         rows = generate_shard(passages, cfg, index, count)
         write_parquet(rows, out_dir / f"{name}.parquet")

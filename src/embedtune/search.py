@@ -1,0 +1,277 @@
+"""Top-k inner-product search over a corpus's vectors: exact (block by block, on the GPU when there is one) or
+approximate with faiss (IVF or HNSW, fp16 codes), some rows excluded (held-out documents).
+
+An approximate index is built once per model fingerprint and corpus and kept in the embedding cache's folder;
+`recall_against_exact` measures what it misses on a sample of queries.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from embedtune.embedding_cache import CorpusVectors
+from embedtune.errors import EmbedtuneError
+from embedtune.io import atomic_path
+from embedtune.manifest import not_in_key
+from embedtune.store import _locked
+
+SEARCH_BLOCK = 16_384   # corpus rows scored at once by exact search
+QUERY_BLOCK = 2_048     # queries scored at once
+Vectors = Union[CorpusVectors, torch.Tensor, np.ndarray]
+
+
+@dataclass
+class IndexConfig:
+    index: str = "auto"               # auto (exact below ann_min_passages, else ivf) | exact | ivf | hnsw
+    ann_min_passages: int = 250_000   # auto switches from exact search to IVF at this many passages
+    ivf_lists: Optional[int] = None   # IVF cells (null: 4 x sqrt(passages), at most passages / 39)
+    ivf_probe: int = 64               # IVF cells searched per query (more: higher recall, slower)
+    hnsw_m: int = 32                  # HNSW links per node
+    hnsw_ef_construction: int = 80    # HNSW candidate list while building
+    hnsw_ef_search: int = 128         # HNSW candidate list while searching (at least top_k)
+    recall_sample: int = not_in_key(1000)  # queries whose ANN results are checked against exact search
+    seed: int = 0                     # IVF training sample and the recall sample
+
+
+def index_kind(cfg: IndexConfig, passages: int) -> str:
+    if cfg.index == "auto":
+        return "exact" if passages < cfg.ann_min_passages else "ivf"
+    return cfg.index
+
+
+def _device() -> torch.device:
+    from embedtune.distributed import local_rank
+
+    return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _blocks(vectors: Vectors, size: int = SEARCH_BLOCK) -> Iterator[tuple[int, np.ndarray | torch.Tensor]]:
+    if isinstance(vectors, CorpusVectors):
+        yield from vectors.blocks(size)
+    else:
+        for start in range(0, len(vectors), size):
+            yield start, vectors[start:start + size]
+
+
+def _as_tensor(x) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def exact_topk(queries: torch.Tensor | np.ndarray, vectors: Vectors, k: int,
+               allowed: Optional[np.ndarray] = None, desc: str = "exact search") -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores, rows), each [queries, k'] with k' = min(k, allowed rows), best first: every corpus block is read
+    once and scored against every query (on the GPU when there is one), keeping a running top-k."""
+    queries = _as_tensor(queries).float()
+    n = len(vectors)
+    k = min(k, n if allowed is None else int(allowed.sum()))
+    device = _device()
+    best_s = torch.full((len(queries), k), -math.inf)
+    best_i = torch.full((len(queries), k), -1, dtype=torch.long)
+    if k == 0 or len(queries) == 0:
+        return best_s, best_i
+    with tqdm(total=n, desc=desc, unit="passage", leave=False, mininterval=1.0) as bar:
+        for start, block in _blocks(vectors):
+            block = _as_tensor(block).float().to(device)
+            mask = None if allowed is None else torch.from_numpy(~allowed[start:start + len(block)]).to(device)
+            for q in range(0, len(queries), QUERY_BLOCK):
+                scores = queries[q:q + QUERY_BLOCK].to(device) @ block.T
+                if mask is not None:
+                    scores[:, mask] = -math.inf
+                top_s, top_i = scores.topk(min(k, len(block)), dim=1)
+                merged_s = torch.cat([best_s[q:q + QUERY_BLOCK], top_s.cpu()], dim=1)
+                merged_i = torch.cat([best_i[q:q + QUERY_BLOCK], top_i.cpu() + start], dim=1)
+                keep_s, at = merged_s.topk(k, dim=1)
+                best_s[q:q + QUERY_BLOCK], best_i[q:q + QUERY_BLOCK] = keep_s, merged_i.gather(1, at)
+            bar.update(len(block))
+    return best_s, best_i
+
+
+def rank_of_rows(queries: torch.Tensor, vectors: Vectors, rows: torch.Tensor) -> list[int]:
+    """Rank (1 = best) of row rows[i] among all corpus rows for query i: 1 + rows scoring strictly higher."""
+    queries = _as_tensor(queries).float()
+    own = (queries * _as_tensor(take_vectors(vectors, rows.numpy())).float()).sum(-1, keepdim=True)
+    above = torch.zeros(len(queries), dtype=torch.long)
+    for _, block in _blocks(vectors):
+        block = _as_tensor(block).float()
+        for q in range(0, len(queries), QUERY_BLOCK):
+            # 1e-6: the own row's matmul score may differ from `own` in the last bits; it must not outrank itself
+            scores = queries[q:q + QUERY_BLOCK] @ block.T
+            above[q:q + QUERY_BLOCK] += (scores > own[q:q + QUERY_BLOCK] + 1e-6).sum(1)
+    return (above + 1).tolist()
+
+
+def take_vectors(vectors: Vectors, rows: np.ndarray) -> np.ndarray | torch.Tensor:
+    """Vectors of some rows."""
+    if isinstance(vectors, CorpusVectors):
+        return vectors.take(rows)
+    if isinstance(vectors, torch.Tensor):
+        return vectors[torch.as_tensor(np.asarray(rows), dtype=torch.long)]
+    return vectors[np.asarray(rows)]
+
+
+# ---------------------------------------------------------------- approximate (faiss)
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as e:
+        raise EmbedtuneError("mining.index=ivf/hnsw needs faiss: pip install faiss-cpu (or faiss-gpu)") from e
+    return faiss
+
+
+def ivf_lists(cfg: IndexConfig, n: int) -> int:
+    lists = cfg.ivf_lists or int(4 * math.sqrt(n))
+    return max(1, min(lists, n // 39))  # faiss wants 39+ training points per cell
+
+
+def index_name(kind: str, cfg: IndexConfig, n: int) -> str:
+    if kind == "ivf":
+        return f"ivf{ivf_lists(cfg, n)}-fp16-seed{cfg.seed}"
+    return f"hnsw{cfg.hnsw_m}-ef{cfg.hnsw_ef_construction}-fp16"
+
+
+def build_index(kind: str, vectors: Vectors, cfg: IndexConfig):
+    """A faiss IVF (inverted lists of fp16 residuals) or HNSW (fp16 vectors) index over every row, added block
+    by block; IVF's cells come from k-means on a seeded sample of 64 rows per cell."""
+    faiss = _faiss()
+    n = len(vectors)
+    dim = vectors.dim if isinstance(vectors, CorpusVectors) else vectors.shape[1]
+    fp16 = faiss.ScalarQuantizer.QT_fp16
+    if kind == "ivf":
+        lists = ivf_lists(cfg, n)
+        index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, lists, fp16, faiss.METRIC_INNER_PRODUCT)
+        sample = np.sort(np.random.default_rng(cfg.seed).choice(n, size=min(n, 64 * lists), replace=False))
+        index.train(np.ascontiguousarray(take_vectors(vectors, sample), dtype=np.float32))
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWSQ(dim, fp16, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = cfg.hnsw_ef_construction
+        index.train(np.ascontiguousarray(take_vectors(vectors, np.arange(min(n, 10_000))), dtype=np.float32))
+    else:
+        raise EmbedtuneError(f"mining.index={kind} is not one of auto, exact, ivf, hnsw")
+    with tqdm(total=n, desc=f"{kind} index", unit="passage", leave=False, mininterval=1.0) as bar:
+        for _, block in _blocks(vectors):
+            index.add(np.ascontiguousarray(block, dtype=np.float32))
+            bar.update(len(block))
+    return index
+
+
+def cached_index(kind: str, vectors: Vectors, cfg: IndexConfig, path: Path):
+    """The index at `path` (its name carries the settings, its folder the model and corpus), built first if it
+    is not there; one process per node builds it while the others wait."""
+    faiss = _faiss()
+    path = Path(path)
+    with _locked(path):
+        if not path.exists():
+            index = build_index(kind, vectors, cfg)
+            with atomic_path(path) as tmp:
+                faiss.write_index(index, str(tmp))
+            return index
+    return faiss.read_index(str(path))
+
+
+class AnnSearch:
+    """Search an IVF or HNSW index, never returning excluded rows (a faiss ID selector on the CPU; on a GPU,
+    twice k fetched, excluded rows dropped, and any query left short searched again on the CPU)."""
+
+    def __init__(self, kind: str, index, cfg: IndexConfig, allowed: Optional[np.ndarray]):
+        faiss = _faiss()
+        self.kind, self.index, self.cfg, self.allowed = kind, index, cfg, allowed
+        self._bits = None if allowed is None else np.packbits(allowed, bitorder="little")
+        selector = None if allowed is None else faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(self._bits))
+        if kind == "ivf":
+            self.params = faiss.SearchParametersIVF(sel=selector, nprobe=cfg.ivf_probe)
+            self.plain = faiss.SearchParametersIVF(nprobe=cfg.ivf_probe)
+        else:
+            self.params = faiss.SearchParametersHNSW(sel=selector, efSearch=cfg.hnsw_ef_search)
+            self.plain = faiss.SearchParametersHNSW(efSearch=cfg.hnsw_ef_search)
+        self.gpu_index = None
+        if kind == "ivf" and torch.cuda.is_available() and hasattr(faiss, "StandardGpuResources"):
+            self._resources = faiss.StandardGpuResources()
+            self.gpu_index = faiss.index_cpu_to_gpu(self._resources, _device().index or 0, index)
+
+    def search(self, queries: torch.Tensor | np.ndarray, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        n_allowed = self.index.ntotal if self.allowed is None else int(self.allowed.sum())
+        k = min(k, n_allowed)
+        if self.gpu_index is None:
+            scores, rows = self.index.search(queries, k, params=self.params)
+        else:
+            scores, rows = self._search_gpu(queries, k)
+        return torch.from_numpy(scores), torch.from_numpy(rows).long()
+
+    def _search_gpu(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        self.gpu_index.nprobe = self.cfg.ivf_probe
+        fetched_s, fetched_i = self.gpu_index.search(queries, min(2 * k, self.index.ntotal))
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        rows = np.full((len(queries), k), -1, dtype=np.int64)
+        short = []
+        for q in range(len(queries)):
+            ok = fetched_i[q] >= 0
+            if self.allowed is not None:
+                ok &= self.allowed[np.maximum(fetched_i[q], 0)]
+            keep = np.flatnonzero(ok)[:k]
+            scores[q, :len(keep)], rows[q, :len(keep)] = fetched_s[q, keep], fetched_i[q, keep]
+            if len(keep) < k:
+                short.append(q)
+        if short:
+            s, i = self.index.search(queries[short], k, params=self.params)
+            scores[short], rows[short] = s, i
+        return scores, rows
+
+
+class Searcher:
+    """Top-k over a corpus's vectors by the configured kind (exact, ivf, hnsw; auto by corpus size), never
+    returning a row outside `allowed`. ANN indexes are cached at `index_folder/<kind and settings>.faiss`."""
+
+    def __init__(self, vectors: Vectors, cfg: IndexConfig, allowed: Optional[np.ndarray] = None,
+                 index_folder: Optional[Path] = None):
+        self.vectors, self.cfg, self.allowed = vectors, cfg, allowed
+        self.kind = index_kind(cfg, len(vectors))
+        self.ann = None
+        if self.kind != "exact":
+            if index_folder is None:
+                index = build_index(self.kind, vectors, cfg)
+            else:
+                index = cached_index(self.kind, vectors, cfg,
+                                     Path(index_folder) / f"{index_name(self.kind, cfg, len(vectors))}.faiss")
+            self.ann = AnnSearch(self.kind, index, cfg, allowed)
+
+    def describe(self) -> str:
+        if self.kind == "ivf":
+            return f"IVF index ({ivf_lists(self.cfg, len(self.vectors)):,} lists, {self.cfg.ivf_probe} probed, fp16)"
+        if self.kind == "hnsw":
+            return f"HNSW index (M {self.cfg.hnsw_m}, efSearch {self.cfg.hnsw_ef_search}, fp16)"
+        return "exact search"
+
+    def search(self, queries: torch.Tensor | np.ndarray, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.ann is not None:
+            return self.ann.search(queries, k)
+        return exact_topk(queries, self.vectors, k, self.allowed)
+
+    def recall(self, queries: torch.Tensor | np.ndarray, k: int) -> Optional[dict]:
+        """recall@k of this search against exact search on a seeded sample of `queries` (None when exact)."""
+        if self.ann is None or not len(queries):
+            return None
+        n = min(self.cfg.recall_sample, len(queries))
+        sample = np.sort(np.random.default_rng(self.cfg.seed).choice(len(queries), size=n, replace=False))
+        chosen = _as_tensor(queries[sample] if isinstance(queries, torch.Tensor) else np.asarray(queries)[sample])
+        found = self.search(chosen, k)[1]
+        exact = exact_topk(chosen, self.vectors, k, self.allowed, desc="recall check")[1]
+        return {"index": self.describe(), "k": k, "sample": n, "recall": recall_against_exact(found, exact)}
+
+
+def recall_against_exact(found: torch.Tensor, exact: torch.Tensor) -> float:
+    """Mean over queries of |found ∩ exact| / |exact| (rows of -1 do not count)."""
+    hits, total = 0, 0
+    for f, e in zip(found.tolist(), exact.tolist()):
+        truth = {r for r in e if r >= 0}
+        hits += len(truth & set(f))
+        total += len(truth)
+    return hits / total if total else 1.0
