@@ -1,8 +1,10 @@
 """generate: prompts, output cleaning, the transformers backend, and the sharded runner with merge."""
 
+import hashlib
 import json
 from collections import defaultdict
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 from helpers import write_passages
@@ -11,7 +13,14 @@ from embedtune.errors import EmbedtuneError
 from embedtune.generate.answer import Answer, answer_of, first_line
 from embedtune.generate.backends import BackendConfig, NoRepeatInAnswer, StopAtNewline, shared_start
 from embedtune.generate.prompts import PromptConfig, builtin_types, cut, render
-from embedtune.generate.runner import GeneratorConfig, query_types, read_queries, run_generate, select_passages
+from embedtune.generate.runner import (
+    GeneratorConfig,
+    query_types,
+    read_queries,
+    run_generate,
+    select_passages,
+    shard_passages,
+)
 from embedtune.validate import check_generator
 
 
@@ -88,6 +97,18 @@ def test_select_passages_is_a_stable_sample():
     assert len(chosen) == 10 and chosen == select_passages(list(reversed(ids)), cfg)
     assert select_passages(ids[:50] + ["new"] + ids[50:], cfg) - chosen <= {"new"}
     assert select_passages(ids, GeneratorConfig(max_passages=None)) == set(ids)
+
+
+@pytest.mark.parametrize("max_passages", [7, None])
+def test_each_shard_reads_only_its_own_passages_of_the_sample(tmp_path, max_passages):
+    folder = write_passages(tmp_path / "passages", 40)
+    cfg = GeneratorConfig(max_passages=max_passages)
+    ids = pq.read_table(folder / "part-00000.parquet", columns=["id"]).column("id").to_pylist()
+    shards = [shard_passages(folder, cfg, i, 3) for i in range(3)]
+    owned = [{p["id"] for p in shard} for shard in shards]
+    assert set().union(*owned) == select_passages(ids, cfg) and sum(map(len, owned)) == (max_passages or 40)
+    assert all(int(hashlib.sha1(p.encode()).hexdigest(), 16) % 3 == i for i, ids_ in enumerate(owned) for p in ids_)
+    assert all(set(p) == {"id", "title", "text"} for shard in shards for p in shard)
 
 
 @pytest.fixture

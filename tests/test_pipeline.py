@@ -20,6 +20,21 @@ def test_every_stage_writes_its_manifest(demo_run):
     assert (run / "config.run.yaml").exists()
 
 
+def test_every_stage_output_loads_with_datasets(demo_run, tmp_path):
+    """The run folder's Parquet files are datasets' own format: `load_dataset("parquet", data_files=...)`
+    opens every one, with its rows and columns."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    files = sorted(p for p in demo_run.folder.rglob("*.parquet") if "points" not in p.parts and "cache" not in p.parts)
+    stages = {p.relative_to(demo_run.folder).parts[0] for p in files}
+    assert {"passages", "queries", "pairs", "negatives"} <= stages
+    for path in files:
+        loaded = datasets.load_dataset("parquet", data_files=str(path), split="train", cache_dir=str(tmp_path))
+        assert loaded.num_rows == pq.ParquetFile(path).metadata.num_rows, path
+        assert loaded.column_names == pq.read_schema(path).names, path
+
+
 def test_report_compares_base_and_tuned_on_human_and_synthetic_queries(demo_run):
     run, result = demo_run.folder, demo_run.result
     report = (run / "eval" / "report.md").read_text()
@@ -182,15 +197,28 @@ def test_train_stage_under_accelerate_launch_with_two_processes(demo_run, tmp_pa
     stages, trained with gradient caching on 2 processes; one manifest, written by rank 0; eval reads it."""
     import shutil
 
+    import pyarrow.parquet as pq
     from helpers import accelerate_launch
 
     run = demo_run.folder
     copy = tmp_path / "e2e"
     for stage in ("passages", "queries", "pairs", "negatives", "benchmarks"):
         shutil.copytree(run / stage, copy / stage)
-    # earlier tests re-filtered pairs: mine the copy again
-    mined = embedtune("mine", *demo_run.stage_args[:2], f"paths.runs={tmp_path}", cwd=tmp_path)
+    # earlier tests re-filtered pairs: mine the copy again, with an IVF index, then on 2 processes (each mines
+    # a contiguous share of the queries with the same cached index; rank 0 joins them): the same file
+    ivf = ["mining.index=ivf", "mining.ivf_lists=4", "mining.ivf_probe=2", "mining.query_block=3"]
+    mined = embedtune("mine", *demo_run.stage_args[:2], f"paths.runs={tmp_path}", *ivf, cwd=tmp_path)
     assert mined.returncode == 0, mined.stderr[-2000:]
+    assert "by IVF index (4 lists, 2 probed, fp16)" in mined.stdout and "recall@51" in mined.stdout
+    one = pq.read_table(copy / "negatives" / "train.parquet")
+    recall = json.loads((copy / "negatives" / "manifest.json").read_text())["search"]
+    assert recall["sample"] == one.num_rows and 0 < recall["recall"] <= 1
+    two = accelerate_launch(["-m", "embedtune.cli", "mine", *demo_run.stage_args[:2], f"paths.runs={tmp_path}", *ivf,
+                             "force=true"], processes=2, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "(rank 1/2)" in two.stderr and two.stdout.count("hard negatives for") == 1
+    assert pq.read_table(copy / "negatives" / "train.parquet").equals(one)
+    assert len(list((copy / "cache").rglob("*.faiss"))) == 1  # built once, read by the other runs
     args = ["-m", "embedtune.cli", "train", "debug=tiny", "run_name=e2e", f"paths.runs={tmp_path}",
             "train.grad_cache=true", "train.chunk_size=2", "logger=none"]
     result = accelerate_launch(args, processes=2, timeout=600)

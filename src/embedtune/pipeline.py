@@ -35,6 +35,7 @@ from embedtune.filter import (
     write_splits,
 )
 from embedtune.generate.runner import read_queries, write_shard_and_merge
+from embedtune.hf_dataset import write_pairs_dataset
 from embedtune.hpo import load_terms, write_beir
 from embedtune.judge import judge_queries
 from embedtune.io import write_parquet_parts
@@ -291,6 +292,12 @@ def export(cfg: Config) -> dict:
                       eval_table)
     source = merged_encoder(cfg, run)[0] if cfg.export.merge_alpha is not None else run.final_encoder()
     result = export_model(source, run.model, sample, cfg.export, card)
+    if cfg.export.dataset:
+        described = (f"Made by embedtune from the corpus `{cfg.corpus.name}` ({cfg.corpus.domain}): queries written by "
+                     f"`{cfg.generator.model}`, hard negatives mined with `{cfg.model.name}`.")
+        result.update(write_pairs_dataset(run.training_table(cfg).table, run.query_texts("train"), run.passage_texts(),
+                                          run.dataset, cfg.run_name, described))
+        print(f"export: {run.dataset} ({result['dataset_rows']:,} training pairs as a Hugging Face dataset)")
     onnx = f", ONNX {result['onnx_max_abs_diff']:.1e}" if 'onnx_max_abs_diff' in result else ''
     print(f"export: {run.model} (max |diff| vs trained encoder: sentence-transformers {result['max_abs_diff']:.1e}{onnx})")
     return stage.finish({"texts_checked": result["texts_checked"]}, **result)

@@ -36,6 +36,7 @@ class RunFolder:
         self.merged = self.root / "merged"
         self.checkpoints = self.root / "checkpoints"
         self.model = self.root / "model"
+        self.dataset = self.root / "dataset"
         self.eval = self.root / "eval"
         self.benchmarks = self.root / "benchmarks"
         self.cache = self.root / "cache" / "embeddings"

@@ -52,7 +52,7 @@ def _device() -> torch.device:
     return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def _blocks(vectors: Vectors, size: int = SEARCH_BLOCK) -> Iterator[tuple[int, np.ndarray | torch.Tensor]]:
+def _blocks(vectors: Vectors, size: int) -> Iterator[tuple[int, np.ndarray | torch.Tensor]]:
     if isinstance(vectors, CorpusVectors):
         yield from vectors.blocks(size)
     else:
@@ -67,30 +67,30 @@ def _as_tensor(x) -> torch.Tensor:
 def exact_topk(queries: torch.Tensor | np.ndarray, vectors: Vectors, k: int,
                allowed: Optional[np.ndarray] = None, desc: str = "exact search") -> tuple[torch.Tensor, torch.Tensor]:
     """(scores, rows), each [queries, k'] with k' = min(k, allowed rows), best first: every corpus block is read
-    once and scored against every query (on the GPU when there is one), keeping a running top-k."""
-    queries = _as_tensor(queries).float()
+    once and scored against every query (on the GPU when there is one), keeping a running top-k there."""
+    device = _device()
+    queries = _as_tensor(queries).float().to(device)
     n = len(vectors)
     k = min(k, n if allowed is None else int(allowed.sum()))
-    device = _device()
-    best_s = torch.full((len(queries), k), -math.inf)
-    best_i = torch.full((len(queries), k), -1, dtype=torch.long)
+    best_s = torch.full((len(queries), k), -math.inf, device=device)
+    best_i = torch.full((len(queries), k), -1, dtype=torch.long, device=device)
     if k == 0 or len(queries) == 0:
-        return best_s, best_i
+        return best_s.cpu(), best_i.cpu()
     with tqdm(total=n, desc=desc, unit="passage", leave=False, mininterval=1.0) as bar:
-        for start, block in _blocks(vectors):
-            block = _as_tensor(block).float().to(device)
+        for start, block in _blocks(vectors, SEARCH_BLOCK):
+            block = _as_tensor(block).to(device).float()
             mask = None if allowed is None else torch.from_numpy(~allowed[start:start + len(block)]).to(device)
             for q in range(0, len(queries), QUERY_BLOCK):
-                scores = queries[q:q + QUERY_BLOCK].to(device) @ block.T
+                scores = queries[q:q + QUERY_BLOCK] @ block.T
                 if mask is not None:
                     scores[:, mask] = -math.inf
                 top_s, top_i = scores.topk(min(k, len(block)), dim=1)
-                merged_s = torch.cat([best_s[q:q + QUERY_BLOCK], top_s.cpu()], dim=1)
-                merged_i = torch.cat([best_i[q:q + QUERY_BLOCK], top_i.cpu() + start], dim=1)
+                merged_s = torch.cat([best_s[q:q + QUERY_BLOCK], top_s], dim=1)
+                merged_i = torch.cat([best_i[q:q + QUERY_BLOCK], top_i + start], dim=1)
                 keep_s, at = merged_s.topk(k, dim=1)
                 best_s[q:q + QUERY_BLOCK], best_i[q:q + QUERY_BLOCK] = keep_s, merged_i.gather(1, at)
             bar.update(len(block))
-    return best_s, best_i
+    return best_s.cpu(), best_i.cpu()
 
 
 def rank_of_rows(queries: torch.Tensor, vectors: Vectors, rows: torch.Tensor) -> list[int]:
@@ -98,7 +98,7 @@ def rank_of_rows(queries: torch.Tensor, vectors: Vectors, rows: torch.Tensor) ->
     queries = _as_tensor(queries).float()
     own = (queries * _as_tensor(take_vectors(vectors, rows.numpy())).float()).sum(-1, keepdim=True)
     above = torch.zeros(len(queries), dtype=torch.long)
-    for _, block in _blocks(vectors):
+    for _, block in _blocks(vectors, SEARCH_BLOCK):
         block = _as_tensor(block).float()
         for q in range(0, len(queries), QUERY_BLOCK):
             # 1e-6: the own row's matmul score may differ from `own` in the last bits; it must not outrank itself
@@ -156,7 +156,7 @@ def build_index(kind: str, vectors: Vectors, cfg: IndexConfig):
     else:
         raise EmbedtuneError(f"mining.index={kind} is not one of auto, exact, ivf, hnsw")
     with tqdm(total=n, desc=f"{kind} index", unit="passage", leave=False, mininterval=1.0) as bar:
-        for _, block in _blocks(vectors):
+        for _, block in _blocks(vectors, SEARCH_BLOCK):
             index.add(np.ascontiguousarray(block, dtype=np.float32))
             bar.update(len(block))
     return index
@@ -255,13 +255,13 @@ class Searcher:
             return self.ann.search(queries, k)
         return exact_topk(queries, self.vectors, k, self.allowed)
 
-    def recall(self, queries: torch.Tensor | np.ndarray, k: int) -> Optional[dict]:
+    def recall(self, queries: Vectors, k: int) -> Optional[dict]:
         """recall@k of this search against exact search on a seeded sample of `queries` (None when exact)."""
         if self.ann is None or not len(queries):
             return None
         n = min(self.cfg.recall_sample, len(queries))
         sample = np.sort(np.random.default_rng(self.cfg.seed).choice(len(queries), size=n, replace=False))
-        chosen = _as_tensor(queries[sample] if isinstance(queries, torch.Tensor) else np.asarray(queries)[sample])
+        chosen = _as_tensor(take_vectors(queries, sample)).float()
         found = self.search(chosen, k)[1]
         exact = exact_topk(chosen, self.vectors, k, self.allowed, desc="recall check")[1]
         return {"index": self.describe(), "k": k, "sample": n, "recall": recall_against_exact(found, exact)}

@@ -1,0 +1,341 @@
+"""How embedtune's data path scales with the corpus: prepare, mining search and training's data loading at
+100k and 1M synthetic passages, each measured in a process of its own (peak RSS from the kernel).
+
+    python bench/scale.py --out bench/results [--work /tmp/embedtune-scale] [--sizes 100000 1000000]
+
+- corpus: synthetic documents, words drawn from a Zipf-distributed vocabulary of 50,000 made-up words, lengths
+  log-normal (median 90 words, a long tail up to 2,000: one to several 200-token passages), as JSONL.
+- prepare: `embedtune prepare corpus=jsonl` (the real stage): passages/s and peak RSS.
+- mining: random unit vectors with topic structure stand in for embeddings (encoding 1M passages on this
+  CPU would take over an hour): 384-d, passages = normalised(topic + noise), queries = normalised(passage +
+  noise); topics come in two levels (1,000 broad, passages/50 narrow), so neighbourhoods look like a real
+  embedder's (nearest passage ~0.8 cosine, random pairs ~0). Stored as the embedding cache's float16 shards
+  and searched through `Searcher` (exact, ivf, hnsw) with every 10th passage's document held out;
+  queries/s and recall@50 against exact search on the same queries.
+- train data: 1M training pairs (a query, its passage, 3 negatives) over the prepared 1M passages, read the
+  way `embedtune train` reads them (memory-mapped tables) and, for comparison, the way it did before (dicts
+  of every text and a list of every row): peak RSS and ms per batch of 32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DIM, QUERIES, K = 384, 2000, 50
+PROBES = [16, 32, 64, 128]  # IVF cells searched per query: the recall/speed curve
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+
+
+# ---------------------------------------------------------------- corpus
+
+def write_corpus(path: Path, n_docs: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    consonants, vowels = "bcdfghklmnprstvz", "aeiou"
+    syllables = [c + v for c in consonants for v in vowels]
+    vocab = ["".join(rng.choice(syllables, size=rng.integers(1, 4))) for _ in range(50_000)]
+    vocab = np.array(list(dict.fromkeys(vocab)))
+    lengths = np.minimum(np.exp(rng.normal(math.log(90), 0.7, size=n_docs)).astype(int) + 5, 2000)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        for start in range(0, n_docs, 10_000):
+            block = lengths[start:start + 10_000]
+            words = vocab[np.minimum(rng.zipf(1.3, size=int(block.sum())) - 1, len(vocab) - 1)]
+            at = 0
+            for i, n in enumerate(block):
+                text = " ".join(words[at:at + n])
+                at += n
+                f.write(json.dumps({"id": f"d{start + i}", "title": " ".join(words[at - n:at - n + 3]).title(),
+                                    "text": text[0].upper() + text[1:] + "."}) + "\n")
+    tmp.rename(path)
+
+
+# ---------------------------------------------------------------- prepare
+
+def measure_prepare(work: Path, n_docs: int) -> dict:
+    corpus = work / f"corpus-{n_docs}.jsonl"
+    if not corpus.exists():
+        write_corpus(corpus, n_docs)
+    embedtune = str(Path(sys.executable).with_name("embedtune"))
+    result = run_measured_rss([embedtune, "prepare", "corpus=jsonl", f"corpus.path={corpus}", "corpus.id_field=id",
+                               f"paths.runs={work}", f"run_name=prep-{n_docs}", "force=true", "logger=none"])
+    manifest = json.loads((work / f"prep-{n_docs}" / "passages" / "manifest.json").read_text())
+    passages = manifest["counts"]["passages"]
+    return {"documents": n_docs, "passages": passages, "seconds": result["seconds"],
+            "passages_per_s": round(passages / result["seconds"]), "peak_rss_mb": result["peak_rss_mb"]}
+
+
+def run_measured_rss(args: list[str]) -> dict:
+    """Wall seconds and peak RSS (MB) of one child process, from the kernel's accounting (wait4)."""
+    started = time.time()
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status:
+        raise SystemExit(f"{' '.join(args)} failed:\n{err[-3000:]}")
+    return {"seconds": round(time.time() - started, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024)}
+
+
+# ---------------------------------------------------------------- mining
+
+def topic_vectors(n: int, queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(passages float16 [n, DIM], queries float32, each query's positive row)."""
+    rng = np.random.default_rng(seed)
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+    broad = unit(rng.standard_normal((1000, DIM), dtype=np.float32))
+    narrow = unit(broad[rng.integers(0, 1000, size=max(1, n // 50))]
+                  + 0.8 * unit(rng.standard_normal((max(1, n // 50), DIM), dtype=np.float32)))
+    passages = np.empty((n, DIM), dtype=np.float16)
+    for start in range(0, n, 100_000):
+        m = min(100_000, n - start)
+        topic = narrow[rng.integers(0, len(narrow), size=m)]
+        passages[start:start + m] = unit(topic + 0.7 * unit(rng.standard_normal((m, DIM), dtype=np.float32)))
+    positives = rng.choice(n, size=queries, replace=False)
+    query = unit(passages[positives].astype(np.float32)
+                 + 0.5 * unit(rng.standard_normal((queries, DIM), dtype=np.float32)))
+    return passages, query, positives
+
+
+def measure_mining(work: Path, n: int, kinds: list[str]) -> list[dict]:
+    """In this process (called as a child): build each index over n topic vectors, search QUERIES queries."""
+    import torch
+
+    from embedtune.embedding_cache import CorpusVectors, EmbeddingCache
+    from embedtune.search import IndexConfig, Searcher, exact_topk, recall_against_exact
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    passages, queries, _ = topic_vectors(n, QUERIES)
+    cache = EmbeddingCache(work / f"cache-{n}", "synthetic")
+    for start in range(0, n, 65_536):  # as the cache holds a corpus: float16 shards, memory-mapped
+        keys = np.arange(start, min(start + 65_536, n), dtype=np.uint64) + np.uint64(1)
+        cache.add(keys, passages[start:start + 65_536])
+    del passages, cache
+    cache = EmbeddingCache(work / f"cache-{n}", "synthetic")  # read back from disk: memory-mapped
+    vectors = CorpusVectors(cache, cache.find(np.arange(1, n + 1, dtype=np.uint64)))
+    allowed = np.ones(n, dtype=bool)
+    allowed[::10] = False  # held-out documents
+    started = time.time()
+    exact = exact_topk(queries, vectors, K, allowed)[1]
+    exact_s = time.time() - started
+    rows = [{"passages": n, "index": "exact", "build_s": 0.0, "queries_per_s": round(QUERIES / exact_s, 1),
+             "recall": 1.0}]
+    for kind in kinds:
+        cfg = IndexConfig(index=kind)
+        started = time.time()
+        searcher = Searcher(vectors, cfg, allowed)
+        build = time.time() - started
+        for probe in (PROBES if kind == "ivf" else [None]):
+            if probe is not None:  # one index, searched with several probe counts
+                cfg.ivf_probe = probe
+                searcher.ann.params.nprobe = probe
+            searcher.search(queries[:50], K)  # warm-up
+            started = time.time()
+            found = searcher.search(queries, K)[1]
+            seconds = time.time() - started
+            rows.append({"passages": n, "index": searcher.describe(), "build_s": round(build, 1),
+                         "queries_per_s": round(QUERIES / seconds, 1),
+                         "recall": round(recall_against_exact(found, exact), 4)})
+    for r in rows:
+        r["speedup"] = round(r["queries_per_s"] / rows[0]["queries_per_s"], 1)
+        r["peak_rss_mb"] = round(peak_rss_mb())
+    return rows
+
+
+# ---------------------------------------------------------------- train data
+
+def write_training_run(work: Path, n_pairs: int, n_docs: int) -> Path:
+    """A run folder whose passages are the prepared corpus and whose pairs/negatives hold n_pairs rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from embedtune.manifest import Stage
+
+    run = work / f"train-{n_pairs}"
+    source = work / f"prep-{n_docs}" / "passages"
+    if (run / "negatives" / "manifest.json").exists():
+        return run
+    (run / "passages").mkdir(parents=True, exist_ok=True)
+    manifest = json.loads((source / "manifest.json").read_text())
+    for f in manifest["files"]:
+        target = run / "passages" / f
+        if not target.exists():
+            os.link(source / f, target)
+    (run / "passages" / "manifest.json").write_text(json.dumps(manifest))
+    ids = pq.read_table(source / manifest["files"][0], columns=["id"]).column("id")
+    for f in manifest["files"][1:]:
+        ids = pa.concat_arrays([*ids.chunks, *pq.read_table(source / f, columns=["id"]).column("id").chunks])
+    ids = ids.combine_chunks() if hasattr(ids, "combine_chunks") else ids
+    rng = np.random.default_rng(0)
+    positive = rng.integers(0, len(ids), size=n_pairs)
+    negatives = rng.integers(0, len(ids), size=(n_pairs, 3))
+    query_ids = pa.array([f"q{i:08d}" for i in range(n_pairs)])
+    queries = pa.array([f"what is the meaning of item {i} in the synthetic corpus" for i in range(n_pairs)])
+    pairs = pa.table({"query_id": query_ids, "query": queries, "passage_id": ids.take(pa.array(positive)),
+                      "roundtrip_rank": pa.array(np.ones(n_pairs, dtype=np.int64)),
+                      "judge_score": pa.nulls(n_pairs, pa.int64())})
+    (run / "pairs").mkdir(exist_ok=True)
+    pq.write_table(pairs, run / "pairs" / "train.parquet")
+    pairs_manifest = Stage("filter", run / "pairs", {"n": n_pairs}, {}).finish({"train": n_pairs}, files=["train.parquet"])
+    neg_ids = ids.take(pa.array(negatives.reshape(-1)))
+    offsets = pa.array(np.arange(0, 3 * n_pairs + 1, 3, dtype=np.int32))
+    rows = pa.table({"query_id": query_ids, "passage_id": pairs.column("passage_id"),
+                     "positive_score": pa.array(np.full(n_pairs, 0.8)),
+                     "negative_ids": pa.ListArray.from_arrays(offsets, neg_ids),
+                     "negative_scores": pa.ListArray.from_arrays(offsets, pa.array(np.full(3 * n_pairs, 0.5)))})
+    (run / "negatives").mkdir(exist_ok=True)
+    pq.write_table(rows, run / "negatives" / "train.parquet")
+    Stage("mine", run / "negatives", {"n": n_pairs}, {"pairs": pairs_manifest}).finish({"queries": n_pairs},
+                                                                                      files=["train.parquet"])
+    return run
+
+
+def measure_train_data(run: Path, how: str, batches: int = 300) -> dict:
+    """In this process: load the training data as `how` (mapped: what train does now; dicts: as before) and
+    build `batches` batches of 32 with 1 hard negative."""
+    from embedtune.config import Config
+    from embedtune.io import read_rows, read_stage_table
+    from embedtune.model import passage_text
+    from embedtune.runs import RunFolder
+    from embedtune.train import TrainConfig, TrainData
+
+    cfg = Config(run_name=run.name)
+    cfg.paths.runs = str(run.parent)
+    folder = RunFolder(cfg)
+    started = time.time()
+    if how == "mapped":
+        data = TrainData(folder.training_table(cfg).table, folder.query_texts("train"), folder.passage_texts(),
+                         TrainConfig(batch_size=32))
+    else:
+        queries = {r["query_id"]: r["query"] for r in read_rows(folder.pairs / "train.parquet")}
+        passages = {p["id"]: passage_text(p["title"], p["text"])
+                    for p in read_stage_table(folder.passages, ["id", "title", "text"]).to_pylist()}
+        data = TrainData(read_rows(folder.negatives / "train.parquet"), queries, passages, TrainConfig(batch_size=32))
+    load_s = time.time() - started
+    started = time.time()
+    for step in range(batches):
+        batch = data.batch(step)
+        assert len(batch["queries"]) == 32 and len(batch["candidates"]) == 64
+    return {"how": how, "pairs": len(data.rows), "load_s": round(load_s, 1),
+            "ms_per_batch": round(1000 * (time.time() - started) / batches, 2), "peak_rss_mb": round(peak_rss_mb())}
+
+
+# ---------------------------------------------------------------- report
+
+def table(results: dict) -> str:
+    lines = ["Prepare (`embedtune prepare corpus=jsonl`, synthetic documents):", "",
+             "| documents | passages | seconds | passages/s | peak RSS (MB) |", "| ---: | ---: | ---: | ---: | ---: |"]
+    for r in results["prepare"]:
+        lines.append(f"| {r['documents']:,} | {r['passages']:,} | {r['seconds']:,.0f} | {r['passages_per_s']:,} "
+                     f"| {r['peak_rss_mb']:,} |")
+    p = results["prepare"]
+    if len(p) >= 2:
+        lines += ["", f"Peak RSS at {p[-1]['passages']:,} passages is {p[-1]['peak_rss_mb'] / p[0]['peak_rss_mb']:.2f}x "
+                      f"that at {p[0]['passages']:,} (target: at most 1.5x)."]
+    lines += ["", f"Mining search ({QUERIES:,} queries, top-{K}, 384-d topic vectors in float16 shards, every 10th "
+                  "passage held out; recall@50 against exact search on the same queries):", "",
+              "| passages | index | build (s) | queries/s | x exact | recall@50 |",
+              "| ---: | --- | ---: | ---: | ---: | ---: |"]
+    for r in results["mining"]:
+        lines.append(f"| {r['passages']:,} | {r['index']} | {r['build_s']:,.0f} | {r['queries_per_s']:,.0f} "
+                     f"| {r['speedup']:.1f} | {r['recall']:.3f} |")
+    lines += ["", "Training data loading (300 batches of 32 pairs, 1 hard negative each):", "",
+              "| pairs | passages | read as | load (s) | ms per batch | peak RSS (MB) |",
+              "| ---: | ---: | --- | ---: | ---: | ---: |"]
+    for r in results["train"]:
+        how = "memory-mapped tables (now)" if r["how"] == "mapped" else "dicts + row list (before)"
+        lines.append(f"| {r['pairs']:,} | {r['passages']:,} | {how} | {r['load_s']:,.1f} | {r['ms_per_batch']:.2f} "
+                     f"| {r['peak_rss_mb']:,} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    prep = results["prepare"]
+    axes[0].bar([f"{r['passages']:,}" for r in prep], [r["peak_rss_mb"] for r in prep], color="#4c72b0")
+    axes[0].set(title="prepare: peak RSS", xlabel="passages", ylabel="MB")
+    for n in sorted({r["passages"] for r in results["mining"]}):
+        rows = [r for r in results["mining"] if r["passages"] == n]
+        axes[1].scatter([r["queries_per_s"] for r in rows], [r["recall"] for r in rows], label=f"{n:,} passages")
+        for r in rows:
+            axes[1].annotate(r["index"].split(" ")[0], (r["queries_per_s"], r["recall"]), fontsize=8)
+    axes[1].set(title=f"mining search: recall@{K} vs speed", xlabel="queries/s (log)", ylabel=f"recall@{K}",
+                xscale="log")
+    axes[1].axhline(0.95, color="grey", lw=0.8, ls="--")
+    axes[1].legend(fontsize=8)
+    train = results["train"]
+    axes[2].bar([r["how"] for r in train], [r["peak_rss_mb"] for r in train], color=["#55a868", "#c44e52"][:len(train)])
+    axes[2].set(title=f"train data: peak RSS at {train[0]['pairs']:,} pairs" if train else "train data",
+                ylabel="MB")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/embedtune-scale"))
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--pairs", type=int, default=1_000_000)
+    ap.add_argument("--kinds", nargs="+", default=["ivf", "hnsw"])
+    ap.add_argument("--part", choices=["all", "prepare", "mining", "train"], default="all")
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)  # internal: one measurement in this process
+    a = ap.parse_args()
+    if a.child:
+        what, arg = a.child[0], a.child[1:]
+        if what == "mining":
+            print(json.dumps(measure_mining(a.work, int(arg[0]), arg[1:])))
+        else:
+            print(json.dumps(measure_train_data(Path(arg[0]), arg[1])))
+        return
+    a.work.mkdir(parents=True, exist_ok=True)
+    a.out.mkdir(parents=True, exist_ok=True)
+    saved = a.out / "scale.json"
+    results = json.loads(saved.read_text()) if saved.exists() else {"prepare": [], "mining": [], "train": []}
+    me = [sys.executable, str(Path(__file__).resolve()), "--work", str(a.work)]
+    if a.part in ("all", "prepare"):
+        results["prepare"] = [measure_prepare(a.work, n) for n in a.sizes]
+    if a.part in ("all", "mining"):
+        results["mining"] = [r for n in a.sizes for r in child_json(me + ["--child", "mining", str(n), *a.kinds])]
+    if a.part in ("all", "train"):
+        largest = max(a.sizes)
+        run = write_training_run(a.work, a.pairs, largest)
+        passages = json.loads((run / "passages" / "manifest.json").read_text())["counts"]["passages"]
+        results["train"] = [{**child_json(me + ["--child", "train", str(run), how]), "passages": passages}
+                            for how in ("mapped", "dicts")]
+    saved.write_text(json.dumps(results, indent=2) + "\n")
+    (a.out / "scale.md").write_text(f"Measured {time.strftime('%Y-%m-%d')} on this machine ({os.cpu_count()} cores) "
+                                    f"with `python bench/scale.py`.\n\n" + table(results))
+    plot(results, a.out / "scale.png")
+    print(table(results))
+
+
+def child_json(args: list[str]):
+    proc = subprocess.run(args, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    main()
