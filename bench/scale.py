@@ -4,7 +4,8 @@
     python bench/scale.py --out bench/results [--work /tmp/embedtune-scale] [--sizes 100000 1000000]
 
 - corpus: synthetic documents, words drawn from a Zipf-distributed vocabulary of 50,000 made-up words, lengths
-  log-normal (median 90 words, a long tail up to 2,000: one to several 200-token passages), as JSONL.
+  log-normal (median 90 words, a long tail up to 2,000: one to several 200-token passages), as JSONL; 0.6 n
+  documents for about n passages.
 - prepare: `embedtune prepare corpus=jsonl` (the real stage): passages/s and peak RSS.
 - mining: random unit vectors with topic structure stand in for embeddings (encoding 1M passages on this
   CPU would take over an hour): 384-d, passages = normalised(topic + noise), queries = normalised(passage +
@@ -32,6 +33,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 DIM, QUERIES, K = 384, 2000, 50
+DOCS_PER_PASSAGE = 0.6  # the synthetic documents give 1.67 passages each (200-token chunks)
 PROBES = [16, 32, 64, 128]  # IVF cells searched per query: the recall/speed curve
 
 
@@ -66,14 +68,16 @@ def write_corpus(path: Path, n_docs: int, seed: int = 0) -> None:
 
 # ---------------------------------------------------------------- prepare
 
-def measure_prepare(work: Path, n_docs: int) -> dict:
+def measure_prepare(work: Path, n: int) -> dict:
+    """Prepare a corpus of about n passages (0.6 n documents: their lengths give 1.67 passages each)."""
+    n_docs = int(DOCS_PER_PASSAGE * n)
     corpus = work / f"corpus-{n_docs}.jsonl"
     if not corpus.exists():
         write_corpus(corpus, n_docs)
     embedtune = str(Path(sys.executable).with_name("embedtune"))
     result = run_measured_rss([embedtune, "prepare", "corpus=jsonl", f"corpus.path={corpus}", "corpus.id_field=id",
-                               f"paths.runs={work}", f"run_name=prep-{n_docs}", "force=true", "logger=none"])
-    manifest = json.loads((work / f"prep-{n_docs}" / "passages" / "manifest.json").read_text())
+                               f"paths.runs={work}", f"run_name=prep-{n}", "force=true", "logger=none"])
+    manifest = json.loads((work / f"prep-{n}" / "passages" / "manifest.json").read_text())
     passages = manifest["counts"]["passages"]
     return {"documents": n_docs, "passages": passages, "seconds": result["seconds"],
             "passages_per_s": round(passages / result["seconds"]), "peak_rss_mb": result["peak_rss_mb"]}

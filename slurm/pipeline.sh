@@ -5,8 +5,8 @@
 # Every job gets the same key=value overrides. A failed job cancels the jobs after it (--kill-on-invalid-dep).
 # Settings (environment): SHARDS (generate array tasks, 8), SCORE_SHARDS (teacher scoring array tasks, 1;
 # with teacher.kind=none the score job only says it is off), TRAIN_NODES (1), GPUS_PER_NODE (0: CPU only),
-# PROCS_PER_NODE (processes per node for train/eval; default GPUS_PER_NODE or 1), LAUNCH_CONFIG (accelerate
-# config for train), EVAL_LAUNCH_CONFIG, SBATCH_FLAGS (added to every sbatch, e.g. "--partition=gpu --account=x"),
+# PROCS_PER_NODE (processes per node for mine/train/eval; default GPUS_PER_NODE or 1), LAUNCH_CONFIG (accelerate
+# config for train), MINE_LAUNCH_CONFIG, EVAL_LAUNCH_CONFIG, SBATCH_FLAGS (added to every sbatch, e.g. "--partition=gpu --account=x"),
 # EMBEDTUNE_PYTHON (the Python with embedtune installed). Partition, account, QOS: also SBATCH_* variables.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,7 +29,9 @@ submit() {  # submit AFTER_JOB SBATCH_ARGS... -> job id
 
 prepare=$(submit "" "$REPO/slurm/stage.sbatch" prepare "$@")
 generate=$(submit "$prepare" --array=0-$((SHARDS - 1)) "${one_gpu[@]}" "$REPO/slurm/generate.sbatch" "$@")
-mine=$(submit "$generate" "${one_gpu[@]}" "$REPO/slurm/stage.sbatch" filter,mine "$@")
+filter=$(submit "$generate" "${one_gpu[@]}" "$REPO/slurm/stage.sbatch" filter "$@")
+mine=$(LAUNCH_CONFIG=${MINE_LAUNCH_CONFIG:-$REPO/launch/ddp.yaml} submit "$filter" "${node_gpus[@]}" \
+  "$REPO/slurm/mine.sbatch" "$@")
 score=$(submit "$mine" --array=0-$((SCORE_SHARDS - 1)) "${one_gpu[@]}" "$REPO/slurm/score.sbatch" "$@")
 train=$(LAUNCH_CONFIG=${LAUNCH_CONFIG:-$REPO/launch/multinode.yaml} submit "$score" --nodes="$TRAIN_NODES" \
   "${node_gpus[@]}" "$REPO/slurm/train.sbatch" "$@")
@@ -37,7 +39,8 @@ evaluate=$(LAUNCH_CONFIG=${EVAL_LAUNCH_CONFIG:-$REPO/launch/ddp.yaml} submit "$t
   "$REPO/slurm/eval.sbatch" "$@")
 echo "prepare $prepare"
 echo "generate $generate (array 0-$((SHARDS - 1)))"
-echo "filter+mine $mine"
+echo "filter $filter"
+echo "mine $mine"
 echo "score $score (array 0-$((SCORE_SHARDS - 1)))"
 echo "train $train"
 echo "eval+export $evaluate"

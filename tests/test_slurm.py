@@ -87,11 +87,12 @@ def embedtune(args, env, cwd, timeout=600):
 
 @pytest.fixture(scope="module")
 def pipeline_run(slurm, tmp_path_factory):
-    """slurm/pipeline.sh on the tiny demo: prepare -> generate (2-task array) -> filter+mine -> train
-    (2 processes) -> eval+export, chained with afterok; returns (folder, job ids, final states)."""
+    """slurm/pipeline.sh on the tiny demo: prepare -> generate (2-task array) -> filter -> mine (2 processes)
+    -> train (2 processes) -> eval+export, chained with afterok; returns (folder, job ids, final states)."""
     work = tmp_path_factory.mktemp("pipeline")
     env = {**slurm, "SHARDS": "2", "PROCS_PER_NODE": "2", "ACCELERATE_USE_CPU": "true",
            "LAUNCH_CONFIG": str(REPO / "launch" / "cpu-2.yaml"), "EVAL_LAUNCH_CONFIG": str(REPO / "launch" / "cpu-2.yaml"),
+           "MINE_LAUNCH_CONFIG": str(REPO / "launch" / "cpu-2.yaml"),
            "SBATCH_FLAGS": "--cpus-per-task=1"}
     out = sh([str(REPO / "slurm" / "pipeline.sh"), *TINY, "run_name=demo", f"paths.runs={work / 'runs'}"], env, work).stdout
     jobs = dict(line.split()[:2] for line in out.splitlines())
@@ -101,7 +102,7 @@ def pipeline_run(slurm, tmp_path_factory):
 
 def test_pipeline_sh_runs_every_stage_as_chained_jobs(pipeline_run):
     work, jobs, states = pipeline_run
-    assert set(jobs) == {"prepare", "generate", "filter+mine", "score", "train", "eval+export"}
+    assert set(jobs) == {"prepare", "generate", "filter", "mine", "score", "train", "eval+export"}
     assert set(states.values()) == {"COMPLETED"}, states
     assert {f"{jobs['generate']}_0", f"{jobs['generate']}_1"} <= set(states)  # the array's two tasks
     run = work / "runs" / "demo"
@@ -115,6 +116,8 @@ def test_pipeline_sh_runs_every_stage_as_chained_jobs(pipeline_run):
     report = (run / "eval" / "report.md").read_text()
     assert "| hpo (test, human) | tuned |" in report
     assert (run / "model" / "model.safetensors").exists()
+    mine_log = (work / "logs" / f"embedtune-mine-{jobs['mine']}.out").read_text()
+    assert "(rank 1/2)" in mine_log and mine_log.count("hard negatives for") == 1  # 2 ranks, one writer
     log = (work / "logs" / f"embedtune-train-{jobs['train']}.out").read_text()
     assert "on 1 node(s) x 2 process(es)" in log and "train: 4 steps" in log
 

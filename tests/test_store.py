@@ -7,6 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import embedtune.store as store
 from embedtune.errors import EmbedtuneError
 from embedtune.store import DigestSet, MappedTable, TextLookup, hash64, texts_of
 
@@ -35,18 +36,30 @@ def test_a_table_of_several_files_finds_every_id_and_keeps_file_order(tmp_path):
     assert table.rows_of([]).tolist() == []
 
 
-def test_the_table_is_memory_mapped_and_built_once(tmp_path):
+def test_the_table_is_memory_mapped_and_built_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(store, "BATCH_ROWS", 100)  # 20 record batches
     big = [{"id": f"p{i}", "text": "word " * 200} for i in range(2000)]  # 2 MB of text
     files = parts(tmp_path, big, 2000)
     MappedTable.open(files, tmp_path / "t", ["id", "text"], "id")
     built = (tmp_path / "t" / "table.arrow").stat().st_mtime_ns
-    files[0].unlink()  # a second open reads the built folder, not the sources
     allocated = pa.total_allocated_bytes()
     table = MappedTable.open(files, tmp_path / "t", ["id", "text"], "id")
     assert pa.total_allocated_bytes() - allocated < 100_000  # the texts stay in the map, not in Arrow's memory
+    taken = table.take([1999, 5, 1010, 5], ["id", "text"])  # rows of three batches, in the asked order
+    assert taken.column("id").to_pylist() == ["p1999", "p5", "p1010", "p5"]
     assert (tmp_path / "t" / "table.arrow").stat().st_mtime_ns == built
     assert isinstance(table.sorted_hashes, np.memmap)
     assert table.rows_of(["p10"]).tolist() == [10] and table.take([10], ["id"]).column("id").to_pylist() == ["p10"]
+
+
+def test_a_source_rewritten_under_the_same_name_is_read_again(tmp_path):
+    files = parts(tmp_path, ROWS[:10], 50)
+    assert MappedTable.open(files, tmp_path / "t", ["id", "text"], "id").rows_of(["p009"]).tolist() == [9]
+    parts(tmp_path, ROWS[10:30], 50)  # another stage run wrote part-0 again before its manifest changed
+    table = MappedTable.open(files, tmp_path / "t", ["id", "text"], "id")
+    assert len(table) == 20 and table.rows_of(["p009", "p029"], missing_ok=True).tolist() == [-1, 19]
+    with pytest.raises(EmbedtuneError, match="missing file"):
+        MappedTable.open([tmp_path / "gone.parquet"], tmp_path / "t", ["id", "text"], "id")
 
 
 def test_extra_hash_columns_and_repeated_ids(tmp_path):

@@ -111,10 +111,10 @@ def _read_text_file(path: Path, counts: Optional[Counter] = None) -> str:
 
 
 def _walk(root: Path, suffixes: tuple[str, ...]) -> Iterator[Path]:
-    """Files under `root` with one of `suffixes`, in the order of their sorted relative paths, one folder at a
-    time (nothing lists the whole tree at once). Symlinked folders are not followed (no loops)."""
+    """Files under `root` with one of `suffixes`, in sorted path order (by path components, as sorted Paths
+    compare), one folder at a time: nothing lists the whole tree at once. Symlinked folders are not followed."""
     try:
-        entries = sorted(os.scandir(root), key=lambda e: e.name + ("/" if e.is_dir(follow_symlinks=False) else ""))
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
     except OSError as e:
         raise EmbedtuneError(f"{root}: cannot list the folder ({e.strerror})") from e
     for entry in entries:
@@ -195,11 +195,13 @@ def record_documents(records: Callable[[Optional[Counter]], Iterator[tuple[str, 
     def first_where(doc_id: str) -> str:
         return next(w for w, r in records(None) if _field(r, id_field, w, required=True) == doc_id)
 
-    batch_docs = docs()
-    while batch := list(itertools.islice(batch_docs, ID_BATCH)):
+    batch_docs, yielded = docs(), 0
+    # never read past what corpus.max_documents can use (a bad record beyond it is never met)
+    while batch := list(itertools.islice(batch_docs, min(ID_BATCH, (cfg.max_documents or 1 << 62) - yielded))):
         digests = hash64(doc.doc_id for _, doc in batch)
         if seen.fresh(digests).all():  # the usual case: every id new
             seen.add(digests)
+            yielded += len(batch)
             yield from (doc for _, doc in batch)
             continue
         for where, doc in batch:  # a repeat in this batch: one record at a time
@@ -218,6 +220,7 @@ def record_documents(records: Callable[[Optional[Counter]], Iterator[tuple[str, 
                 doc.doc_id = f"{original}#{repeats[original] + 1}"
                 if counts is not None:
                     counts["repeated_id_renamed"] += 1
+            yielded += 1
             yield doc
 
 

@@ -1,5 +1,9 @@
 """The embedding cache: float16 shards on disk, memory-mapped, one folder per model fingerprint + arithmetic.
 
+Vectors are stored in float16 whatever arithmetic computed them (half the disk and page cache of float32;
+unit vectors keep about 3 significant digits): the arithmetic in the folder's name says how they were
+computed, so bf16 and fp32 encodings never mix, but both are read back as float16-rounded values.
+
 A shard is `vectors-<name>.npy` (float16, one row per text) beside `keys-<name>.npy` (uint64: the 8-byte hash
 of kind + text of each row). A text already in any shard is never encoded again, by any stage that uses the
 same model (filter, mine and eval of the base model share one folder). Nothing is loaded into memory up
@@ -64,11 +68,11 @@ class EmbeddingCache:
         self._index(keys)
 
     def _index(self, keys: list[np.ndarray]) -> None:
+        self._keys = keys
         self.offsets = np.cumsum([0] + [len(k) for k in keys])
         all_keys = np.concatenate(keys) if keys else np.empty(0, np.uint64)
         self._order = np.argsort(all_keys, kind="stable")
         self._sorted = all_keys[self._order]
-        self._keys = keys
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -99,8 +103,9 @@ class EmbeddingCache:
                 out[at] = self.shards[s][local]
         return out
 
-    def add(self, keys: np.ndarray, vectors: np.ndarray, write: bool = True) -> None:
-        """A new shard (float16); written to disk when `write` (else kept in memory for this process)."""
+    def add(self, keys: np.ndarray, vectors: np.ndarray, write: bool = True, index: bool = True) -> None:
+        """A new shard (float16); written to disk when `write` (else kept in memory for this process). `index`
+        False leaves the key index to a later _reload (many shards in a row: one sort, not one per shard)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float16)
         name = hashlib.sha1(keys.tobytes()).hexdigest()[:16]
         if write:
@@ -110,7 +115,9 @@ class EmbeddingCache:
             return
         self.shards.append(vectors)
         self.names.append(name)
-        self._index(self._keys + [keys])
+        self._keys.append(keys)
+        if index:
+            self._index(self._keys)
 
     def encode(self, encoder, texts: list[str], kind: str, batch_size: int = 32, desc: str = "encode") -> torch.Tensor:
         """Embeddings (float32) of `texts` in order; only texts not yet cached are encoded (split across the
@@ -144,11 +151,13 @@ class EmbeddingCache:
             if len(todo) and b % world == rank:
                 new = encode(encoder, [block[i] for i in todo], kind, batch_size,
                              f"{desc} block {b + 1}/{-(-n // BLOCK_ROWS)}").numpy()
-                self.add(keys[todo], new)
+                self.add(keys[todo], new, index=False)
             block_rows.append((keys, len(todo)))
         if world > 1:
             barrier()  # every rank's shards are on disk
             self._reload()
+        else:
+            self._index(self._keys)
         rows = np.concatenate([self.find(keys) for keys, _ in block_rows]) if block_rows else np.empty(0, np.int64)
         if (rows < 0).any():
             raise EmbedtuneError(f"{self.folder}: {int((rows < 0).sum())} vectors are missing after encoding "
@@ -192,7 +201,8 @@ class NoCache:
 
 
 def embedding_cache(cache_root: Path, model_fingerprint: str, precision: str) -> EmbeddingCache:
-    """The run's cache for one model at one arithmetic (eval.precision): bf16 and fp32 vectors differ, so
-    a stage run at another precision never reads the other's vectors. filter, mine and eval share it."""
+    """The run's cache for one model at one arithmetic (eval.precision): bf16 and fp32 encodings differ, so
+    a stage run at another precision never reads the other's vectors (both stored as float16). filter, mine
+    and eval share it."""
     return EmbeddingCache(cache_root, f"{model_fingerprint}|{encoding_arithmetic(precision)}")
 

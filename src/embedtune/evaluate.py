@@ -177,7 +177,7 @@ def evaluate_bm25(data, cfg: EvalConfig) -> dict:
     doc_ids = list(data.corpus)
     query_ids = list(data.queries)[:cfg.max_queries or None]
     retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize([data.corpus[d] for d in doc_ids], stopwords="en", show_progress=False),
+    retriever.index(bm25s.tokenize(list(data.corpus.values()), stopwords="en", show_progress=False),
                     show_progress=False)
     tokens = bm25s.tokenize([data.queries[q] for q in query_ids], stopwords="en", show_progress=False)
     found, scores = retriever.retrieve(tokens, k=min(100, len(doc_ids)), show_progress=False)

@@ -136,7 +136,6 @@ def filter_and_split(cfg: Config) -> dict:
         kept = [q for q in judged if q["judge_score"] >= cfg.filter.judge.min_score]
         dropped["judge"] = [q for q in judged if q["judge_score"] < cfg.filter.judge.min_score]
     splits = split_pairs(kept, doc_of, cfg.filter)
-    write_splits(splits, run.pairs)
     by_stage = {EXTRACTION_STAGE: dict(sorted(extraction.items())), "filter": dropped}
     train_ids = {q["query_id"] for q in splits["train"]}
     measured = rates(outputs, [q for q in kept if q["query_id"] in train_ids], texts, cfg.filter)
@@ -153,6 +152,7 @@ def filter_and_split(cfg: Config) -> dict:
     if not splits["train"]:
         raise EmbedtuneError(f"filter: no training query survived ({len(outputs):,} outputs, {len(kept):,} kept, all "
                              f"held out or dropped); see why in {report}")
+    write_splits(splits, run.pairs)
     return stage.finish(counts_out, files=[f"{s}.parquet" for s in splits], rates=measured, report=str(report))
 
 
@@ -173,18 +173,22 @@ def mine(cfg: Config) -> dict:
     rows = PassageRows.of_table(passages)
     searcher = Searcher(passage_vectors, cfg.mining, rows.allowed(held_out),
                         index_folder=cache.folder / "index" / passages.folder.name)
+    recall = searcher.recall(query_vectors, cfg.mining.top_k + 1) if is_main() else None  # before any file changes
     counts = write_negatives(pairs, query_vectors, rows, passage_vectors, cfg.mining, searcher,
                              run.negatives / "train.parquet")
     if several and not is_main():  # rank 0 joined every rank's rows and writes the manifest
+        barrier()  # ... which every rank waits for: the next stage reads it
         return {}
-    recall = searcher.recall(query_vectors, cfg.mining.top_k + 1)
     print(f"mine: {counts['negatives']:,} hard negatives for {counts['queries']:,} queries by {searcher.describe()}; "
           f"{counts['queries_with_fewer_negatives']:,} got fewer than {cfg.mining.num_negatives} "
           f"({counts['queries_without_negatives']:,} none)")
     if recall:
         print(f"mine: {recall['index']}: recall@{recall['k']} {recall['recall']:.3f} against exact search on "
               f"{recall['sample']:,} sampled queries")
-    return stage.finish(counts, files=["train.parquet"], search=recall or {"index": searcher.describe()})
+    manifest = stage.finish(counts, files=["train.parquet"], search=recall or {"index": searcher.describe()})
+    if several:
+        barrier()
+    return manifest
 
 
 def score(cfg: Config) -> Optional[dict]:
@@ -215,7 +219,7 @@ def train(cfg: Config) -> dict:
     if skip(stage, cfg.force):
         return load_manifest(run.checkpoints)
     passages = run.passage_texts()
-    data = TrainData(run.training_table(cfg).table, run.query_texts("train"), passages, cfg.train)
+    data = TrainData(run.training_table(cfg), run.query_texts("train"), passages, cfg.train)
     dev = run.read_pairs("dev")
     evaluator = training_evaluator(RetrievalSet("dev", passages, {q["query_id"]: q["query"] for q in dev},
                                                 {q["query_id"]: {q["passage_id"]: 1} for q in dev}),

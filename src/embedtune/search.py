@@ -95,16 +95,17 @@ def exact_topk(queries: torch.Tensor | np.ndarray, vectors: Vectors, k: int,
 
 def rank_of_rows(queries: torch.Tensor, vectors: Vectors, rows: torch.Tensor) -> list[int]:
     """Rank (1 = best) of row rows[i] among all corpus rows for query i: 1 + rows scoring strictly higher."""
-    queries = _as_tensor(queries).float()
-    own = (queries * _as_tensor(take_vectors(vectors, rows.numpy())).float()).sum(-1, keepdim=True)
-    above = torch.zeros(len(queries), dtype=torch.long)
+    device = _device()
+    queries = _as_tensor(queries).float().to(device)
+    own = (queries * _as_tensor(take_vectors(vectors, rows.numpy())).float().to(device)).sum(-1, keepdim=True)
+    above = torch.zeros(len(queries), dtype=torch.long, device=device)
     for _, block in _blocks(vectors, SEARCH_BLOCK):
-        block = _as_tensor(block).float()
+        block = _as_tensor(block).to(device).float()
         for q in range(0, len(queries), QUERY_BLOCK):
             # 1e-6: the own row's matmul score may differ from `own` in the last bits; it must not outrank itself
             scores = queries[q:q + QUERY_BLOCK] @ block.T
             above[q:q + QUERY_BLOCK] += (scores > own[q:q + QUERY_BLOCK] + 1e-6).sum(1)
-    return (above + 1).tolist()
+    return (above + 1).cpu().tolist()
 
 
 def take_vectors(vectors: Vectors, rows: np.ndarray) -> np.ndarray | torch.Tensor:
@@ -173,7 +174,7 @@ def cached_index(kind: str, vectors: Vectors, cfg: IndexConfig, path: Path):
             with atomic_path(path) as tmp:
                 faiss.write_index(index, str(tmp))
             return index
-    return faiss.read_index(str(path))
+    return faiss.read_index(str(path), faiss.IO_FLAG_MMAP)  # ranks of a node share the file's pages
 
 
 class AnnSearch:

@@ -106,6 +106,9 @@ class MappedTable:
         self.id_column: str = info["id_column"]
         self._source = pa.memory_map(str(self.folder / "table.arrow"), "r")
         self.table: pa.Table = pa.ipc.open_file(self._source).read_all()  # zero-copy: backed by the map
+        # rows are taken batch by batch: a take on the whole table would first join its batches into one copy
+        self._batches = self.table.to_batches()
+        self._starts = np.cumsum([0] + [b.num_rows for b in self._batches])
         self.sorted_hashes = np.load(self.folder / "ids.npy", mmap_mode="r")
         self.order = np.load(self.folder / "order.npy", mmap_mode="r")
         if len(self.order) != self.table.num_rows:
@@ -114,16 +117,28 @@ class MappedTable:
     @classmethod
     def open(cls, sources: Sequence[Path], folder: Path, columns: list[str], id_column: str,
              hashes: Optional[dict[str, Callable[[pa.RecordBatch], Iterable[str]]]] = None) -> "MappedTable":
-        """The table of `sources` (Parquet files, in order) under `folder`, built on first use. The folder's
-        name must change when the sources do (callers put the writing stage's run id in it)."""
+        """The table of `sources` (Parquet files, in order) under `folder`, built on first use and built again
+        when the sources (name, size, modification time), columns or hash columns differ from what it was
+        built from. Callers put the writing stage's run id in the folder's name, so a rerun gets a new one."""
         folder = Path(folder)
+        signature = cls._signature(sources, columns, id_column, hashes or {})
         with _locked(folder):
-            if not (folder / cls.DONE).exists():
-                cls._build(sources, folder, columns, id_column, hashes or {})
+            done = folder / cls.DONE
+            if not done.exists() or read_json(done).get("signature") != signature:
+                shutil.rmtree(folder, ignore_errors=True)
+                cls._build(sources, folder, columns, id_column, hashes or {}, signature)
         return cls(folder)
 
+    @staticmethod
+    def _signature(sources, columns, id_column, hashes) -> list:
+        try:
+            files = [[Path(p).name, Path(p).stat().st_size, Path(p).stat().st_mtime_ns] for p in sources]
+        except FileNotFoundError as e:
+            raise EmbedtuneError(f"missing file {e.filename}: run the stage that writes it first") from e
+        return [files, list(columns), id_column, sorted(hashes)]
+
     @classmethod
-    def _build(cls, sources, folder: Path, columns, id_column, hashes) -> None:
+    def _build(cls, sources, folder: Path, columns, id_column, hashes, signature: list) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         id_parts: list[np.ndarray] = []
         extra_parts: dict[str, list[np.ndarray]] = {name: [] for name in hashes}
@@ -163,7 +178,7 @@ class MappedTable:
         _save_npy(order.astype(np.int64), folder / "order.npy")
         for name, parts in extra_parts.items():
             _save_npy(np.concatenate(parts) if parts else np.empty(0, np.uint64), folder / f"{name}.npy")
-        write_json({"id_column": id_column, "rows": int(len(ids))}, folder / cls.DONE)
+        write_json({"id_column": id_column, "rows": int(len(ids)), "signature": signature}, folder / cls.DONE)
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -182,7 +197,7 @@ class MappedTable:
             inside = np.flatnonzero(pos < len(self.sorted_hashes))
             hit = inside[np.asarray(self.sorted_hashes[pos[inside]]) == keys[inside]]
             rows[hit] = self.order[pos[hit]]
-            stored = self.table.column(self.id_column).take(pa.array(rows[hit])).to_pylist()
+            stored = self.take(rows[hit], [self.id_column]).column(0).to_pylist()
             for i, s in zip(hit, stored):  # an 8-byte hash match is checked against the id itself
                 if s != ids[i]:
                     rows[i] = -1
@@ -193,8 +208,19 @@ class MappedTable:
         return rows
 
     def take(self, rows: Sequence[int] | np.ndarray, columns: Optional[list[str]] = None) -> pa.Table:
-        table = self.table.select(columns) if columns else self.table
-        return table.take(pa.array(np.asarray(rows, dtype=np.int64)))
+        """The given rows (in the given order) of some columns, copied out of the map: only those rows."""
+        rows = np.asarray(rows, dtype=np.int64)
+        columns = columns or self.table.column_names
+        if not len(rows):
+            return self.table.select(columns).slice(0, 0)
+        batch_of = np.searchsorted(self._starts, rows, side="right") - 1
+        order = np.argsort(batch_of, kind="stable")
+        pieces, sorted_batches = [], batch_of[order]
+        for b in np.unique(sorted_batches):
+            at = order[sorted_batches == b]
+            pieces.append(self._batches[b].select(columns).take(pa.array(rows[at] - self._starts[b])))
+        grouped = pa.Table.from_batches(pieces)
+        return grouped.take(pa.array(np.argsort(order, kind="stable")))  # back to the asked order (small)
 
     def column_batches(self, column: str, size: int = BATCH_ROWS) -> Iterator[list]:
         """One column, `size` rows at a time, as Python lists (bounded memory)."""

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
-import pyarrow as pa
 import torch
 from accelerate.utils import set_seed
 from tqdm import tqdm
@@ -34,7 +33,7 @@ from embedtune.loss import LossConfig, passage_hash
 from embedtune.manifest import not_in_key
 from embedtune.model import Encoder, ModelConfig, PeftConfig
 from embedtune.preemption import StopRequests
-from embedtune.store import texts_of
+from embedtune.store import MappedTable, texts_of
 from embedtune.tracking import LoggerConfig, Tracker
 
 if TYPE_CHECKING:  # the root config imports this module's TrainConfig
@@ -68,10 +67,10 @@ class TrainData:
     """Training rows + query and passage texts. batch(step, rank, world) is deterministic in (seed, step,
     world): the global batch is the same whatever the rank; each rank takes every world-th row of it.
 
-    `rows` is a list of dicts or an Arrow table (the run's, memory-mapped: a step copies out only its own
+    `rows` is a list of dicts or a MappedTable (the run's, memory-mapped: a step copies out only its own
     rows), and `queries`/`passages` map ids to texts (dicts, or the run's memory-mapped TextLookups)."""
 
-    def __init__(self, rows: list[dict] | pa.Table, queries: Mapping[str, str], passages: Mapping[str, str],
+    def __init__(self, rows: list[dict] | MappedTable, queries: Mapping[str, str], passages: Mapping[str, str],
                  cfg: TrainConfig, world: int = 1):
         if not len(rows):
             raise EmbedtuneError("no training pairs: the filter/split stage kept none (see pairs/manifest.json)")
@@ -102,8 +101,8 @@ class TrainData:
         if epoch != self._perm_epoch:
             self._perm, self._perm_epoch = self._permutation(epoch), epoch
         chosen = self._perm[pos * self.cfg.batch_size:(pos + 1) * self.cfg.batch_size].tolist()
-        if isinstance(self.rows, pa.Table):
-            return self.rows.take(pa.array(chosen, type=pa.int64())).to_pylist()
+        if isinstance(self.rows, MappedTable):
+            return self.rows.take(chosen).to_pylist()
         return [self.rows[i] for i in chosen]
 
     def batch(self, step: int, rank: int = 0) -> dict:
