@@ -4,8 +4,8 @@
     python bench/gpu_check_search.py --smoke    # here, on CPU: tiny sizes, every code path
 
 `search.exact_topk` scores every corpus block against every query on the GPU when there is one. This
-measures its queries/s over float16 shards as the embedding cache holds them (bench/scale.py's topic
-vectors, 384-d, every 10th passage held out), and checks on a sample that the GPU returns the CPU's rows.
+measures its queries/s over float16 shards as the embedding cache holds them (bench/scale.py's
+embedding-like vectors, 384-d, every 10th passage held out), and checks on a sample that the GPU returns the CPU's rows.
 faiss-gpu is not measured: its wheel and CUDA libraries do not fit the 64 MiB a device call carries.
 """
 
@@ -26,7 +26,7 @@ sys.path[:0] = [str(REPO / "src"), str(REPO / "bench")]
 
 def main() -> None:
     from gpu_check import table
-    from scale import topic_vectors
+    from scale import embedding_like_vectors
 
     import embedtune.search as search
     from embedtune.embedding_cache import CorpusVectors, EmbeddingCache
@@ -39,7 +39,7 @@ def main() -> None:
     print(f"device: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}; torch {torch.__version__}")
     rows = []
     for n in sizes:
-        passages, queries, _ = topic_vectors(n, queries_n)
+        passages, queries = embedding_like_vectors(n, queries_n)
         with tempfile.TemporaryDirectory() as work:
             cache = EmbeddingCache(Path(work), "synthetic")
             for start in range(0, n, 65_536):

@@ -148,8 +148,9 @@ def test_an_unknown_index_kind_is_named():
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
 def test_approximate_search_mines_what_exact_search_mines_on_clustered_vectors(kind):
-    """500 passages in 25 topics; each query near its positive. IVF probing every cell and HNSW with a wide
-    candidate list find the exact top-k, so the mined rows equal exact mining's, held-out documents included."""
+    """500 passages in 25 topics; each query near its positive. IVF probing every cell and re-scoring every
+    candidate, and HNSW with a wide candidate list, find the exact top-k, so the mined rows equal exact
+    mining's, held-out documents included."""
     g = torch.Generator().manual_seed(3)
     topics = F.normalize(torch.randn(25, 16, generator=g), dim=-1)
     passage_emb = F.normalize(topics.repeat_interleave(20, 0) + 0.4 * torch.randn(500, 16, generator=g), dim=-1)
@@ -161,7 +162,7 @@ def test_approximate_search_mines_what_exact_search_mines_on_clustered_vectors(k
     base = dict(top_k=10, num_negatives=3, margin=0.95)
     exact = mine_hard_negatives(pairs, passages, query_emb, passage_emb, MiningConfig(index="exact", **base), held)
     ann = mine_hard_negatives(pairs, passages, query_emb, passage_emb,
-                              MiningConfig(index=kind, ivf_probe=100, hnsw_ef_search=400, **base), held)
+                              MiningConfig(index=kind, ivf_probe=100, ivf_refine=50, hnsw_ef_search=400, **base), held)
     assert sum(len(r["negative_ids"]) for r in exact) >= 100
     assert [r["negative_ids"] for r in ann] == [r["negative_ids"] for r in exact]
     assert all(r["negative_scores"] == pytest.approx(e["negative_scores"], abs=2e-3) for r, e in zip(ann, exact))

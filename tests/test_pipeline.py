@@ -209,7 +209,7 @@ def test_train_stage_under_accelerate_launch_with_two_processes(demo_run, tmp_pa
     ivf = ["mining.index=ivf", "mining.ivf_lists=4", "mining.ivf_probe=2", "mining.query_block=3"]
     mined = embedtune("mine", *demo_run.stage_args[:2], f"paths.runs={tmp_path}", *ivf, cwd=tmp_path)
     assert mined.returncode == 0, mined.stderr[-2000:]
-    assert "by IVF index (4 lists, 2 probed, fp16)" in mined.stdout and "recall@51" in mined.stdout
+    assert "by IVF index (4 lists, 2 probed, 8 x top_k re-scored in fp16)" in mined.stdout and "recall@51" in mined.stdout
     one = pq.read_table(copy / "negatives" / "train.parquet")
     recall = json.loads((copy / "negatives" / "manifest.json").read_text())["search"]
     assert recall["sample"] == one.num_rows and 0 < recall["recall"] <= 1

@@ -92,7 +92,7 @@ def test_an_ann_index_is_built_once_and_read_back(tmp_path, monkeypatch):
     cfg = IndexConfig(index="ivf", ivf_probe=4)
     first = Searcher(passages, cfg, index_folder=tmp_path)
     files = list(tmp_path.glob("*.faiss"))
-    assert [f.name for f in files] == ["ivf51-fp16-seed0.faiss"]  # 4 x sqrt(2000) = 178 cells, at most 2000 / 39
+    assert [f.name for f in files] == ["ivf44-pq8x4fs-refine-fp16-seed0.faiss"]  # sqrt(2000) cells, 16-d: 8 codes
 
     def refuse(*args):
         raise AssertionError("the cached index should have been read")

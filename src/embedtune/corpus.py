@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
+import pyarrow as pa
 from tqdm import tqdm
 
 from embedtune.errors import EmbedtuneError
@@ -25,6 +26,8 @@ from embedtune.store import DigestSet, hash64
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 HTML_SUFFIXES = (".html", ".htm")
 PDF_SUFFIXES = (".pdf",)
+PASSAGES_SCHEMA = pa.schema([("id", pa.string()), ("doc_id", pa.string()), ("title", pa.string()),
+                             ("text", pa.string()), ("source", pa.string()), ("n_tokens", pa.int64())])
 CHUNK_BATCH = 256   # documents tokenized and chunked at once
 ID_BATCH = 4096     # records whose ids are checked for repeats at once
 

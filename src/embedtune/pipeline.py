@@ -7,13 +7,12 @@ import time
 from collections import Counter
 from typing import Optional
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedtune.assets import resolve_model
 from embedtune.beir import RetrievalSet
 from embedtune.config import Config
-from embedtune.corpus import clean_documents, doc_key, iter_passages, read_documents
+from embedtune.corpus import PASSAGES_SCHEMA, clean_documents, doc_key, iter_passages, read_documents
 from embedtune.distributed import barrier, init_process_group_from_env, is_main
 from embedtune.embedding_cache import embedding_cache
 from embedtune.errors import EmbedtuneError
@@ -58,8 +57,6 @@ from embedtune.search import Searcher
 from embedtune.train import TrainData, TrainJob, run_training
 
 PASSAGE_FILE_ROWS = 100_000
-PASSAGES_SCHEMA = pa.schema([("id", pa.string()), ("doc_id", pa.string()), ("title", pa.string()),
-                             ("text", pa.string()), ("source", pa.string()), ("n_tokens", pa.int64())])
 
 
 def prepare(cfg: Config) -> dict:
@@ -69,10 +66,14 @@ def prepare(cfg: Config) -> dict:
     if skip(stage, cfg.force):
         return load_manifest(run.passages)
     dropped, documents = Counter(), Counter()
-    docs = clean_documents(read_documents(cfg.corpus, dropped), dropped)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.model.name).path)
-    counted = (documents.update(["documents"]) or d for d in docs)
-    passages = iter_passages(counted, tokenizer, cfg.corpus, dropped)
+
+    def counted(docs):
+        for doc in docs:
+            documents["documents"] += 1
+            yield doc
+    passages = iter_passages(counted(clean_documents(read_documents(cfg.corpus, dropped), dropped)), tokenizer,
+                             cfg.corpus, dropped)
     # file names carry this run's tag: the previous run's files stay whole until the new manifest names others
     tag = fingerprint(stage.key, time.time_ns())[:8]
     files = list(write_parquet_parts(passages, run.passages, f"part-{tag}", PASSAGES_SCHEMA, PASSAGE_FILE_ROWS))

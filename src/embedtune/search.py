@@ -16,11 +16,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from embedtune.distributed import local_rank
 from embedtune.embedding_cache import CorpusVectors
 from embedtune.errors import EmbedtuneError
 from embedtune.io import atomic_path
 from embedtune.manifest import not_in_key
-from embedtune.store import _locked
+from embedtune.store import build_lock
 
 SEARCH_BLOCK = 16_384   # corpus rows scored at once by exact search
 QUERY_BLOCK = 2_048     # queries scored at once
@@ -29,10 +30,12 @@ Vectors = Union[CorpusVectors, torch.Tensor, np.ndarray]
 
 @dataclass
 class IndexConfig:
-    index: str = "auto"               # auto (exact below ann_min_passages, else ivf) | exact | ivf | hnsw
-    ann_min_passages: int = 250_000   # auto switches from exact search to IVF at this many passages
-    ivf_lists: Optional[int] = None   # IVF cells (null: 4 x sqrt(passages), at most passages / 39)
-    ivf_probe: int = 64               # IVF cells searched per query (more: higher recall, slower)
+    index: str = "auto"               # auto (exact on a GPU or below ann_min_passages, else ivf) | exact | ivf | hnsw
+    ann_min_passages: int = 250_000   # auto switches from exact search to IVF at this many passages (CPU only)
+    ivf_lists: Optional[int] = None   # IVF cells (null: sqrt(passages), at most passages / 39)
+    ivf_probe: Optional[int] = None   # IVF cells searched per query (null: an eighth of the cells; more: higher
+                                      # recall, slower)
+    ivf_refine: int = 8               # IVF: top_k x this candidates (4-bit PQ scores) re-scored with fp16 vectors
     hnsw_m: int = 32                  # HNSW links per node
     hnsw_ef_construction: int = 80    # HNSW candidate list while building
     hnsw_ef_search: int = 128         # HNSW candidate list while searching (at least top_k)
@@ -41,15 +44,17 @@ class IndexConfig:
 
 
 def index_kind(cfg: IndexConfig, passages: int) -> str:
+    """auto: exact search on a GPU (20,000 queries against 1M passages in under a second on an H200:
+    bench/results/gpu_search.md) or below ann_min_passages; IVF on CPUs above it."""
     if cfg.index == "auto":
-        return "exact" if passages < cfg.ann_min_passages else "ivf"
+        return "exact" if torch.cuda.is_available() or passages < cfg.ann_min_passages else "ivf"
     return cfg.index
 
 
 def _device() -> torch.device:
-    from embedtune.distributed import local_rank
-
-    return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+    if torch.cuda.is_available():  # the process's own GPU, as model.on_device picks it
+        return torch.device("cuda", local_rank() % torch.cuda.device_count())
+    return torch.device("cpu")
 
 
 def _blocks(vectors: Vectors, size: int) -> Iterator[tuple[int, np.ndarray | torch.Tensor]]:
@@ -123,31 +128,46 @@ def _faiss():
     try:
         import faiss
     except ImportError as e:
-        raise EmbedtuneError("mining.index=ivf/hnsw needs faiss: pip install faiss-cpu (or faiss-gpu)") from e
+        raise EmbedtuneError("mining.index=ivf/hnsw needs faiss: pip install faiss-cpu") from e
     return faiss
 
 
 def ivf_lists(cfg: IndexConfig, n: int) -> int:
-    lists = cfg.ivf_lists or int(4 * math.sqrt(n))
+    lists = cfg.ivf_lists or int(math.sqrt(n))
     return max(1, min(lists, n // 39))  # faiss wants 39+ training points per cell
 
 
-def index_name(kind: str, cfg: IndexConfig, n: int) -> str:
+def ivf_probe(cfg: IndexConfig, n: int) -> int:
+    return cfg.ivf_probe or max(1, ivf_lists(cfg, n) // 8)
+
+
+def _pq_codes(dim: int) -> Optional[int]:
+    """4-bit PQ sub-quantizers for fast-scan: one per 2 dimensions (None: an odd dimension, fp16 codes only)."""
+    return dim // 2 if dim % 2 == 0 else None
+
+
+def index_name(kind: str, cfg: IndexConfig, n: int, dim: int) -> str:
     if kind == "ivf":
-        return f"ivf{ivf_lists(cfg, n)}-fp16-seed{cfg.seed}"
+        codes = f"pq{_pq_codes(dim)}x4fs-refine-fp16" if _pq_codes(dim) else "fp16"
+        return f"ivf{ivf_lists(cfg, n)}-{codes}-seed{cfg.seed}"
     return f"hnsw{cfg.hnsw_m}-ef{cfg.hnsw_ef_construction}-fp16"
 
 
+def _dim(vectors: Vectors) -> int:
+    return vectors.dim if isinstance(vectors, CorpusVectors) else vectors.shape[1]
+
+
 def build_index(kind: str, vectors: Vectors, cfg: IndexConfig):
-    """A faiss IVF (inverted lists of fp16 residuals) or HNSW (fp16 vectors) index over every row, added block
-    by block; IVF's cells come from k-means on a seeded sample of 64 rows per cell."""
+    """A faiss index over every row, added block by block. IVF: cells from k-means on a seeded sample of 64 rows
+    per cell, each row as a 4-bit product-quantized code (scanned with SIMD "fast scan") plus its fp16 vector,
+    which re-scores the best top_k x ivf_refine candidates. HNSW: a graph over fp16 vectors."""
     faiss = _faiss()
-    n = len(vectors)
-    dim = vectors.dim if isinstance(vectors, CorpusVectors) else vectors.shape[1]
+    n, dim = len(vectors), _dim(vectors)
     fp16 = faiss.ScalarQuantizer.QT_fp16
     if kind == "ivf":
-        lists = ivf_lists(cfg, n)
-        index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, lists, fp16, faiss.METRIC_INNER_PRODUCT)
+        lists, codes = ivf_lists(cfg, n), _pq_codes(dim)
+        spec = f"IVF{lists},PQ{codes}x4fsr,Refine(SQfp16)" if codes else f"IVF{lists},SQfp16"
+        index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
         sample = np.sort(np.random.default_rng(cfg.seed).choice(n, size=min(n, 64 * lists), replace=False))
         index.train(np.ascontiguousarray(take_vectors(vectors, sample), dtype=np.float32))
     elif kind == "hnsw":
@@ -168,7 +188,7 @@ def cached_index(kind: str, vectors: Vectors, cfg: IndexConfig, path: Path):
     is not there; one process per node builds it while the others wait."""
     faiss = _faiss()
     path = Path(path)
-    with _locked(path):
+    with build_lock(path):
         if not path.exists():
             index = build_index(kind, vectors, cfg)
             with atomic_path(path) as tmp:
@@ -178,53 +198,29 @@ def cached_index(kind: str, vectors: Vectors, cfg: IndexConfig, path: Path):
 
 
 class AnnSearch:
-    """Search an IVF or HNSW index, never returning excluded rows (a faiss ID selector on the CPU; on a GPU,
-    twice k fetched, excluded rows dropped, and any query left short searched again on the CPU)."""
+    """Search an IVF or HNSW index on the CPU, never returning excluded rows (a faiss ID selector).
+
+    faiss's GPU indexes are not used: they take no ID selector, and the fast-scan + re-scoring index has no
+    GPU form; on a GPU, `auto` searches exactly instead (torch), which is faster there."""
 
     def __init__(self, kind: str, index, cfg: IndexConfig, allowed: Optional[np.ndarray]):
         faiss = _faiss()
         self.kind, self.index, self.cfg, self.allowed = kind, index, cfg, allowed
         self._bits = None if allowed is None else np.packbits(allowed, bitorder="little")
         selector = None if allowed is None else faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(self._bits))
-        if kind == "ivf":
-            self.params = faiss.SearchParametersIVF(sel=selector, nprobe=cfg.ivf_probe)
-            self.plain = faiss.SearchParametersIVF(nprobe=cfg.ivf_probe)
-        else:
+        if kind == "hnsw":
             self.params = faiss.SearchParametersHNSW(sel=selector, efSearch=cfg.hnsw_ef_search)
-            self.plain = faiss.SearchParametersHNSW(efSearch=cfg.hnsw_ef_search)
-        self.gpu_index = None
-        if kind == "ivf" and torch.cuda.is_available() and hasattr(faiss, "StandardGpuResources"):
-            self._resources = faiss.StandardGpuResources()
-            self.gpu_index = faiss.index_cpu_to_gpu(self._resources, _device().index or 0, index)
+        else:
+            base = faiss.SearchParametersIVF(sel=selector, nprobe=ivf_probe(cfg, index.ntotal))
+            refining = isinstance(index, faiss.IndexRefine)
+            self.params = faiss.IndexRefineSearchParameters(k_factor=cfg.ivf_refine, base_index_params=base) \
+                if refining else base
 
     def search(self, queries: torch.Tensor | np.ndarray, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        n_allowed = self.index.ntotal if self.allowed is None else int(self.allowed.sum())
-        k = min(k, n_allowed)
-        if self.gpu_index is None:
-            scores, rows = self.index.search(queries, k, params=self.params)
-        else:
-            scores, rows = self._search_gpu(queries, k)
+        k = min(k, self.index.ntotal if self.allowed is None else int(self.allowed.sum()))
+        scores, rows = self.index.search(queries, k, params=self.params)
         return torch.from_numpy(scores), torch.from_numpy(rows).long()
-
-    def _search_gpu(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        self.gpu_index.nprobe = self.cfg.ivf_probe
-        fetched_s, fetched_i = self.gpu_index.search(queries, min(2 * k, self.index.ntotal))
-        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        rows = np.full((len(queries), k), -1, dtype=np.int64)
-        short = []
-        for q in range(len(queries)):
-            ok = fetched_i[q] >= 0
-            if self.allowed is not None:
-                ok &= self.allowed[np.maximum(fetched_i[q], 0)]
-            keep = np.flatnonzero(ok)[:k]
-            scores[q, :len(keep)], rows[q, :len(keep)] = fetched_s[q, keep], fetched_i[q, keep]
-            if len(keep) < k:
-                short.append(q)
-        if short:
-            s, i = self.index.search(queries[short], k, params=self.params)
-            scores[short], rows[short] = s, i
-        return scores, rows
 
 
 class Searcher:
@@ -240,13 +236,15 @@ class Searcher:
             if index_folder is None:
                 index = build_index(self.kind, vectors, cfg)
             else:
-                index = cached_index(self.kind, vectors, cfg,
-                                     Path(index_folder) / f"{index_name(self.kind, cfg, len(vectors))}.faiss")
+                name = index_name(self.kind, cfg, len(vectors), _dim(vectors))
+                index = cached_index(self.kind, vectors, cfg, Path(index_folder) / f"{name}.faiss")
             self.ann = AnnSearch(self.kind, index, cfg, allowed)
 
     def describe(self) -> str:
         if self.kind == "ivf":
-            return f"IVF index ({ivf_lists(self.cfg, len(self.vectors)):,} lists, {self.cfg.ivf_probe} probed, fp16)"
+            n = len(self.vectors)
+            return (f"IVF index ({ivf_lists(self.cfg, n):,} lists, {ivf_probe(self.cfg, n):,} probed, "
+                    f"{self.cfg.ivf_refine} x top_k re-scored in fp16)")
         if self.kind == "hnsw":
             return f"HNSW index (M {self.cfg.hnsw_m}, efSearch {self.cfg.hnsw_ef_search}, fp16)"
         return "exact search"

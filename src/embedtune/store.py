@@ -80,7 +80,7 @@ def _save_npy(array: np.ndarray, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
+def build_lock(folder: Path) -> Iterator[None]:
     """One process builds a cache folder while the others (ranks of one node) wait for it."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.parent / f".{folder.name}.lock", "w") as lock:
@@ -122,7 +122,7 @@ class MappedTable:
         built from. Callers put the writing stage's run id in the folder's name, so a rerun gets a new one."""
         folder = Path(folder)
         signature = cls._signature(sources, columns, id_column, hashes or {})
-        with _locked(folder):
+        with build_lock(folder):
             done = folder / cls.DONE
             if not done.exists() or read_json(done).get("signature") != signature:
                 shutil.rmtree(folder, ignore_errors=True)

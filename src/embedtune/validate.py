@@ -51,8 +51,9 @@ def problems(cfg: Config) -> list[str]:
         need(len(ranks) == 2 and 0 <= ranks[0] < ranks[1] <= mining.top_k,
              f"mining.sample_ranks={ranks} must be [a, b] with 0 <= a < b <= mining.top_k={mining.top_k}")
     need(mining.index in ("auto", "exact", "ivf", "hnsw"), f"mining.index={mining.index} is not one of auto, exact, ivf, hnsw")
-    need(mining.ivf_probe >= 1 and (mining.ivf_lists is None or mining.ivf_lists >= 1),
-         f"mining.ivf_probe={mining.ivf_probe} and mining.ivf_lists={mining.ivf_lists} must be >= 1 (ivf_lists: or null)")
+    need(all(v is None or v >= 1 for v in (mining.ivf_probe, mining.ivf_lists)) and mining.ivf_refine >= 1,
+         f"mining.ivf_lists={mining.ivf_lists}, mining.ivf_probe={mining.ivf_probe} and "
+         f"mining.ivf_refine={mining.ivf_refine} must be >= 1 (lists and probe: or null)")
     need(mining.hnsw_m >= 2 and mining.hnsw_ef_search >= 1 and mining.hnsw_ef_construction >= 1,
          f"mining.hnsw_m={mining.hnsw_m} must be >= 2 and mining.hnsw_ef_search/ef_construction >= 1")
     need(mining.recall_sample >= 1 and mining.query_block >= 1,
