@@ -42,7 +42,9 @@ DECODER = {"pooling": "last", "padding_side": "left"}  # decoders: last-token po
 
 def build_encoder(model_dir: str, lora: bool, decoder: bool = False) -> Encoder:
     torch.manual_seed(0)
-    encoder = Encoder.load(ModelConfig(name=model_dir, passage_max_length=64,
+    # float32 weights whatever the device (dtype auto would load bf16 on a bf16 GPU): the reference is fp32, and
+    # bf16 arithmetic is what --precision bf16 (autocast) asks for
+    encoder = Encoder.load(ModelConfig(name=model_dir, passage_max_length=64, dtype="float32",
                                        **(DECODER if decoder else {"pooling": "mean"})))
     if lora:  # BERT: two projections; decoders: the default, every attention and MLP projection
         targets = None if decoder else ["query", "value"]
