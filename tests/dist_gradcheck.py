@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     for case in cases:
         accelerator = run_case(case)
     accelerator.end_training()
+    if torch.distributed.is_initialized():  # gloo's threads left running at exit can abort a rank
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

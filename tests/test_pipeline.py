@@ -6,6 +6,8 @@ import pytest
 import torch
 from helpers import embedtune
 
+from embedtune.io import read_stage_table
+
 pytestmark = pytest.mark.slow  # every test here runs whole stages in processes of their own
 
 def test_every_stage_writes_its_manifest(demo_run):
@@ -78,7 +80,7 @@ def test_splits_do_not_share_documents(demo_run):
     import pyarrow.parquet as pq
 
     run = demo_run.folder
-    doc = {r["id"]: r["doc_id"] for r in pq.read_table(run / "passages" / "part-00000.parquet").to_pylist()}
+    doc = {r["id"]: r["doc_id"] for r in read_stage_table(run / "passages").to_pylist()}
     docs = {s: {doc[r["passage_id"]] for r in pq.read_table(run / "pairs" / f"{s}.parquet").to_pylist()}
             for s in ("train", "dev", "test")}
     assert not docs["train"] & docs["test"] and not docs["train"] & docs["dev"] and not docs["dev"] & docs["test"]
@@ -90,7 +92,7 @@ def test_no_held_out_passage_text_reaches_training(demo_run):
     import pyarrow.parquet as pq
 
     run = demo_run.folder
-    text = {r["id"]: (r["title"], r["text"]) for r in pq.read_table(run / "passages" / "part-00000.parquet").to_pylist()}
+    text = {r["id"]: (r["title"], r["text"]) for r in read_stage_table(run / "passages").to_pylist()}
     negatives = pq.read_table(run / "negatives" / "train.parquet").to_pylist()
     trained = {text[r["passage_id"]] for r in negatives} | {text[n] for r in negatives for n in r["negative_ids"]}
     held_out = {text[r["passage_id"]] for s in ("dev", "test") for r in pq.read_table(run / "pairs" / f"{s}.parquet").to_pylist()}

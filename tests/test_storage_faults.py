@@ -43,7 +43,7 @@ def prepared(disk: Path, tmp_path: Path) -> dict[str, str]:
     result = embedtune("prepare", "debug=tiny", f"paths.runs={disk}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     files = snapshot(disk)
-    assert "demo/passages/manifest.json" in files and "demo/passages/part-00000.parquet" in files
+    assert "demo/passages/manifest.json" in files and any(f.startswith("demo/passages/part-") for f in files)
     return files
 
 
