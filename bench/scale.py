@@ -280,12 +280,13 @@ def measure_train_data(run: Path, how: str, batches: int = 300) -> dict:
     started = time.time()
     if how == "mapped":
         data = TrainData(folder.training_table(cfg), folder.query_texts("train"), folder.passage_texts(),
-                         TrainConfig(batch_size=32))
+                         TrainConfig(batch_size=32, hard_negatives=1))
     else:
         queries = {r["query_id"]: r["query"] for r in read_rows(folder.pairs / "train.parquet")}
         passages = {p["id"]: passage_text(p["title"], p["text"])
                     for p in read_stage_table(folder.passages, ["id", "title", "text"]).to_pylist()}
-        data = TrainData(read_rows(folder.negatives / "train.parquet"), queries, passages, TrainConfig(batch_size=32))
+        data = TrainData(read_rows(folder.negatives / "train.parquet"), queries, passages,
+                         TrainConfig(batch_size=32, hard_negatives=1))
     load_s = time.time() - started
     started = time.time()
     for step in range(batches):

@@ -130,7 +130,7 @@ def test_generate_array_equals_a_local_run(slurm, pipeline_run, tmp_path):
     work, _, _ = pipeline_run
     for name in ("local", "array"):
         shutil.copytree(work / "runs" / "demo" / "passages", tmp_path / name / "demo" / "passages")
-    args = [*TINY, "run_name=demo", "generator.batch_size=1", "generator.dtype=float32"]
+    args = [*TINY, "run_name=demo", "generator.batch_size=1", "generator.dtype=float32", "generator.max_passages=8"]
     embedtune(["generate", *args, f"paths.runs={tmp_path / 'local'}"], slurm, tmp_path)
     (tmp_path / "logs").mkdir()
     out = sh(["sbatch", "--parsable", "--array=0-1", "--cpus-per-task=1", str(REPO / "slurm" / "generate.sbatch"),
@@ -139,7 +139,7 @@ def test_generate_array_equals_a_local_run(slurm, pipeline_run, tmp_path):
     assert set(states.values()) == {"COMPLETED"} and len(states) == 2, states
     rows = [sorted((q["passage_id"], q["query_id"], q["text"]) for q in read_queries(tmp_path / n / "demo" / "queries"))
             for n in ("local", "array")]
-    assert len(rows[0]) == 24 and rows[0] == rows[1]
+    assert len(rows[0]) == 8 and rows[0] == rows[1]
     assert len(list((tmp_path / "array" / "demo" / "queries").glob("shard-*.done"))) == 2
 
 
