@@ -43,8 +43,9 @@ if TYPE_CHECKING:  # the root config imports this module's TrainConfig
 @dataclass
 class TrainConfig:
     batch_size: int = 32              # queries per optimizer step, over all processes (the contrastive batch)
-    hard_negatives: int = 3           # mined negatives per query in each step (0: in-batch only); 3 = all that
-                                      # mining keeps: +0.006 [+0.004, +0.008] HPO dev nDCG@10 over 1 (README)
+    hard_negatives: int = 3           # mined negatives per query in each step (0: in-batch only); config.yaml
+                                      # sets it to mining.num_negatives, all that mining keeps: +0.006
+                                      # [+0.004, +0.008] HPO dev nDCG@10 over 1 of 3 (README)
     chunk_size: int = 32              # texts per forward pass, grouped by length (less padding)
     grad_cache: bool = False          # recompute chunks in backward: memory of one chunk, any batch size
     gradient_checkpointing: bool = False  # recompute activations inside each forward (less memory)
