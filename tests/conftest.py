@@ -188,3 +188,20 @@ def demo_run(tmp_path_factory):
     assert result.returncode == 0, result.stderr[-3000:]
     yield DemoRun(root / "e2e", result, time.time() - started, args, server)
     server.close()
+
+
+# ---------------------------------------------------------------- served_model_dir: an exported tiny model to serve
+
+@pytest.fixture(scope="session")
+def served_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny BERT as `embedtune export` writes it (sentence-transformers folder + ONNX graph), with
+    "query: "/"passage: " prompts and a 48-token limit: what `embedtune serve` serves in the tests. Read-only."""
+    from embedtune.export import ExportConfig, export_model
+    from embedtune.model import Encoder, ModelConfig
+
+    root = tmp_path_factory.mktemp("served")
+    cfg = ModelConfig(name=str(tiny_model_dir), pooling="mean", query_prefix="query: ", passage_prefix="passage: ",
+                      passage_max_length=48)
+    Encoder.load(cfg).save(root / "encoder")
+    export_model(root / "encoder", root / "model", ["the heart of a cat", "blue river"], ExportConfig(), card="# tiny\n")
+    return root / "model"

@@ -3,6 +3,7 @@ launch on this CPU, a finished prepare stage, a scripted OpenAI-compatible serve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from embedtune.config import Config, register
+from embedtune.serve.server import ServeConfig, Server, build_service
 from embedtune.generate.backends import BackendConfig, TransformersBackend
 from embedtune.generate.prompts import Prompt
 from embedtune.io import write_parquet
@@ -211,3 +213,17 @@ def scripted_run(model_dir, tmp_path, answer, key: str, *overrides: str):
     finally:
         server.close()
     return result, server
+
+
+# ---------------------------------------------------------------- serving: `embedtune serve` in a thread of this process
+
+@contextlib.contextmanager
+def serving(model, name: str = "tiny", **settings):
+    """`embedtune serve` of `model` on a free port of 127.0.0.1, in a thread (real uvicorn, real HTTP); yields
+    the Server (`.url` ends in /v1, `.service` holds the model and metrics)."""
+    cfg = ServeConfig(port=0, **settings)
+    server = Server(cfg, build_service(cfg, str(model), name)).start()
+    try:
+        yield server
+    finally:
+        server.stop()

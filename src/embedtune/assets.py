@@ -59,6 +59,19 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def folder_digest(folder: Path, skip: tuple[str, ...] = ("README.md",)) -> str:
+    """SHA-256 over every file of a model folder (relative path and content), in sorted order, leaving out
+    hidden files and `skip` (the model card): it changes exactly when what the folder computes can change."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder).as_posix()
+        if relative in skip or any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        digest.update(relative.encode("utf-8") + b"\0" + sha256_of(path).encode("ascii") + b"\n")
+    return digest.hexdigest()
+
+
 def _package_dir(package: str, pip: str) -> Path:
     spec = importlib.util.find_spec(package)  # finds the files without importing the package's code
     if spec is None or not spec.submodule_search_locations:

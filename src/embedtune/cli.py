@@ -22,6 +22,7 @@ from embedtune.config import Config, register
 from embedtune.errors import EmbedtuneError
 from embedtune.io import atomic_path
 from embedtune.runs import STAGE_NAMES, RunFolder, status_lines
+from embedtune.serve.server import serve
 from embedtune.validate import check_config
 
 USAGE = """usage: embedtune <stage> [key=value ...] [-m] [--help] [--cfg job]
@@ -37,6 +38,7 @@ stages:
   export    sentence-transformers folder with a model card
   run       all of the above in order (stages that are up to date are skipped)
   status    for each stage of a run: done, stale (run would redo it) or missing; its counts and wall time
+  serve     the exported model behind an OpenAI-compatible embeddings endpoint (serve.model=PATH serve.port=N)
   plan      predicted per-GPU memory of `train` for this config (plan.launch=..., plan.gpus=N,
             plan.gpu_memory_gb=80) and the largest train.chunk_size that fits
 
@@ -66,6 +68,13 @@ def _hydra_main(stage: str) -> None:
                 memory_plan.run_plan(cfg)
                 return
             check_config(cfg)
+            if stage == "serve":
+                exported = RunFolder(cfg).model
+                if not cfg.serve.model and not (exported / "modules.json").exists():
+                    raise EmbedtuneError(f"serve: no exported model in {exported}: run `embedtune export` (or "
+                                         "`embedtune run`) first, or name one with serve.model=PATH")
+                serve(cfg.serve, cfg.serve.model or str(exported), cfg.serve.name or cfg.run_name)
+                return
             sweep.enter_point(cfg, stage)  # a sweep point (or point=...): its own seeded folder
             _save_config(cfg, stage)
             if stage == "run":
@@ -85,7 +94,7 @@ def _hydra_main(stage: str) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] not in (*STAGE_NAMES, "run", "status", "plan"):
+    if len(sys.argv) < 2 or sys.argv[1] not in (*STAGE_NAMES, "run", "status", "plan", "serve"):
         print(USAGE, file=sys.stderr)
         sys.exit(0 if len(sys.argv) >= 2 and sys.argv[1] in ("-h", "--help") else 2)
     stage = sys.argv.pop(1)

@@ -16,6 +16,7 @@ from embedtune.loss import LossConfig
 from embedtune.memory_plan import PlanConfig
 from embedtune.mine import MiningConfig
 from embedtune.model import ModelConfig, PeftConfig
+from embedtune.serve.server import ServeConfig
 from embedtune.teacher import TeacherConfig
 from embedtune.tracking import LoggerConfig
 from embedtune.train import TrainConfig
@@ -45,6 +46,7 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)  # `embedtune plan` only
+    serve: ServeConfig = field(default_factory=ServeConfig)  # `embedtune serve` only
 
 
 def register() -> None:

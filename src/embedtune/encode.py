@@ -20,9 +20,13 @@ from embedtune.distributed import (
 
 @torch.no_grad()
 def encode(encoder, texts: list[str], kind: str, batch_size: int = 32, desc: str = "encode") -> torch.Tensor:
-    """Embeddings (float32, on CPU) of `texts` in input order; batches are formed by length to cut padding."""
+    """Embeddings (float32, on CPU) of `texts` in input order; batches are formed by length to cut padding.
+    An encoder that is not a torch model (an endpoint, a sentence-transformers baseline: baselines.py) encodes
+    through its own `encode_texts`."""
     if not texts:
         return torch.empty(0, 0)
+    if hasattr(encoder, "encode_texts"):
+        return encoder.encode_texts(texts, kind, batch_size, desc)
     was_training = encoder.training
     encoder.eval()
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)

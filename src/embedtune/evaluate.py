@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from embedtune.baselines import BaselineConfig, spend_table
 from embedtune.beir import RetrievalSet, read_beir
 from embedtune.embedding_cache import EmbeddingCache, NoCache
 from embedtune.errors import EmbedtuneError
@@ -17,6 +18,7 @@ from embedtune.precision import autocast
 
 METRICS = ["nDCG@10", "R@1", "R@10", "R@100", "MRR@10", "MAP@100"]
 RECALL_KS = [1, 3, 5, 10, 20, 50, 100]  # points of the Recall@k curve
+SYNTHETIC = "synthetic (held-out)"  # the set of held-out generated queries; every other set is human-labelled
 
 
 @dataclass
@@ -35,6 +37,8 @@ class EvalConfig:
     precision: str = "auto"          # auto (bf16 where the CPU/GPU has it) | bf16 | fp32, for both models
     max_queries: int = 0             # evaluate at most this many queries per set (0: all)
     bm25: bool = True                # also a BM25 row (bm25s, English stopwords): the lexical baseline
+    baselines: list[BaselineConfig] = field(default_factory=list)  # models users already have, as more rows:
+                                     # a sentence-transformers model or an OpenAI-compatible endpoint each
 
 
 def trec_metrics(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -> dict[str, float]:
@@ -123,11 +127,13 @@ def markdown_table(results: dict[str, dict[str, dict]]) -> str:
 
 
 def comparisons(results: dict[str, dict[str, dict]]) -> list[dict]:
-    """tuned - base, tuned - bm25 (and merged - base, merged - tuned when merged) on every set: nDCG@10
-    difference with its paired-bootstrap 95% interval."""
+    """tuned - base, tuned - bm25, tuned - each baseline (and merged - base, merged - tuned when merged) on every
+    set: nDCG@10 difference with its paired-bootstrap 95% interval."""
     rows = []
     for name, models in results.items():
-        for model, other in (("tuned", "base"), ("tuned", "bm25"), ("merged", "base"), ("merged", "tuned")):
+        extra = [m for m in models if m not in ("base", "tuned", "merged", "bm25")]  # eval.baselines
+        pairs = [("tuned", "base"), ("tuned", "bm25"), ("merged", "base"), ("merged", "tuned")]
+        for model, other in pairs + [("tuned", b) for b in extra]:
             if model in models and other in models and "per_query" in models[other]:
                 ci = paired_bootstrap(models[other]["per_query"], models[model]["per_query"])
                 rows.append({"set": name, "comparison": f"{model} - {other}", **ci})
@@ -140,6 +146,27 @@ def regressions(compared: list[dict]) -> list[str]:
     return [f"{r['comparison'].split(' - ')[0]} is significantly worse than base on {r['set']}: nDCG@10 "
             f"{r['diff']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]"
             for r in compared if r["comparison"] in ("tuned - base", "merged - base") and r["high"] < 0]
+
+
+def verdicts(results: dict[str, dict[str, dict]]) -> list[str]:
+    """Which model is best, by how much, with what interval: one line per human-labelled set (the synthetic
+    held-out set only where there is none), the best row by nDCG@10 against the runner-up, paired."""
+    human = [name for name in results if name != SYNTHETIC]
+    lines = []
+    for name in human or [n for n in results if n == SYNTHETIC]:
+        ranked = sorted(results[name].items(), key=lambda kv: -kv[1]["nDCG@10"])
+        if len(ranked) < 2:
+            continue
+        (best, top), (second, runner) = ranked[0], ranked[1]
+        ci = paired_bootstrap(runner["per_query"], top["per_query"])
+        interval = f"{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]"
+        if ci["significant"]:
+            lines.append(f"{name}: {best} is best, nDCG@10 {top['nDCG@10']:.3f}, {interval} over {second} "
+                         f"({runner['nDCG@10']:.3f})")
+        else:
+            lines.append(f"{name}: {best} ({top['nDCG@10']:.3f}) and {second} ({runner['nDCG@10']:.3f}) are tied within "
+                         f"the noise: {interval}, the interval contains 0")
+    return lines
 
 
 def comparison_table(rows: list[dict]) -> str:
@@ -197,7 +224,7 @@ def eval_sets(cfg: EvalConfig, benchmarks: Path, synthetic_test: list[dict], cor
     for extra in cfg.beir:
         sets.append(read_beir(Path(extra.path), extra.split, extra.name or Path(extra.path).name))
     if cfg.synthetic and synthetic_test:
-        sets.append(RetrievalSet("synthetic (held-out)", corpus, {q["query_id"]: q["query"] for q in synthetic_test},
+        sets.append(RetrievalSet(SYNTHETIC, corpus, {q["query_id"]: q["query"] for q in synthetic_test},
                                  {q["query_id"]: {q["passage_id"]: 1} for q in synthetic_test}))
     if not sets:
         raise EmbedtuneError("eval: nothing to evaluate on; set eval.beir or keep eval.synthetic=true")
@@ -205,10 +232,11 @@ def eval_sets(cfg: EvalConfig, benchmarks: Path, synthetic_test: list[dict], cor
 
 
 def write_report(folder: Path, heading: str, results: dict[str, dict[str, dict]], sets: list[RetrievalSet],
-                 training_metrics: Path) -> tuple[str, list[dict], list[str]]:
-    """report.md (tables, paired intervals, Recall@k, plots) and report.json in `folder`, below `heading`;
-    returns (the metrics table, the comparisons, the plot files)."""
+                 training_metrics: Path, spend: list[dict] = ()) -> tuple[str, list[dict], list[str]]:
+    """report.md (the verdict first, then tables, paired intervals, Recall@k, plots, what baselines cost) and
+    report.json in `folder`, below `heading`; returns (the metrics table, the comparisons, the plot files)."""
     table, compared = markdown_table(results), comparisons(results)
+    verdict = "".join(f"**{line}.**\n\n" for line in verdicts(results))
     intervals = ("Paired bootstrap (queries resampled, 1,000 draws, seed 0) of the per-query nDCG@10 "
                  "differences:\n\n" + comparison_table(compared)) if compared else ""
     folder.mkdir(parents=True, exist_ok=True)
@@ -218,10 +246,13 @@ def write_report(folder: Path, heading: str, results: dict[str, dict[str, dict]]
     caveats = "".join(f"{s.name}: {s.missing_documents:,} judgements name documents absent from the corpus "
                       f"(no model can retrieve them; they lower recall).\n\n" for s in sets if s.missing_documents)
     warnings = "".join(f"**Warning: {w}.**\n\n" for w in regressions(compared))
-    report = (f"{heading}\n\n{warnings}{caveats}{table}\n{intervals}\nRecall@k:\n\n{recall_table(results)}\n"
-              + "".join(f"![{p}]({p})\n" for p in plots))
+    spent = ("Baselines: what this evaluation sent (texts already in the cache under cache/embeddings are never "
+             "sent again):\n\n" + spend_table(list(spend)) + "\n") if spend else ""
+    report = (f"{heading}\n\n{verdict}{warnings}{caveats}{table}\n{intervals}\n{spent}Recall@k:\n\n"
+              f"{recall_table(results)}\n" + "".join(f"![{p}]({p})\n" for p in plots))
     with atomic_path(folder / "report.md") as tmp:
         tmp.write_text(report, encoding="utf-8")
-    write_json({**results, "comparisons": compared}, folder / "report.json")
+    summary = {"verdicts": verdicts(results), "baselines_spend": list(spend)}
+    write_json({**results, "comparisons": compared, "summary": summary}, folder / "report.json")
     return table, compared, plots
 

@@ -166,6 +166,11 @@ def model_card(cfg: Config, pairs: dict, passages: dict, train: dict, eval_table
             + ("ONNX: `onnx/sentence_embedding.onnx` takes `input_ids` and `attention_mask` (from this folder's "
                "tokenizer, with the query/passage prompt prepended) and returns the sentence embedding, pooling "
                "and normalisation included (onnxruntime parity checked at export).\n\n" if cfg.export.onnx else "")
+            + "## Serving\n\nBehind an OpenAI-compatible embeddings endpoint (dynamic batching, ONNX Runtime on CPU, "
+              "PyTorch on GPU; `GET /v1/models` names the weights by their content hash):\n\n"
+              "```bash\nembedtune serve serve.model=path/to/this/folder serve.port=8000\n"
+              "curl -s http://127.0.0.1:8000/v1/embeddings -H 'Content-Type: application/json' \\\n"
+              "    -d '{\"input\": [\"...\"], \"input_type\": \"query\"}'   # input_type passage for documents\n```\n\n"
             + f"## Evaluation\n\n{table}\n"
             f"## Training\n\nInfoNCE (temperature {cfg.loss.temperature}), batch {cfg.train.batch_size}, "
             f"{cfg.train.hard_negatives} hard negative(s) per query, lr {cfg.train.lr}, "

@@ -10,6 +10,7 @@ from typing import Optional
 import pyarrow.parquet as pq
 
 from embedtune.assets import resolve_model
+from embedtune.baselines import baseline_cache, baseline_encoder, check_served_model, spend_line, spend_table
 from embedtune.beir import RetrievalSet
 from embedtune.config import Config
 from embedtune.corpus import PASSAGES_SCHEMA, clean_documents, doc_key, iter_passages, read_documents
@@ -23,6 +24,7 @@ from embedtune.evaluate import (
     evaluate_bm25,
     evaluate_set,
     training_evaluator,
+    verdicts,
     write_report,
 )
 from embedtune.export import export_model, model_card
@@ -268,6 +270,13 @@ def evaluate(cfg: Config) -> dict:
     if cfg.eval.bm25:
         for s in sets:
             results[s.name]["bm25"] = evaluate_bm25(s, cfg.eval)
+    spend = []
+    for baseline in cfg.eval.baselines:  # models users already have: same sets, same metrics, vectors cached
+        encoder, cache = baseline_encoder(baseline), baseline_cache(run.cache, baseline)
+        for s in sets:
+            results[s.name][baseline.name] = evaluate_set(encoder, cache, s, cfg.eval, baseline.name)
+        check_served_model(baseline, cache, encoder)
+        spend.append(spend_line(baseline, encoder))
     if several and not is_main():  # every rank has the same results; one writes the report
         return {}
     queries_report = f"../{run.queries.name}/report.md"
@@ -276,15 +285,17 @@ def evaluate(cfg: Config) -> dict:
                f"The synthetic training queries, with samples: [{queries_report}]({queries_report}).")
     if merge_info:
         heading += " " + describe_merge(merge_info)
-    table, compared, plots = write_report(run.eval, heading, results, sets, run.checkpoints / "metrics.jsonl")
-    print("\n" + table + ("\n" + comparison_table(compared) if compared else ""))
+    table, compared, plots = write_report(run.eval, heading, results, sets, run.checkpoints / "metrics.jsonl", spend)
+    print("\n" + table + ("\n" + comparison_table(compared) if compared else "")
+          + ("\n" + spend_table(spend) if spend else "") + "".join(f"\neval: {line}" for line in verdicts(results)))
     warned = regressions(compared)
     for line in warned:
         print(f"eval: warning: {line}")
     counts = {name: next(iter(r.values()))["queries"] for name, r in results.items()}
     judged = {s.name: {"missing_documents": s.missing_documents, "unjudged_queries": s.unjudged_queries} for s in sets}
     extra = {"merge": {k: merge_info[k] for k in ("alpha", "setting", "grid")}} if merge_info else {}
-    return stage.finish(counts, table=table, plots=plots, sets=judged, regressions=warned, **extra)
+    return stage.finish(counts, table=table, plots=plots, sets=judged, regressions=warned, baselines_spend=spend,
+                        **extra)
 
 
 def export(cfg: Config) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from embedtune.backbone import ATTENTIONS, ATTN_IMPLEMENTATIONS, DTYPES
+from embedtune.baselines import RESERVED
 from embedtune.errors import EmbedtuneError
 
 if TYPE_CHECKING:  # config.py imports generate/, which imports this module
@@ -90,7 +91,7 @@ def problems(cfg: Config) -> list[str]:
     alpha = cfg.export.merge_alpha
     need(alpha in (None, "auto") or _fraction(alpha),
          f"export.merge_alpha={alpha} must be null, auto, or a number in [0, 1] (the tuned weights' share)")
-    found += generator_problems(cfg.generator)
+    found += generator_problems(cfg.generator) + serve_problems(cfg.serve) + baseline_problems(cfg.eval.baselines)
     if peft.enabled:
         need(peft.r >= 1, f"peft.r={peft.r} must be >= 1")
         need(peft.target_modules is None or bool(peft.target_modules),
@@ -134,6 +135,45 @@ def generator_problems(gen) -> list[str]:
             found.append(f"generator.prompt.types.{name}.max_new_tokens={qtype.max_new_tokens} must be >= 1")
     if gen.max_new_tokens < 1:
         found.append(f"generator.max_new_tokens={gen.max_new_tokens} must be >= 1")
+    return found
+
+
+def baseline_problems(baselines) -> list[str]:
+    found, names = [], [b.name for b in baselines]
+    for i, b in enumerate(baselines):
+        at = f"eval.baselines[{i}]"
+        if not b.name or b.name in RESERVED or names.count(b.name) > 1:
+            found.append(f"{at}.name={b.name!r} must be set, unique, and none of {', '.join(RESERVED)} (eval's own rows)")
+        if not (b.model or b.url):
+            found.append(f"{at} ({b.name}) needs a model (a sentence-transformers model run here) or a url (an "
+                         "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1)")
+        if b.url and not b.url.startswith(("http://", "https://")):
+            found.append(f"{at}.url={b.url} must start with http:// or https://")
+        if min(b.batch_size, b.concurrency) < 1 or b.dimensions < 0 or b.max_retries < 0 or b.price_per_million_tokens < 0:
+            found.append(f"{at} ({b.name}): batch_size and concurrency must be >= 1; dimensions, max_retries and "
+                         "price_per_million_tokens >= 0")
+    return found
+
+
+def serve_problems(serve) -> list[str]:
+    found = []
+    if serve.backend not in ("auto", "onnx", "torch"):
+        found.append(f"serve.backend={serve.backend} is not one of auto, onnx, torch")
+    if serve.precision not in ("auto", "bf16", "fp32"):
+        found.append(f"serve.precision={serve.precision} is not one of auto, bf16, fp32")
+    if not 0 <= serve.port <= 65535:
+        found.append(f"serve.port={serve.port} must be in 0..65535 (0: any free port)")
+    for key in ("max_batch", "max_queue", "max_inputs", "max_request_bytes"):
+        if getattr(serve, key) < 1:
+            found.append(f"serve.{key}={getattr(serve, key)} must be >= 1")
+    if serve.batch_tokens < 0:
+        found.append(f"serve.batch_tokens={serve.batch_tokens} must be >= 0 (0: chosen for the device)")
+    if serve.max_wait_ms < 0 or serve.drain_timeout_s < 0 or serve.threads < 0:
+        found.append(f"serve.max_wait_ms={serve.max_wait_ms}, serve.drain_timeout_s={serve.drain_timeout_s} and "
+                     f"serve.threads={serve.threads} must be >= 0")
+    if serve.max_inputs > serve.max_queue:
+        found.append(f"serve.max_inputs={serve.max_inputs} is more than serve.max_queue={serve.max_queue}: a full "
+                     "request would never fit in the queue")
     return found
 
 
