@@ -135,6 +135,15 @@ def train(model_dir, out_dir, peft: PeftConfig = PeftConfig(), **overrides) -> d
 
 # ---------------------------------------------------------------- ChatServer: an OpenAI-compatible server on 127.0.0.1
 
+def send_json(handler: BaseHTTPRequestHandler, status: int, payload: bytes, length: int | None = None) -> None:
+    """A JSON answer from a scripted server's handler (`length`: a Content-Length that lies, for truncated bodies)."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(length or len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload)
+
+
 class ChatServer:
     """POST /v1/chat/completions -> the tiny LM's greedy completion; `faults` are served first, in order:
     an HTTP status (429, 500), "malformed" JSON, a "truncated" body, or "slow" (past the client timeout).
@@ -178,11 +187,7 @@ class ChatServer:
                 self.reply(200, json.dumps(answer).encode())
 
             def reply(self, status, payload, length=None):
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(length or len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                send_json(self, status, payload, length)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"

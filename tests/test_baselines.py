@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 import torch
-from helpers import embedtune, serving
+from helpers import embedtune, send_json, serving
 
 from embedtune.baselines import BaselineConfig, LocalBaseline, baseline_cache, check_served_model, spend_line
 from embedtune.beir import RetrievalSet
@@ -76,12 +76,7 @@ class ScriptedEmbeddings:
                 self.reply(200, {"data": rows, "model": "scripted-1", "usage": {"prompt_tokens": 10 * len(rows)}})
 
             def reply(self, status, payload):
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, json.dumps(payload).encode())
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
