@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from embedtune.baselines import BaselineConfig, spend_table
+from embedtune.baselines import RESERVED, BaselineConfig, spend_table
 from embedtune.beir import RetrievalSet, read_beir
 from embedtune.embedding_cache import EmbeddingCache, NoCache
 from embedtune.errors import EmbedtuneError
@@ -131,7 +131,7 @@ def comparisons(results: dict[str, dict[str, dict]]) -> list[dict]:
     set: nDCG@10 difference with its paired-bootstrap 95% interval."""
     rows = []
     for name, models in results.items():
-        extra = [m for m in models if m not in ("base", "tuned", "merged", "bm25")]  # eval.baselines
+        extra = [m for m in models if m not in RESERVED]  # eval.baselines
         pairs = [("tuned", "base"), ("tuned", "bm25"), ("merged", "base"), ("merged", "tuned")]
         for model, other in pairs + [("tuned", b) for b in extra]:
             if model in models and other in models and "per_query" in models[other]:
@@ -232,11 +232,12 @@ def eval_sets(cfg: EvalConfig, benchmarks: Path, synthetic_test: list[dict], cor
 
 
 def write_report(folder: Path, heading: str, results: dict[str, dict[str, dict]], sets: list[RetrievalSet],
-                 training_metrics: Path, spend: list[dict] = ()) -> tuple[str, list[dict], list[str]]:
+                 training_metrics: Path, spend: list[dict] = ()) -> tuple[str, list[dict], list[str], list[str]]:
     """report.md (the verdict first, then tables, paired intervals, Recall@k, plots, what baselines cost) and
-    report.json in `folder`, below `heading`; returns (the metrics table, the comparisons, the plot files)."""
-    table, compared = markdown_table(results), comparisons(results)
-    verdict = "".join(f"**{line}.**\n\n" for line in verdicts(results))
+    report.json in `folder`, below `heading`; returns (the metrics table, the comparisons, the plot files, the
+    verdict lines)."""
+    table, compared, verdict_lines = markdown_table(results), comparisons(results), verdicts(results)
+    verdict = "".join(f"**{line}.**\n\n" for line in verdict_lines)
     intervals = ("Paired bootstrap (queries resampled, 1,000 draws, seed 0) of the per-query nDCG@10 "
                  "differences:\n\n" + comparison_table(compared)) if compared else ""
     folder.mkdir(parents=True, exist_ok=True)
@@ -252,7 +253,7 @@ def write_report(folder: Path, heading: str, results: dict[str, dict[str, dict]]
               f"{recall_table(results)}\n" + "".join(f"![{p}]({p})\n" for p in plots))
     with atomic_path(folder / "report.md") as tmp:
         tmp.write_text(report, encoding="utf-8")
-    summary = {"verdicts": verdicts(results), "baselines_spend": list(spend)}
+    summary = {"verdicts": verdict_lines, "baselines_spend": list(spend)}
     write_json({**results, "comparisons": compared, "summary": summary}, folder / "report.json")
-    return table, compared, plots
+    return table, compared, plots, verdict_lines
 

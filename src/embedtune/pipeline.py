@@ -24,7 +24,6 @@ from embedtune.evaluate import (
     evaluate_bm25,
     evaluate_set,
     training_evaluator,
-    verdicts,
     write_report,
 )
 from embedtune.export import export_model, model_card
@@ -285,9 +284,10 @@ def evaluate(cfg: Config) -> dict:
                f"The synthetic training queries, with samples: [{queries_report}]({queries_report}).")
     if merge_info:
         heading += " " + describe_merge(merge_info)
-    table, compared, plots = write_report(run.eval, heading, results, sets, run.checkpoints / "metrics.jsonl", spend)
+    table, compared, plots, verdict = write_report(run.eval, heading, results, sets, run.checkpoints / "metrics.jsonl",
+                                                   spend)
     print("\n" + table + ("\n" + comparison_table(compared) if compared else "")
-          + ("\n" + spend_table(spend) if spend else "") + "".join(f"\neval: {line}" for line in verdicts(results)))
+          + ("\n" + spend_table(spend) if spend else "") + "".join(f"\neval: {line}" for line in verdict))
     warned = regressions(compared)
     for line in warned:
         print(f"eval: warning: {line}")
