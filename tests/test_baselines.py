@@ -156,12 +156,14 @@ def test_verdicts_name_the_best_model_with_its_interval():
         return {"nDCG@10": float(np.mean(scores)), "per_query": {f"q{i}": s for i, s in enumerate(scores)}}
     rng = np.random.default_rng(0)
     base = rng.uniform(0.2, 0.6, 200)
-    results = {"hpo (test, human)": {"base": row(base), "tuned": row(base + 0.1), "api": row(base + 0.02)},
+    results = {"hpo (test, human)": {"base": row(base), "tuned": row(base + 0.1), "served": row(base + 0.1),
+                                     "api": row(base + 0.02)},
                "synthetic (held-out)": {"base": row(base), "tuned": row(base + 0.3)},
                "faq (human)": {"base": row(base), "api": row(base + rng.normal(0, 0.05, 200) * 0.1)}}
     lines = verdicts(results)
     assert len(lines) == 2  # human sets only, when there are any
-    assert lines[0].startswith("hpo (test, human): tuned is best, nDCG@10 ") and "over api" in lines[0]
+    assert lines[0].startswith("hpo (test, human): tuned is best (served: the same score on every query), nDCG@10 ")
+    assert "over api" in lines[0]  # not over its own served copy
     assert "+0.080 [+0.080, +0.080]" in lines[0]
     assert "are tied within the noise" in lines[1]
     assert verdicts({"synthetic (held-out)": results["synthetic (held-out)"]})[0].startswith(

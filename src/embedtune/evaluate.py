@@ -154,18 +154,21 @@ def verdicts(results: dict[str, dict[str, dict]]) -> list[str]:
     human = [name for name in results if name != SYNTHETIC]
     lines = []
     for name in human or [n for n in results if n == SYNTHETIC]:
-        ranked = sorted(results[name].items(), key=lambda kv: -kv[1]["nDCG@10"])
-        if len(ranked) < 2:
+        (best, top), *rest = sorted(results[name].items(), key=lambda kv: -kv[1]["nDCG@10"])  # stable: eval's first
+        twins = [m for m, row in rest if row["per_query"] == top["per_query"]]  # e.g. the best model, served
+        others = [(m, row) for m, row in rest if row["per_query"] != top["per_query"]]
+        if not others:
             continue
-        (best, top), (second, runner) = ranked[0], ranked[1]
+        second, runner = others[0]
         ci = paired_bootstrap(runner["per_query"], top["per_query"])
         interval = f"{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]"
+        same = f" ({', '.join(twins)}: the same score on every query)" if twins else ""
         if ci["significant"]:
-            lines.append(f"{name}: {best} is best, nDCG@10 {top['nDCG@10']:.3f}, {interval} over {second} "
+            lines.append(f"{name}: {best} is best{same}, nDCG@10 {top['nDCG@10']:.3f}, {interval} over {second} "
                          f"({runner['nDCG@10']:.3f})")
         else:
-            lines.append(f"{name}: {best} ({top['nDCG@10']:.3f}) and {second} ({runner['nDCG@10']:.3f}) are tied within "
-                         f"the noise: {interval}, the interval contains 0")
+            lines.append(f"{name}: {best}{same} ({top['nDCG@10']:.3f}) and {second} ({runner['nDCG@10']:.3f}) are tied "
+                         f"within the noise: {interval}, the interval contains 0")
     return lines
 
 
