@@ -168,10 +168,16 @@ def build_optimizer(encoder, cfg: TrainConfig, total: int):
 
 
 def memory_mb(device) -> float:
-    """Peak memory so far: allocated GPU memory on CUDA, resident set size of the process on CPU."""
+    """Peak memory so far: allocated GPU memory on CUDA, resident set size of the process on CPU. On Linux the
+    peak is the kernel's high-water mark of this program's memory (VmHWM), not getrusage's ru_maxrss, which
+    survives exec and so starts at the peak of whatever process launched this one (a big launcher's size)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        status = Path("/proc/self/status").read_text()
+        return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 @dataclass
