@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from helpers import serving
 
+from embedtune.errors import EmbedtuneError
 from embedtune.serve.model_folder import ModelFolder
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -240,3 +241,11 @@ def test_a_folder_of_the_older_format_reads_its_limit_from_sentence_bert_config(
         assert refused.status_code == 400 and "limit of 256" in refused.json()["error"]["message"]
         served = embed(server.url, input=[long_text, "fever"], truncate="END")
     assert cosines(served, offline(folder, [long_text, "fever"], "query")).min() >= 0.99999
+
+
+def test_a_missing_or_unexported_folder_is_refused_naming_it(tmp_path):
+    """Before any server starts (the CLI prints these as its one error line: tests/test_serve_process.py)."""
+    with pytest.raises(EmbedtuneError, match="does not exist"):
+        ModelFolder.open(str(tmp_path / "nothing"))
+    with pytest.raises(EmbedtuneError, match=r"is not a sentence-transformers folder .*embedtune export"):
+        ModelFolder.open(str(tmp_path))

@@ -252,7 +252,9 @@ def write_report(folder: Path, heading: str, results: dict[str, dict[str, dict]]
     warnings = "".join(f"**Warning: {w}.**\n\n" for w in regressions(compared))
     spent = ("Baselines: what this evaluation sent (texts already in the cache under cache/embeddings are never "
              "sent again):\n\n" + spend_table(list(spend)) + "\n") if spend else ""
-    report = (f"{heading}\n\n{verdict}{warnings}{caveats}{table}\n{intervals}\n{spent}Recall@k:\n\n"
+    title, _, intro = heading.partition("\n\n")  # the verdict right below the title, before the run's details
+    intro = f"{intro}\n\n" if intro else ""
+    report = (f"{title}\n\n{verdict}{intro}{warnings}{caveats}{table}\n{intervals}\n{spent}Recall@k:\n\n"
               f"{recall_table(results)}\n" + "".join(f"![{p}]({p})\n" for p in plots))
     with atomic_path(folder / "report.md") as tmp:
         tmp.write_text(report, encoding="utf-8")
