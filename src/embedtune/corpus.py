@@ -235,6 +235,28 @@ def read_records(path: Path, cfg: CorpusConfig, beir: bool, counts: Optional[Cou
     return record_documents(records, fields, cfg, path.name, counts)
 
 
+def source_stamp(cfg: CorpusConfig) -> Optional[str]:
+    """What prepare's key knows of the corpus's files: a hash of every file's path, size and modification time
+    under corpus.path (a file or a folder), so an added, edited or removed document reruns prepare. None for the
+    built-in corpus and for what is not a local path (an hf hub id: force=true re-reads it)."""
+    if cfg.format == "hpo" or not cfg.path:
+        return None
+    path = Path(cfg.path).expanduser()
+    if not path.exists():
+        return None  # read_documents names the missing path
+    if path.is_file():
+        files, root = [path], path.parent
+    elif cfg.format == "files":
+        files, root = _walk(path, tuple(s.lower() for s in cfg.extensions)), path
+    else:  # a dataset folder: every file in it
+        files, root = (Path(d) / f for d, _, names in sorted(os.walk(path)) for f in sorted(names)), path
+    digest = hashlib.sha256()
+    for f in files:
+        stat = f.stat()
+        digest.update(f"{f.relative_to(root).as_posix()}\x00{stat.st_size}\x00{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def read_documents(cfg: CorpusConfig, counts: Optional[Counter] = None) -> Iterator[Document]:
     """Documents of the configured corpus, in a stable order (`counts` gathers what was dropped or changed)."""
     if cfg.format == "hpo":

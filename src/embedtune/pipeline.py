@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Optional
 
 import pyarrow.parquet as pq
@@ -13,6 +14,7 @@ from embedtune.assets import resolve_model
 from embedtune.baselines import baseline_cache, baseline_encoder, check_served_model, spend_line, spend_table
 from embedtune.beir import RetrievalSet
 from embedtune.config import Config
+from embedtune.corpus_changes import Digests, compare, read_digests
 from embedtune.corpus import PASSAGES_SCHEMA, clean_documents, doc_key, iter_passages, read_documents
 from embedtune.distributed import barrier, init_process_group_from_env, is_main
 from embedtune.embedding_cache import embedding_cache
@@ -75,6 +77,13 @@ def prepare(cfg: Config) -> dict:
             yield doc
     passages = iter_passages(counted(clean_documents(read_documents(cfg.corpus, dropped), dropped)), tokenizer,
                              cfg.corpus, dropped)
+    previous = _read_manifest(run.passages)  # the passages as prepared last time: what changed since
+    old_files = (previous or {}).get("files") or []
+    before = None
+    if old_files and all((run.passages / f).exists() for f in old_files):
+        before = read_digests(run.passages, old_files)
+    digests = Digests()
+    passages = digests.watch(passages)
     # file names carry this run's tag: the previous run's files stay whole until the new manifest names others
     tag = fingerprint(stage.key, time.time_ns())[:8]
     files = list(write_parquet_parts(passages, run.passages, f"part-{tag}", PASSAGES_SCHEMA, PASSAGE_FILE_ROWS))
@@ -88,9 +97,13 @@ def prepare(cfg: Config) -> dict:
         # a corpus slice (corpus.max_documents) gets the matching slice of the labelled set
         extra["benchmark"] = write_beir(run.benchmarks / "hpo", terms[:cfg.corpus.max_documents], release)
     n_passages = sum(pq.ParquetFile(run.passages / f).metadata.num_rows for f in files)
-    counts = {"documents": documents["documents"], "passages": n_passages, "dropped": dict(sorted(dropped.items()))}
+    changes = compare(before, digests.arrays())
+    counts = {"documents": documents["documents"], "passages": n_passages, "dropped": dict(sorted(dropped.items())),
+              "changes": changes.counts()}
     print(f"prepare: {documents['documents']:,} documents -> {n_passages:,} passages"
           + "".join(f"; {k.replace('_', ' ')} {v:,}" for k, v in sorted(dropped.items())))
+    if before is not None:
+        print(changes.line())
     manifest = stage.finish(counts, files=files, **extra)
     for old in run.passages.glob("part-*.parquet"):  # files of earlier runs, named by no manifest now
         if old.name not in files:
@@ -98,12 +111,19 @@ def prepare(cfg: Config) -> dict:
     return manifest
 
 
+def _read_manifest(folder: Path) -> Optional[dict]:
+    try:
+        return load_manifest(folder)
+    except (EmbedtuneError, OSError, ValueError):
+        return None
+
+
 def generate(cfg: Config) -> Optional[dict]:
     """This worker's shard; the manifest once every shard is there (None while some are missing)."""
     run, stage = RunFolder(cfg), stage_of(cfg, "generate")
     if skip(stage, cfg.force):
         return load_manifest(run.queries)
-    return write_shard_and_merge(cfg.generator, stage, run.passages, cfg.force)
+    return write_shard_and_merge(cfg.generator, stage, run.passages, cfg.force, run.generations)
 
 
 def filter_and_split(cfg: Config) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from embedtune.config import Config
-from embedtune.corpus import doc_key
+from embedtune.corpus import doc_key, source_stamp
 from embedtune.distributed import launcher_settings
 from embedtune.errors import EmbedtuneError
 from embedtune.generate.runner import generate_stage
@@ -41,6 +41,7 @@ class RunFolder:
         self.benchmarks = self.root / "benchmarks"
         self.cache = self.root / "cache" / "embeddings"
         self.tables = self.root / "cache" / "tables"
+        self.generations = self.base / "cache" / "generations"  # shared by sweep points: answers by content
 
     def table(self, name: str, folder: Path, files: list[str], columns: list[str], id_column: str,
               hashes=None) -> MappedTable:
@@ -96,7 +97,8 @@ def stage_of(cfg: Config, name: str) -> Stage:
     run = RunFolder(cfg)
     encoding = encoding_arithmetic(cfg.eval.precision)  # how filter, mine and eval embed, here
     if name == "prepare":
-        return Stage("prepare", run.passages, [cfg.corpus, cfg.model.name], {})
+        stamp = source_stamp(cfg.corpus)  # the corpus files as they are now: an edited document reruns prepare
+        return Stage("prepare", run.passages, [cfg.corpus, cfg.model.name] + ([stamp] if stamp else []), {})
     if name == "generate":
         return generate_stage(cfg.generator, run.queries, load_manifest(run.passages))
     if name == "filter":

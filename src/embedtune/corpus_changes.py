@@ -1,0 +1,85 @@
+"""What a corpus change did to the passages: new (an id not there before), changed (the same id, another title
+or text), removed (an id gone), found by 8-byte digests of ids and contents (16 bytes a passage, whatever
+the corpus's size), between the passages prepare wrote last time and those it writes now."""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from embedtune.store import hash64
+
+
+def _content(title: str, text: str) -> str:
+    return f"{title}\x00{text}"
+
+
+@dataclass
+class CorpusChanges:
+    new: int
+    changed: int
+    removed: int
+    unchanged: int
+
+    def line(self) -> str:
+        if not (self.new or self.changed or self.removed):
+            return f"corpus: unchanged ({self.unchanged:,} passages)"
+        return f"corpus: +{self.new:,} new, {self.changed:,} changed, {self.removed:,} removed passages"
+
+    def counts(self) -> dict:
+        return asdict(self)
+
+
+class Digests:
+    """Id and content digests of passages as they stream past (prepare's writer reads them through `watch`)."""
+
+    def __init__(self):
+        self.ids, self.contents = array("Q"), array("Q")
+
+    def watch(self, passages: Iterable[dict], batch: int = 8192) -> Iterator[dict]:
+        chunk = []
+        for p in passages:
+            chunk.append(p)
+            if len(chunk) == batch:
+                yield from self.record(chunk)
+                chunk = []
+        yield from self.record(chunk)
+
+    def record(self, chunk: list[dict]) -> list[dict]:
+        self.ids.extend(hash64(p["id"] for p in chunk).tolist())
+        self.contents.extend(hash64(_content(p["title"], p["text"]) for p in chunk).tolist())
+        return chunk
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.frombuffer(self.ids, dtype=np.uint64), np.frombuffer(self.contents, dtype=np.uint64)
+
+
+def read_digests(folder: Path, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The digests of passages already written (prepare's previous files), a batch at a time."""
+    seen = Digests()
+    for name in files:
+        parts = pq.ParquetFile(Path(folder) / name)
+        for batch in parts.iter_batches(batch_size=65_536, columns=["id", "title", "text"]):
+            seen.record(batch.to_pylist())
+    return seen.arrays()
+
+
+def compare(before: Optional[tuple[np.ndarray, np.ndarray]], after: tuple[np.ndarray, np.ndarray]) -> CorpusChanges:
+    """`before` None: a first prepare, every passage new."""
+    ids, contents = after
+    if before is None:
+        return CorpusChanges(new=len(ids), changed=0, removed=0, unchanged=0)
+    old_ids, old_contents = before
+    order = np.argsort(old_ids, kind="stable")
+    old_ids, old_contents = old_ids[order], old_contents[order]
+    at = np.clip(np.searchsorted(old_ids, ids), 0, max(len(old_ids) - 1, 0))
+    found = (old_ids[at] == ids) if len(old_ids) else np.zeros(len(ids), dtype=bool)
+    changed = found & (old_contents[at] != contents) if len(old_ids) else found
+    kept = int(found.sum())
+    return CorpusChanges(new=int((~found).sum()), changed=int(changed.sum()), removed=len(old_ids) - kept,
+                         unchanged=kept - int(changed.sum()))
