@@ -67,7 +67,7 @@ def grow(args) -> None:
     chosen = select_passages(table.column("id").to_pylist(), cfg)
     extra = [p for p in table.to_pylist() if p["id"] in chosen and p["id"] not in have]
     started = time.time()
-    rows = generate_shard(extra, cfg, 0, 1)
+    rows, _ = generate_shard(extra, cfg, 0, 1)
     write_parquet(rows, root / "queries" / f"grow-{args.passages}.parquet")
     print(f"grow: {len(rows)} queries for {len(extra)} passages in {time.time() - started:.0f}s")
 

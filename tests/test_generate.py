@@ -104,7 +104,7 @@ def test_each_shard_reads_only_its_own_passages_of_the_sample(tmp_path, max_pass
     folder = write_passages(tmp_path / "passages", 40)
     cfg = GeneratorConfig(max_passages=max_passages)
     ids = pq.read_table(folder / "part-00000.parquet", columns=["id"]).column("id").to_pylist()
-    shards = [shard_passages(folder, cfg, i, 3) for i in range(3)]
+    shards = [shard_passages(folder, cfg, i, 3)[0] for i in range(3)]
     owned = [{p["id"] for p in shard} for shard in shards]
     assert set().union(*owned) == select_passages(ids, cfg) and sum(map(len, owned)) == (max_passages or 40)
     assert all(int(hashlib.sha1(p.encode()).hexdigest(), 16) % 3 == i for i, ids_ in enumerate(owned) for p in ids_)

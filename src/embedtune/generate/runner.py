@@ -1,7 +1,9 @@
 """generate: synthetic queries for a deterministic sample of passages, one Parquet file per shard, then merge.
 
 Passage p belongs to shard int(sha1(p.id)) % count; a shard is written atomically with a `.done` marker
-holding the stage key, so a rerun skips finished shards and a changed config regenerates them.
+holding the stage key, so a rerun skips finished shards and a changed config regenerates them. A changed corpus
+changes the key too, but answers are kept by content (generate/cache.py): only new and changed passages are
+generated again, and the sample keeps its earlier passages (the previous generation's threshold is reused).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pyarrow.parquet as pq
 from embedtune.distributed import ShardConfig, shard_of_worker
 from embedtune.errors import EmbedtuneError
 from embedtune.generate.backends import BackendConfig, make_backend
+from embedtune.generate.cache import GenerationCache, prompt_key
 from embedtune.generate.extract import extract_query
 from embedtune.generate.prompts import PromptConfig, passage_for_prompt, render
 from embedtune.io import atomic_path, read_json, read_parquet, read_stage_table, write_parquet
@@ -34,7 +37,8 @@ QUERY_COLUMNS = ["query_id", "passage_id", "text", "raw", "finished", "reason", 
 class GeneratorConfig(BackendConfig):
     prompt: PromptConfig = field(default_factory=PromptConfig)
     queries_per_passage: int = 1         # queries per passage, each of another type drawn from prompt.mix
-    max_passages: Optional[int] = 2000   # deterministic sample of the corpus to write queries for (null: all)
+    max_passages: Optional[int] = 2000   # deterministic sample of the corpus to write queries for (null: all); after a
+                                         # corpus change the sample keeps its rate: its passages stay, new ones join
     seed: int = 0                        # sample choice, type draw and sampling seed
     shard: ShardConfig = not_in_key(ShardConfig)
 
@@ -47,11 +51,15 @@ def _sample_key(passage_id: str, cfg: GeneratorConfig) -> int:
     return _h(f"{cfg.seed}\x00{passage_id}")
 
 
-def sample_threshold(ids: Iterable[str], cfg: GeneratorConfig) -> Optional[int]:
+def sample_threshold(ids: Iterable[str], cfg: GeneratorConfig, previous: Optional[dict] = None) -> Optional[int]:
     """The largest sample key among the `max_passages` smallest (None: every passage is in the sample).
-    A bounded heap: memory follows max_passages, not the corpus."""
+    A bounded heap: memory follows max_passages, not the corpus. `previous`, the last generation's manifest:
+    its threshold, where it was drawn with this seed and size, so a passage once sampled stays sampled."""
     if cfg.max_passages is None:
         return None
+    sample = (previous or {}).get("sample") or {}
+    if sample.get("seed") == cfg.seed and sample.get("max_passages") == cfg.max_passages and sample.get("threshold"):
+        return int(sample["threshold"])
     keys = heapq.nsmallest(cfg.max_passages, (_sample_key(i, cfg) for i in ids))
     return keys[-1] if len(keys) == cfg.max_passages else None
 
@@ -63,22 +71,23 @@ def select_passages(ids: Iterable[str], cfg: GeneratorConfig) -> set[str]:
     return {i for i in ids if threshold is None or _sample_key(i, cfg) <= threshold}
 
 
-def shard_passages(folder: Path, cfg: GeneratorConfig, index: int, count: int) -> list[dict]:
-    """This shard's passages of the sample: the ids are read a batch at a time (twice: the sample's threshold,
-    then the rows), and only this shard's rows are kept."""
+def shard_passages(folder: Path, cfg: GeneratorConfig, index: int, count: int,
+                   previous: Optional[dict] = None) -> tuple[list[dict], Optional[int]]:
+    """This shard's passages of the sample, and the sample's threshold: the ids are read a batch at a time (twice:
+    the sample's threshold, then the rows), and only this shard's rows are kept."""
     files = [Path(folder) / f for f in read_json(Path(folder) / "manifest.json")["files"]]
 
     def batches(columns: list[str]):
         for path in files:
             yield from pq.ParquetFile(path).iter_batches(batch_size=65_536, columns=columns)
 
-    threshold = sample_threshold((i for b in batches(["id"]) for i in b.column("id").to_pylist()), cfg)
+    threshold = sample_threshold((i for b in batches(["id"]) for i in b.column("id").to_pylist()), cfg, previous)
     own = []
     for batch in batches(["id", "title", "text"]):
         for p in batch.to_pylist():
             if _h(p["id"]) % count == index and (threshold is None or _sample_key(p["id"], cfg) <= threshold):
                 own.append(p)
-    return own
+    return own, threshold
 
 
 def query_types(passage_id: str, cfg: GeneratorConfig) -> list[str]:
@@ -95,65 +104,95 @@ def shard_name(index: int, count: int) -> str:
     return f"shard-{index}-of-{count}"
 
 
-def generate_shard(passages: list[dict], cfg: GeneratorConfig, index: int, count: int) -> list[dict]:
+def generate_shard(passages: list[dict], cfg: GeneratorConfig, index: int, count: int,
+                   cache: Optional[GenerationCache] = None) -> tuple[list[dict], int]:
+    """The shard's query rows, and how many of them reused an earlier answer: prompts answered before under
+    this generator setting (`cache`) are not sent to the backend again, and the new answers join the cache."""
     check_generator(cfg)
     own = [p for p in passages if _h(p["id"]) % count == index]
-    backend = make_backend(cfg)
     jobs = [(p, kind, passage_for_prompt(p["title"], p["text"], cfg.prompt.passage_max_chars))
             for p in own for kind in query_types(p["id"], cfg)]
     prompts = [render(kind, text, cfg.prompt, cfg.max_new_tokens) for _, kind, text in jobs]
-    try:
-        outputs = backend.generate(prompts, seed=cfg.seed + index)
-    except EmbedtuneError as e:
-        raise EmbedtuneError(f"generate: shard {shard_name(index, count)} failed, finished shards are kept: {e}") from e
+    keys = [prompt_key(p) for p in prompts]
+    known = cache.lookup(keys) if cache is not None else {}
+    todo = [i for i, k in enumerate(keys) if k not in known]
+    if todo:
+        backend = make_backend(cfg)
+        try:
+            fresh = backend.generate([prompts[i] for i in todo], seed=cfg.seed + index)
+        except EmbedtuneError as e:
+            raise EmbedtuneError(f"generate: shard {shard_name(index, count)} failed, finished shards are kept "
+                                 f"(and the answers of earlier runs): {e}") from e
+        if cache is not None:
+            cache.add([keys[i] for i in todo], fresh, backend.name)
+        known.update({keys[i]: (answer, backend.name) for i, answer in zip(todo, fresh)})
     rows = []
-    for (p, kind, text), prompt, answer in zip(jobs, prompts, outputs):
+    for (p, kind, text), prompt, key in zip(jobs, prompts, keys):
+        answer, generator = known[key]
         raw = prompt.prefill + answer.text
         examples = [ex.query for ex in cfg.prompt.types[kind].examples]
         found = extract_query(raw, kind, text, examples, answer.finished)
         qid = hashlib.sha1(f"{p['id']}\x00{kind}\x000".encode()).hexdigest()[:16]
         rows.append({"query_id": qid, "passage_id": p["id"], "text": found.query, "raw": raw,
                      "finished": answer.finished, "reason": found.reason, "chatter": found.chatter,
-                     "generator": backend.name, "prompt": kind})
-    return rows
+                     "generator": generator, "prompt": kind})
+    return rows, len(keys) - len(todo)
+
+
+def resolved_dtype(cfg: GeneratorConfig) -> str:
+    """dtype auto, as resolved on this machine: bf16 and fp32 greedy decoding write different queries."""
+    return generator_dtype(cfg.dtype) if cfg.backend == "transformers" else cfg.dtype
 
 
 def generate_stage(cfg: GeneratorConfig, out_dir: Path, passages_manifest: dict) -> Stage:
-    # dtype auto, as resolved on this machine: bf16 and fp32 greedy decoding write different queries
-    dtype = generator_dtype(cfg.dtype) if cfg.backend == "transformers" else cfg.dtype
-    return Stage("generate", out_dir, [cfg, dtype], {"passages": passages_manifest})
+    return Stage("generate", out_dir, [cfg, resolved_dtype(cfg)], {"passages": passages_manifest})
 
 
 def run_generate(cfg: GeneratorConfig, passages_dir: Path, out_dir: Path, passages_manifest: dict,
-                 force: bool = False) -> Optional[dict]:
+                 force: bool = False, cache_root: Optional[Path] = None) -> Optional[dict]:
     """One worker's whole generate stage as a library call: its shard, then the merge; the manifest."""
     stage = generate_stage(cfg, out_dir, passages_manifest)
     if stage.is_done() and not force:
         return json.loads((out_dir / "manifest.json").read_text())
-    return write_shard_and_merge(cfg, stage, passages_dir, force)
+    return write_shard_and_merge(cfg, stage, passages_dir, force, cache_root)
 
 
-def write_shard_and_merge(cfg: GeneratorConfig, stage: Stage, passages_dir: Path, force: bool = False) -> Optional[dict]:
+def write_shard_and_merge(cfg: GeneratorConfig, stage: Stage, passages_dir: Path, force: bool = False,
+                          cache_root: Optional[Path] = None) -> Optional[dict]:
     """Write this worker's shard (unless it is done under this key), then merge if every shard is there;
-    the manifest once merged, else None."""
+    the manifest once merged, else None. With `cache_root`, answers are kept and found by content there
+    (force=true asks the backend again for every prompt)."""
     out_dir = stage.folder
     index, count = shard_of_worker(cfg.shard)
     name = shard_name(index, count)
     done = out_dir / f"{name}.done"
     if force or not done.exists() or json.loads(done.read_text()).get("key") != stage.key:
-        passages = shard_passages(passages_dir, cfg, index, count)
+        previous = _previous_manifest(out_dir)
+        passages, threshold = shard_passages(passages_dir, cfg, index, count, previous)
         started = time.time()
-        rows = generate_shard(passages, cfg, index, count)
+        cache = None if cache_root is None else GenerationCache(cache_root, cfg, resolved_dtype(cfg), read=not force)
+        rows, reused = generate_shard(passages, cfg, index, count, cache)
         write_parquet(rows, out_dir / f"{name}.parquet")
+        sample = {"seed": cfg.seed, "max_passages": cfg.max_passages,
+                  "threshold": None if threshold is None else str(threshold)}
         with atomic_path(done) as tmp:
-            tmp.write_text(json.dumps({"key": stage.key, "rows": len(rows), "seconds": time.time() - started}))
-        print(f"generate: {name}: {len(rows)} queries in {time.time() - started:.0f}s")
+            tmp.write_text(json.dumps({"key": stage.key, "rows": len(rows), "reused": reused, "sample": sample,
+                                       "seconds": time.time() - started}))
+        print(f"generate: {name}: {len(rows) - reused} queries written, {reused} reused, in "
+              f"{time.time() - started:.0f}s")
     return merge(stage, out_dir, count)
+
+
+def _previous_manifest(out_dir: Path) -> Optional[dict]:
+    try:
+        return json.loads((out_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def merge(stage: Stage, out_dir: Path, count: int) -> Optional[dict]:
     """Write the manifest once every shard of this key is done; otherwise name the missing ones."""
-    missing, rows, seconds = [], 0, 0.0
+    missing, rows, reused, seconds, sample = [], 0, 0, 0.0, None
     for i in range(count):
         done = out_dir / f"{shard_name(i, count)}.done"
         info = json.loads(done.read_text()) if done.exists() else {}
@@ -161,15 +200,18 @@ def merge(stage: Stage, out_dir: Path, count: int) -> Optional[dict]:
             missing.append(shard_name(i, count))
         else:
             rows += info["rows"]
+            reused += info.get("reused", 0)
             seconds += info["seconds"]
+            sample = info.get("sample", sample)
     if missing:
         print(f"generate: waiting for {len(missing)} of {count} shards: {', '.join(missing[:10])}")
         return None
     files = [f"{shard_name(i, count)}.parquet" for i in range(count)]
     reasons = Counter(r for f in files for r in read_parquet(out_dir / f, ["reason"])["reason"].to_pylist())
     dropped = {reason: n for reason, n in sorted(reasons.items()) if reason}
-    counts = {"queries": rows, "extracted": reasons[""], "dropped": dropped}
-    return stage.finish(counts, files=files, generation_seconds=round(seconds, 1))
+    counts = {"queries": rows, "written": rows - reused, "reused": reused, "extracted": reasons[""], "dropped": dropped}
+    print(f"generate: {rows - reused:,} queries written, {reused:,} reused")
+    return stage.finish(counts, files=files, generation_seconds=round(seconds, 1), sample=sample)
 
 
 def read_queries(folder: Path) -> list[dict]:

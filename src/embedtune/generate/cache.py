@@ -1,0 +1,69 @@
+"""Generations kept by content: a backend's answer to a prompt is found again by the prompt's digest, under
+the fingerprint of everything else that makes the answer (backend, model, dtype, decoding settings, seed).
+
+The prompt holds the passage's text (title included), its query type and the template, so a passage that did
+not change gets its earlier answer back and only new and changed passages cost generation; a removed passage's
+answers are never asked for again. The sample size, the types' mix and the shard layout are not part of the
+fingerprint: they decide which prompts are asked, not what a prompt is answered.
+
+`runs/<name>/cache/generations/<fingerprint>/part-<digest>.parquet`: key, text, finished, generator. Parts are
+written whole (temporary name, then rename) after a shard's generation and before the shard itself, so a
+killed shard leaves either all of its answers or none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from embedtune.generate.answer import Answer
+from embedtune.generate.prompts import Prompt
+from embedtune.io import write_parquet
+from embedtune.manifest import fingerprint, key_fields
+
+SCHEMA = pa.schema([("key", pa.string()), ("text", pa.string()), ("finished", pa.bool_()), ("generator", pa.string())])
+NOT_IN_FINGERPRINT = ("max_passages", "queries_per_passage", "prompt")  # which prompts are asked, not their answers
+
+
+def prompt_key(prompt: Prompt) -> str:
+    """The digest of everything a backend is given for one prompt."""
+    blob = json.dumps([prompt.messages, prompt.completion, prompt.max_new_tokens, prompt.prefill], sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
+
+
+class GenerationCache:
+    """Earlier answers of one generator setting (`generator`, the GeneratorConfig; `dtype` as resolved here)."""
+
+    def __init__(self, root: Path, generator, dtype: str, read: bool = True):
+        fields = {k: v for k, v in key_fields(generator).items() if k not in NOT_IN_FINGERPRINT}
+        self.folder = Path(root) / fingerprint("generations", fields, dtype)
+        self.read = read  # False: every prompt is answered anew (force=true), and the answers still kept
+
+    def lookup(self, keys: list[str]) -> dict[str, tuple[Answer, str]]:
+        """The answers (and the generator that wrote them) of those of `keys` answered before."""
+        if not self.read:
+            return {}
+        wanted, found = pa.array(sorted(set(keys)), pa.string()), {}
+        for part in sorted(self.folder.glob("part-*.parquet")):
+            table = pq.read_table(part)
+            for row in table.filter(pc.is_in(table["key"], value_set=wanted)).to_pylist():
+                found[row["key"]] = (Answer(row["text"], row["finished"]), row["generator"])
+        return found
+
+    def add(self, keys: list[str], answers: list[Answer], generator: str) -> Optional[Path]:
+        """Keep new answers: one part, named by its keys (writing the same answers twice writes one file)."""
+        if not keys:
+            return None
+        name = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+        path = self.folder / f"part-{name}.parquet"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        rows = [{"key": k, "text": a.text, "finished": a.finished, "generator": generator}
+                for k, a in zip(keys, answers)]
+        write_parquet(rows, path, SCHEMA)
+        return path
