@@ -150,7 +150,7 @@ class ChatServer:
     `choice(body) -> dict`: the whole first choice, scripted (no model is loaded; e.g. one with logprobs)."""
 
     def __init__(self, model_dir, faults=(), answer=None, choice=None):
-        self.backend = None if choice else TransformersBackend(
+        self.backend = None if choice or answer else TransformersBackend(
             BackendConfig(model=str(model_dir), dtype="float32", batch_size=1))
         self.answer = answer  # optional: messages -> reply text, in place of the model (a scripted judge)
         self.choice = choice
