@@ -104,7 +104,7 @@ def test_each_shard_reads_only_its_own_passages_of_the_sample(tmp_path, max_pass
     folder = write_passages(tmp_path / "passages", 40)
     cfg = GeneratorConfig(max_passages=max_passages)
     ids = pq.read_table(folder / "part-00000.parquet", columns=["id"]).column("id").to_pylist()
-    shards = [shard_passages(folder, cfg, i, 3)[0] for i in range(3)]
+    shards = [shard_passages(folder, cfg, i, 3) for i in range(3)]
     owned = [{p["id"] for p in shard} for shard in shards]
     assert set().union(*owned) == select_passages(ids, cfg) and sum(map(len, owned)) == (max_passages or 40)
     assert all(int(hashlib.sha1(p.encode()).hexdigest(), 16) % 3 == i for i, ids_ in enumerate(owned) for p in ids_)
@@ -282,7 +282,7 @@ def test_kill_9_mid_shard_then_rerun_loses_and_duplicates_nothing(tiny_lm_dir, t
     import sys
     import time
 
-    passages = write_passages(tmp_path / "passages", 300)
+    passages = write_passages(tmp_path / "passages", 120)
 
     def shard(out, index, background=False):
         command = [sys.executable, "-c", GENERATE_ONE_SHARD, str(tiny_lm_dir), str(passages), str(out), str(index)]
@@ -307,5 +307,5 @@ def test_kill_9_mid_shard_then_rerun_loses_and_duplicates_nothing(tiny_lm_dir, t
     for index in (0, 1):
         shard(whole, index)
     got, expected = rows_of(killed), rows_of(whole)
-    assert len(got) == 300 and len({r[1] for r in got}) == 300  # every passage once, no duplicate query id
+    assert len(got) == 120 and len({r[1] for r in got}) == 120  # every passage once, no duplicate query id
     assert got == expected

@@ -4,8 +4,10 @@ leaves removed passages out; an unchanged corpus generates nothing."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
@@ -13,7 +15,7 @@ from helpers import ChatServer, compose_config, passage_in
 
 from embedtune import pipeline
 from embedtune.io import read_rows, read_stage_table
-from embedtune.generate.runner import read_queries
+from embedtune.generate.runner import GeneratorConfig, read_queries, select_passages
 
 pytestmark = pytest.mark.slow  # runs prepare and generate end to end (in this process)
 
@@ -33,8 +35,15 @@ def query_for(messages) -> str:
 
 @pytest.fixture
 def server():
-    """The generator: an OpenAI-compatible server on 127.0.0.1 that counts what it is asked."""
-    chat = ChatServer(None, answer=query_for)
+    """The generator: an OpenAI-compatible server on 127.0.0.1 that counts what it is asked; asked about a
+    passage again, it answers otherwise (so a reused answer and a new one differ)."""
+    asked = Counter()
+
+    def answer(messages) -> str:
+        asked[passage_in(messages)] += 1
+        return query_for(messages) + " again" * (asked[passage_in(messages)] - 1)
+
+    chat = ChatServer(None, answer=answer)
     yield chat
     chat.close()
 
@@ -67,6 +76,11 @@ def passage_ids(tmp_path) -> dict[str, str]:
     return dict(zip(table.column("id").to_pylist(), table.column("source").to_pylist()))
 
 
+def fresh_sample(tmp_path, size: int) -> set[str]:
+    """The sample a first generation would draw from the passages there now."""
+    return select_passages(passage_ids(tmp_path), GeneratorConfig(max_passages=size))
+
+
 def cached_answers(tmp_path) -> int:
     parts = (tmp_path / "runs" / "r" / "cache" / "generations").rglob("part-*.parquet")
     return sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
@@ -87,7 +101,7 @@ def test_ten_added_two_changed_one_removed_are_exactly_what_is_generated_and_dro
     (corpus / "d11.txt").unlink()
     prepared, generated, out = stages(tmp_path, server, capsys)
     assert "corpus: +10 new, 2 changed, 1 removed passages" in out
-    assert prepared["counts"]["changes"] == {"new": 10, "changed": 2, "removed": 1, "unchanged": 17}
+    assert prepared["changes"] == {"new": 10, "changed": 2, "removed": 1, "unchanged": 17}
     assert generated["counts"] == {**generated["counts"], "queries": 29, "written": 12, "reused": 17}
     assert "generate: 12 queries written, 17 reused" in out
     assert len(server.requests) == 32 and cached_answers(tmp_path) == 32  # 20 first answers, then 12 asked
@@ -117,13 +131,22 @@ def test_an_unchanged_corpus_generates_nothing_and_says_so(corpus, server, tmp_p
     stages(tmp_path, server, capsys)
     _, _, out = stages(tmp_path, server, capsys)
     assert "prepare: up to date" in out and "generate: up to date" in out
-    os.utime(corpus / "d05.txt")  # touched, not edited: prepare reads the files again and finds no change
+    passages = (tmp_path / "runs" / "r" / "passages" / "manifest.json").read_text()
+    os.utime(corpus / "d05.txt", ns=(1, 1))  # touched, not edited: prepare reads the files again, finds no change
     prepared, generated, out = stages(tmp_path, server, capsys)
-    assert "corpus: unchanged (20 passages)" in out
-    assert generated["counts"]["written"] == 0 and generated["counts"]["reused"] == 20
-    assert "generate: 0 queries written, 20 reused" in out and len(server.requests) == 20
-    _, generated, out = stages(tmp_path, server, capsys, "force=true")  # force asks the model again for every passage
-    assert generated["counts"]["written"] == 20 and generated["counts"]["reused"] == 0
+    assert "corpus: unchanged (20 passages)" in out and "the passages stay as they were" in out
+    assert prepared["run_id"] == json.loads(passages)["run_id"] and prepared["files"] == json.loads(passages)["files"]
+    assert "generate: up to date" in out and len(server.requests) == 20  # so nothing after prepare reruns
+
+    _, generated, out = stages(tmp_path, server, capsys, "force=true")  # force: everything again
+    assert generated["counts"]["written"] == 20 and generated["counts"]["reused"] == 0 and len(server.requests) == 40
+    forced = {q["passage_id"]: q["raw"] for q in read_queries(tmp_path / "runs" / "r" / "queries")}
+    assert all(raw.endswith(" again") for raw in forced.values())
+    (corpus / "d20.txt").write_text(document(20))
+    _, generated, out = stages(tmp_path, server, capsys)  # a later refresh reuses the newest answers
+    assert "generate: 1 queries written, 20 reused" in out and len(server.requests) == 41
+    after = {q["passage_id"]: q["raw"] for q in read_queries(tmp_path / "runs" / "r" / "queries")}
+    assert all(after[p] == raw for p, raw in forced.items())
 
 
 def test_the_sample_keeps_its_passages_when_the_corpus_grows(corpus, server, tmp_path, capsys):
@@ -133,7 +156,8 @@ def test_the_sample_keeps_its_passages_when_the_corpus_grows(corpus, server, tmp
         (corpus / f"d{i:02d}.txt").write_text(document(i))
     _, generated, out = stages(tmp_path, server, capsys, "generator.max_passages=8")
     second = {q["passage_id"] for q in read_queries(tmp_path / "runs" / "r" / "queries")}
-    assert len(first) == 8 and first < second  # every earlier passage stays; new ones join at the same rate
+    assert len(first) == 8 and first < second <= first | fresh_sample(tmp_path, 8)  # the earlier 8 stay, beside
+    assert len(second) < 16  # this corpus's own sample of 8 (which shares some of them)
     assert generated["counts"]["reused"] == 8 and generated["counts"]["written"] == len(second) - 8
 
 
@@ -158,7 +182,7 @@ def test_kill_9_during_a_refresh_then_the_same_command_equals_an_uninterrupted_r
         args = [*settings(tmp_path, slow), "generator.concurrency=1"]
         for name in ("r", "whole"):
             pipeline.prepare(compose_config(*args, f"run_name={name}"))
-        asked, manifest = len(slow.requests), (tmp_path / "runs" / "r" / "queries" / "manifest.json").read_text()
+        asked = len(slow.requests)
         command = [sys.executable, "-m", "embedtune.cli", "generate", *args]
         proc = subprocess.Popen(command, cwd=tmp_path, env=CLEAN_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         while len(slow.requests) < asked + 5 and proc.poll() is None:
@@ -166,7 +190,6 @@ def test_kill_9_during_a_refresh_then_the_same_command_equals_an_uninterrupted_r
         assert proc.poll() is None, "the refresh ended before the kill"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-        assert (tmp_path / "runs" / "r" / "queries" / "manifest.json").read_text() == manifest  # not merged
         again = subprocess.run(command, cwd=tmp_path, env=CLEAN_ENV, capture_output=True, text=True, timeout=300)
         assert again.returncode == 0, again.stderr[-3000:]
         assert "generate: 21 queries written, 19 reused" in again.stdout  # the killed run's answers were not kept

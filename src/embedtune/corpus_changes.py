@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedtune.store import hash64
@@ -27,9 +28,13 @@ class CorpusChanges:
     unchanged: int
 
     def line(self) -> str:
-        if not (self.new or self.changed or self.removed):
+        if self.none():
             return f"corpus: unchanged ({self.unchanged:,} passages)"
         return f"corpus: +{self.new:,} new, {self.changed:,} changed, {self.removed:,} removed passages"
+
+    def none(self) -> bool:
+        """Every passage as it was: the same ids with the same texts."""
+        return not (self.new or self.changed or self.removed)
 
     def counts(self) -> dict:
         return asdict(self)
@@ -59,13 +64,21 @@ class Digests:
         return np.frombuffer(self.ids, dtype=np.uint64), np.frombuffer(self.contents, dtype=np.uint64)
 
 
-def read_digests(folder: Path, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The digests of passages already written (prepare's previous files), a batch at a time."""
+def previous_digests(folder: Path, manifest: Optional[dict]) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """The digests of the passages the previous prepare wrote (its manifest's files), a batch at a time; None
+    where there is none, or its files cannot be read (then every passage counts as new, and prepare goes on)."""
+    files = (manifest or {}).get("files") or []
+    if not files:
+        return None
     seen = Digests()
-    for name in files:
-        parts = pq.ParquetFile(Path(folder) / name)
-        for batch in parts.iter_batches(batch_size=65_536, columns=["id", "title", "text"]):
-            seen.record(batch.to_pylist())
+    try:
+        for name in files:
+            parts = pq.ParquetFile(Path(folder) / name)
+            for batch in parts.iter_batches(batch_size=65_536, columns=["id", "title", "text"]):
+                seen.record(batch.to_pylist())
+    except (OSError, pa.ArrowException) as e:
+        print(f"prepare: the previous passages cannot be read ({e}); every passage counts as new")
+        return None
     return seen.arrays()
 
 
@@ -80,6 +93,6 @@ def compare(before: Optional[tuple[np.ndarray, np.ndarray]], after: tuple[np.nda
     at = np.clip(np.searchsorted(old_ids, ids), 0, max(len(old_ids) - 1, 0))
     found = (old_ids[at] == ids) if len(old_ids) else np.zeros(len(ids), dtype=bool)
     changed = found & (old_contents[at] != contents) if len(old_ids) else found
-    kept = int(found.sum())
+    kept = int(found.sum())  # ids are unique on both sides: prepare refuses repeated ones
     return CorpusChanges(new=int((~found).sum()), changed=int(changed.sum()), removed=len(old_ids) - kept,
                          unchanged=kept - int(changed.sum()))

@@ -14,7 +14,7 @@ from embedtune.assets import resolve_model
 from embedtune.baselines import baseline_cache, baseline_encoder, check_served_model, spend_line, spend_table
 from embedtune.beir import RetrievalSet
 from embedtune.config import Config
-from embedtune.corpus_changes import Digests, compare, read_digests
+from embedtune.corpus_changes import Digests, compare, previous_digests
 from embedtune.corpus import PASSAGES_SCHEMA, clean_documents, doc_key, iter_passages, read_documents
 from embedtune.distributed import barrier, init_process_group_from_env, is_main
 from embedtune.embedding_cache import embedding_cache
@@ -40,7 +40,7 @@ from embedtune.generate.runner import read_queries, write_shard_and_merge
 from embedtune.hf_dataset import write_pairs_dataset
 from embedtune.hpo import load_terms, write_beir
 from embedtune.judge import judge_queries
-from embedtune.io import write_parquet_parts
+from embedtune.io import write_json, write_parquet_parts
 from embedtune.manifest import MANIFEST, fingerprint, load_manifest
 from embedtune.merge import describe as describe_merge
 from embedtune.merge import check as check_merge
@@ -78,10 +78,7 @@ def prepare(cfg: Config) -> dict:
     passages = iter_passages(counted(clean_documents(read_documents(cfg.corpus, dropped), dropped)), tokenizer,
                              cfg.corpus, dropped)
     previous = _read_manifest(run.passages)  # the passages as prepared last time: what changed since
-    old_files = (previous or {}).get("files") or []
-    before = None
-    if old_files and all((run.passages / f).exists() for f in old_files):
-        before = read_digests(run.passages, old_files)
+    before = previous_digests(run.passages, previous)
     digests = Digests()
     passages = digests.watch(passages)
     # file names carry this run's tag: the previous run's files stay whole until the new manifest names others
@@ -98,13 +95,19 @@ def prepare(cfg: Config) -> dict:
         extra["benchmark"] = write_beir(run.benchmarks / "hpo", terms[:cfg.corpus.max_documents], release)
     n_passages = sum(pq.ParquetFile(run.passages / f).metadata.num_rows for f in files)
     changes = compare(before, digests.arrays())
-    counts = {"documents": documents["documents"], "passages": n_passages, "dropped": dict(sorted(dropped.items())),
-              "changes": changes.counts()}
+    counts = {"documents": documents["documents"], "passages": n_passages, "dropped": dict(sorted(dropped.items()))}
     print(f"prepare: {documents['documents']:,} documents -> {n_passages:,} passages"
           + "".join(f"; {k.replace('_', ' ')} {v:,}" for k, v in sorted(dropped.items())))
     if before is not None:
         print(changes.line())
-    manifest = stage.finish(counts, files=files, **extra)
+        if changes.none() and not cfg.force:  # the same passages: keep the earlier ones, so nothing after reruns
+            for name in files:
+                (run.passages / name).unlink()
+            print("prepare: the passages stay as they were, and so does every stage after prepare")
+            manifest = {**previous, "key": stage.key, "changes": changes.counts()}
+            write_json(manifest, run.passages / MANIFEST)
+            return manifest
+    manifest = stage.finish(counts, files=files, changes=changes.counts(), **extra)
     for old in run.passages.glob("part-*.parquet"):  # files of earlier runs, named by no manifest now
         if old.name not in files:
             old.unlink()

@@ -6,15 +6,17 @@ not change gets its earlier answer back and only new and changed passages cost g
 answers are never asked for again. The sample size, the types' mix and the shard layout are not part of the
 fingerprint: they decide which prompts are asked, not what a prompt is answered.
 
-`runs/<name>/cache/generations/<fingerprint>/part-<digest>.parquet`: key, text, finished, generator. Parts are
-written whole (temporary name, then rename) after a shard's generation and before the shard itself, so a
-killed shard leaves either all of its answers or none.
+`runs/<name>/cache/generations/<fingerprint>/part-<time>-<digest>.parquet`: key, text, finished, generator.
+Parts are written whole (temporary name, then rename) after a shard's generation and before the shard itself,
+so a killed shard leaves either all of its answers or none; where parts answer the same prompt (force=true asked
+again), the newest wins.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -28,7 +30,10 @@ from embedtune.io import write_parquet
 from embedtune.manifest import fingerprint, key_fields
 
 SCHEMA = pa.schema([("key", pa.string()), ("text", pa.string()), ("finished", pa.bool_()), ("generator", pa.string())])
-NOT_IN_FINGERPRINT = ("max_passages", "queries_per_passage", "prompt")  # which prompts are asked, not their answers
+# which prompts are asked, not their answers; where the server runs, not which model answers
+NOT_IN_FINGERPRINT = ("max_passages", "queries_per_passage", "prompt", "api_base")
+GREEDY_ONLY = ("seed", "top_p")  # decoding settings that change nothing at temperature 0
+VERSION = 1  # raise when the backends' decoding changes what a prompt is answered
 
 
 def prompt_key(prompt: Prompt) -> str:
@@ -42,7 +47,9 @@ class GenerationCache:
 
     def __init__(self, root: Path, generator, dtype: str, read: bool = True):
         fields = {k: v for k, v in key_fields(generator).items() if k not in NOT_IN_FINGERPRINT}
-        self.folder = Path(root) / fingerprint("generations", fields, dtype)
+        if not fields.get("temperature"):
+            fields = {k: v for k, v in fields.items() if k not in GREEDY_ONLY}
+        self.folder = Path(root) / fingerprint("generations", VERSION, fields, dtype)
         self.read = read  # False: every prompt is answered anew (force=true), and the answers still kept
 
     def lookup(self, keys: list[str]) -> dict[str, tuple[Answer, str]]:
@@ -50,10 +57,11 @@ class GenerationCache:
         if not self.read:
             return {}
         wanted, found = pa.array(sorted(set(keys)), pa.string()), {}
-        for part in sorted(self.folder.glob("part-*.parquet")):
-            table = pq.read_table(part)
-            for row in table.filter(pc.is_in(table["key"], value_set=wanted)).to_pylist():
-                found[row["key"]] = (Answer(row["text"], row["finished"]), row["generator"])
+        for part in sorted(self.folder.glob("part-*.parquet")):  # oldest first: a newer answer replaces an older
+            hits = pc.is_in(pq.read_table(part, columns=["key"])["key"], value_set=wanted)
+            if pc.any(hits).as_py():
+                for row in pq.read_table(part).filter(hits).to_pylist():
+                    found[row["key"]] = (Answer(row["text"], row["finished"]), row["generator"])
         return found
 
     def add(self, keys: list[str], answers: list[Answer], generator: str) -> Optional[Path]:
@@ -61,7 +69,7 @@ class GenerationCache:
         if not keys:
             return None
         name = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
-        path = self.folder / f"part-{name}.parquet"
+        path = self.folder / f"part-{time.time_ns():020d}-{name}.parquet"
         self.folder.mkdir(parents=True, exist_ok=True)
         rows = [{"key": k, "text": a.text, "finished": a.finished, "generator": generator}
                 for k, a in zip(keys, answers)]

@@ -3,7 +3,7 @@
 Passage p belongs to shard int(sha1(p.id)) % count; a shard is written atomically with a `.done` marker
 holding the stage key, so a rerun skips finished shards and a changed config regenerates them. A changed corpus
 changes the key too, but answers are kept by content (generate/cache.py): only new and changed passages are
-generated again, and the sample keeps its earlier passages (the previous generation's threshold is reused).
+generated again, and the passages sampled before stay in the sample (beside this corpus's own sample).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class GeneratorConfig(BackendConfig):
     prompt: PromptConfig = field(default_factory=PromptConfig)
     queries_per_passage: int = 1         # queries per passage, each of another type drawn from prompt.mix
     max_passages: Optional[int] = 2000   # deterministic sample of the corpus to write queries for (null: all); after a
-                                         # corpus change the sample keeps its rate: its passages stay, new ones join
+                                         # corpus change, passages sampled before stay in the sample beside it
     seed: int = 0                        # sample choice, type draw and sampling seed
     shard: ShardConfig = not_in_key(ShardConfig)
 
@@ -51,15 +51,11 @@ def _sample_key(passage_id: str, cfg: GeneratorConfig) -> int:
     return _h(f"{cfg.seed}\x00{passage_id}")
 
 
-def sample_threshold(ids: Iterable[str], cfg: GeneratorConfig, previous: Optional[dict] = None) -> Optional[int]:
+def sample_threshold(ids: Iterable[str], cfg: GeneratorConfig) -> Optional[int]:
     """The largest sample key among the `max_passages` smallest (None: every passage is in the sample).
-    A bounded heap: memory follows max_passages, not the corpus. `previous`, the last generation's manifest:
-    its threshold, where it was drawn with this seed and size, so a passage once sampled stays sampled."""
+    A bounded heap: memory follows max_passages, not the corpus."""
     if cfg.max_passages is None:
         return None
-    sample = (previous or {}).get("sample") or {}
-    if sample.get("seed") == cfg.seed and sample.get("max_passages") == cfg.max_passages and sample.get("threshold"):
-        return int(sample["threshold"])
     keys = heapq.nsmallest(cfg.max_passages, (_sample_key(i, cfg) for i in ids))
     return keys[-1] if len(keys) == cfg.max_passages else None
 
@@ -71,23 +67,39 @@ def select_passages(ids: Iterable[str], cfg: GeneratorConfig) -> set[str]:
     return {i for i in ids if threshold is None or _sample_key(i, cfg) <= threshold}
 
 
+def earlier_sample(out_dir: Path, cfg: GeneratorConfig) -> set[str]:
+    """The passages the last finished generation in `out_dir` wrote queries for, where it drew its sample with
+    this seed and size: they stay in the sample after a corpus change (those still there), so their queries are
+    reused, not replaced by others'. Shard files are rewritten only by their own shard, and a shard only asks
+    about its own passages, so reading while other shards write is safe."""
+    try:
+        manifest = json.loads((out_dir / "manifest.json").read_text())
+    except FileNotFoundError:
+        return set()
+    if manifest.get("sample") != {"seed": cfg.seed, "max_passages": cfg.max_passages} or cfg.max_passages is None:
+        return set()
+    return {i for f in manifest["files"] if (out_dir / f).exists()
+            for i in read_parquet(out_dir / f, ["passage_id"])["passage_id"].to_pylist()}
+
+
 def shard_passages(folder: Path, cfg: GeneratorConfig, index: int, count: int,
-                   previous: Optional[dict] = None) -> tuple[list[dict], Optional[int]]:
-    """This shard's passages of the sample, and the sample's threshold: the ids are read a batch at a time (twice:
-    the sample's threshold, then the rows), and only this shard's rows are kept."""
+                   keep: frozenset[str] = frozenset()) -> list[dict]:
+    """This shard's passages of the sample (and those of `keep` still in the corpus): the ids are read a batch
+    at a time (twice: the sample's threshold, then the rows), and only this shard's rows are kept."""
     files = [Path(folder) / f for f in read_json(Path(folder) / "manifest.json")["files"]]
 
     def batches(columns: list[str]):
         for path in files:
             yield from pq.ParquetFile(path).iter_batches(batch_size=65_536, columns=columns)
 
-    threshold = sample_threshold((i for b in batches(["id"]) for i in b.column("id").to_pylist()), cfg, previous)
+    threshold = sample_threshold((i for b in batches(["id"]) for i in b.column("id").to_pylist()), cfg)
     own = []
     for batch in batches(["id", "title", "text"]):
         for p in batch.to_pylist():
-            if _h(p["id"]) % count == index and (threshold is None or _sample_key(p["id"], cfg) <= threshold):
+            if _h(p["id"]) % count == index and (threshold is None or _sample_key(p["id"], cfg) <= threshold
+                                                 or p["id"] in keep):
                 own.append(p)
-    return own, threshold
+    return own
 
 
 def query_types(passage_id: str, cfg: GeneratorConfig) -> list[str]:
@@ -167,32 +179,24 @@ def write_shard_and_merge(cfg: GeneratorConfig, stage: Stage, passages_dir: Path
     name = shard_name(index, count)
     done = out_dir / f"{name}.done"
     if force or not done.exists() or json.loads(done.read_text()).get("key") != stage.key:
-        previous = _previous_manifest(out_dir)
-        passages, threshold = shard_passages(passages_dir, cfg, index, count, previous)
+        keep = frozenset() if force else frozenset(earlier_sample(out_dir, cfg))
+        passages = shard_passages(passages_dir, cfg, index, count, keep)
         started = time.time()
         cache = None if cache_root is None else GenerationCache(cache_root, cfg, resolved_dtype(cfg), read=not force)
         rows, reused = generate_shard(passages, cfg, index, count, cache)
         write_parquet(rows, out_dir / f"{name}.parquet")
-        sample = {"seed": cfg.seed, "max_passages": cfg.max_passages,
-                  "threshold": None if threshold is None else str(threshold)}
         with atomic_path(done) as tmp:
-            tmp.write_text(json.dumps({"key": stage.key, "rows": len(rows), "reused": reused, "sample": sample,
+            tmp.write_text(json.dumps({"key": stage.key, "rows": len(rows), "reused": reused,
                                        "seconds": time.time() - started}))
         print(f"generate: {name}: {len(rows) - reused} queries written, {reused} reused, in "
               f"{time.time() - started:.0f}s")
-    return merge(stage, out_dir, count)
+    return merge(stage, out_dir, count, {"seed": cfg.seed, "max_passages": cfg.max_passages})
 
 
-def _previous_manifest(out_dir: Path) -> Optional[dict]:
-    try:
-        return json.loads((out_dir / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def merge(stage: Stage, out_dir: Path, count: int) -> Optional[dict]:
-    """Write the manifest once every shard of this key is done; otherwise name the missing ones."""
-    missing, rows, reused, seconds, sample = [], 0, 0, 0.0, None
+def merge(stage: Stage, out_dir: Path, count: int, sample: dict) -> Optional[dict]:
+    """Write the manifest once every shard of this key is done; otherwise name the missing ones. `sample`:
+    how the sample was drawn (a later generation keeps its passages where it draws the same way)."""
+    missing, rows, reused, seconds = [], 0, 0, 0.0
     for i in range(count):
         done = out_dir / f"{shard_name(i, count)}.done"
         info = json.loads(done.read_text()) if done.exists() else {}
@@ -202,7 +206,6 @@ def merge(stage: Stage, out_dir: Path, count: int) -> Optional[dict]:
             rows += info["rows"]
             reused += info.get("reused", 0)
             seconds += info["seconds"]
-            sample = info.get("sample", sample)
     if missing:
         print(f"generate: waiting for {len(missing)} of {count} shards: {', '.join(missing[:10])}")
         return None
