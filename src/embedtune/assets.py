@@ -59,9 +59,14 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def folder_digest(folder: Path, skip: tuple[str, ...] = ("README.md",)) -> str:
+# files of an exported folder that say things about the model but change nothing it computes: the model card,
+# export's manifest, the re-embedding plan
+MODEL_NOTES = ("README.md", "manifest.json", "REEMBED.md", "reembed.json")
+
+
+def folder_digest(folder: Path, skip: tuple[str, ...] = MODEL_NOTES) -> str:
     """SHA-256 over every file of a model folder (relative path and content), in sorted order, leaving out
-    hidden files and `skip` (the model card): it changes exactly when what the folder computes can change."""
+    hidden files and `skip` (MODEL_NOTES): it changes exactly when what the folder computes can change."""
     folder = Path(folder)
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
