@@ -121,13 +121,16 @@ def test_status_says_what_run_would_redo(demo_run):
     run = demo_run.folder
     result = embedtune("status", *demo_run.args, cwd=run.parent)
     assert result.returncode == 0, result.stderr[-2000:]
-    lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:] if not line.startswith("  version")}
     assert list(lines) == ["prepare", "generate", "filter", "mine", "score", "train", "eval", "export"]
+    version = next(line for line in result.stdout.splitlines() if line.startswith("  version 1: emb-"))
+    assert "300 passages" in version and "nDCG@10" in version and version.endswith("(model/)")
     assert lines.pop("score").split()[1:] == ["off", "(teacher.kind=none)"]  # no teacher: nothing to score
     assert all(line.split()[1] == "done" for line in lines.values()), result.stdout
     assert "passages 300" in lines["prepare"] and "generated 24" in lines["filter"]
     changed = embedtune("status", *demo_run.args, "mining.num_negatives=1", cwd=run.parent)
-    states = {line.split()[0]: line.split()[1] for line in changed.stdout.splitlines()[1:]}
+    states = {line.split()[0]: line.split()[1] for line in changed.stdout.splitlines()[1:]
+              if not line.startswith("  version")}
     assert states == {"prepare": "done", "generate": "done", "filter": "done", "mine": "stale", "score": "off",
                       "train": "stale", "eval": "stale", "export": "stale"}
     manifests = {s: json.loads((run / f / "manifest.json").read_text())["counts"]

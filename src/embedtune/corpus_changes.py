@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 from embedtune.store import hash64
 
 
-def _content(title: str, text: str) -> str:
-    return f"{title}\x00{text}"
+def content_digests(passages: list[dict]) -> np.ndarray:
+    """8-byte digests of what a passage says (title and text): equal exactly when a passage did not change."""
+    return hash64(f"{p['title']}\x00{p['text']}" for p in passages)
 
 
 @dataclass
@@ -57,7 +58,7 @@ class Digests:
 
     def record(self, chunk: list[dict]) -> list[dict]:
         self.ids.extend(hash64(p["id"] for p in chunk).tolist())
-        self.contents.extend(hash64(_content(p["title"], p["text"]) for p in chunk).tolist())
+        self.contents.extend(content_digests(chunk).tolist())
         return chunk
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:

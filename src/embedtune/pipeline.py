@@ -58,6 +58,7 @@ from embedtune.runs import RunFolder, skip, stage_of
 from embedtune.score import write_shard_and_merge as score_shard_and_merge
 from embedtune.search import Searcher
 from embedtune.train import TrainData, TrainJob, run_training
+from embedtune.versions import plan_line, record_version, reembed_plan
 
 PASSAGE_FILE_ROWS = 100_000
 
@@ -339,6 +340,14 @@ def export(cfg: Config) -> dict:
         print(f"export: {run.dataset} ({result['dataset_rows']:,} training pairs as a Hugging Face dataset)")
     onnx = f", ONNX {result['onnx_max_abs_diff']:.1e}" if 'onnx_max_abs_diff' in result else ''
     print(f"export: {run.model} (max |diff| vs trained encoder: sentence-transformers {result['max_abs_diff']:.1e}{onnx})")
+    if is_main():
+        version = record_version(run.root, run.model, run.passages, load_manifest(run.passages),
+                                 load_manifest(run.checkpoints), run.eval)
+        if version is not None:
+            plan = reembed_plan(run.root, run.model, version)
+            print(f"export: version {version['version']} ({version['weights']}); {plan_line(plan)} "
+                  f"({run.model / 'REEMBED.md'})")
+            result["version"] = version["version"]
     return stage.finish({"texts_checked": result["texts_checked"]}, **result)
 
 
