@@ -488,3 +488,27 @@ def test_invalid_utf8_in_jsonl_is_counted(tmp_path: Path):
     counts = Counter()
     docs = list(read_documents(CorpusConfig(format="jsonl", path=str(path), title_field=None), counts))
     assert len(docs) == 2 and counts["invalid_utf8_chars_replaced"] == 3
+
+
+def test_source_stamp_follows_the_corpus_files(tmp_path):
+    """prepare's key holds it: an added, edited or removed file changes it; reading does not; a broken link
+    (which the reader skips too) does not break it; the built-in corpus has none."""
+    import os
+
+    from embedtune.corpus import source_stamp
+
+    (tmp_path / "a.txt").write_text("first document")
+    (tmp_path / "b.md").write_text("second document")
+    cfg = CorpusConfig(format="files", path=str(tmp_path))
+    first = source_stamp(cfg)
+    (tmp_path / "a.txt").read_text()
+    assert source_stamp(cfg) == first
+    os.symlink(tmp_path / "gone.txt", tmp_path / "broken.txt")
+    assert source_stamp(cfg) == first
+    (tmp_path / "b.md").write_text("second document, edited")
+    edited = source_stamp(cfg)
+    (tmp_path / "c.txt").write_text("third")
+    added = source_stamp(cfg)
+    (tmp_path / "c.txt").unlink()
+    assert len({first, edited, added}) == 3 and source_stamp(cfg) == edited
+    assert source_stamp(CorpusConfig()) is None

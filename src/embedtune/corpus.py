@@ -252,7 +252,10 @@ def source_stamp(cfg: CorpusConfig) -> Optional[str]:
         files, root = (Path(d) / f for d, _, names in sorted(os.walk(path)) for f in sorted(names)), path
     digest = hashlib.sha256()
     for f in files:
-        stat = f.stat()
+        try:
+            stat = f.stat()
+        except OSError:  # a broken link, or a file removed meanwhile: the reader decides what that means
+            continue
         digest.update(f"{f.relative_to(root).as_posix()}\x00{stat.st_size}\x00{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 

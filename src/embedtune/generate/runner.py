@@ -204,7 +204,7 @@ def merge(stage: Stage, out_dir: Path, count: int, sample: dict) -> Optional[dic
             missing.append(shard_name(i, count))
         else:
             rows += info["rows"]
-            reused += info.get("reused", 0)
+            reused += info.get("reused", 0)  # a shard written before answers were kept reused none
             seconds += info["seconds"]
     if missing:
         print(f"generate: waiting for {len(missing)} of {count} shards: {', '.join(missing[:10])}")
