@@ -61,3 +61,9 @@ def test_versions_and_the_reembedding_plan(served_model_dir, tmp_path):
     assert json.loads((root / "versions" / "2" / "reembed.json").read_text()) == plan
     assert kept.read_bytes() != (model / "model.safetensors").read_bytes()  # version 1's weights are intact
     assert [v["version"] for v in list_versions(root)] == [1, 2]
+
+    (tmp_path / "run" / "eval" / "manifest.json").write_text(json.dumps({"inputs": {"train": "an earlier training"}}))
+    (model / "model.safetensors").unlink()  # export replaces files: new weights, version 2's link stays whole
+    (model / "model.safetensors").write_bytes(kept.read_bytes()[:-4] + b"\1\1\1\1")
+    v3 = record_version(root, model, corpus, second, {"final": "step-12", "run_id": "t3"}, tmp_path / "run" / "eval")
+    assert v3["version"] == 3 and v3["scores"] == {}  # eval's report is of another training: no scores

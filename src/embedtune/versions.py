@@ -56,9 +56,13 @@ def _link_tree(source: Path, target: Path) -> None:
             shutil.copy2(path, dest)
 
 
-def _scores(report: Path) -> dict:
-    """nDCG@10 of the tuned model (and of base) on each evaluated set, from eval's report.json."""
+def _scores(eval_folder: Path, train_manifest: dict) -> dict:
+    """nDCG@10 of the tuned model (and of base) on each evaluated set, from eval's report.json, where eval read
+    this training (an export without a new eval has no scores: the report's are another model's)."""
+    report, manifest = eval_folder / "report.json", eval_folder / "manifest.json"
     if not report.exists():
+        return {}
+    if manifest.exists() and json.loads(manifest.read_text())["inputs"].get("train") != train_manifest.get("run_id"):
         return {}
     rows = json.loads(report.read_text(encoding="utf-8"))
     return {name: {label: round(rows[name][label]["nDCG@10"], 4) for label in ("tuned", "base") if label in rows[name]}
@@ -87,7 +91,7 @@ def record_version(root: Path, model: Path, passages: Path, passages_manifest: d
                "passages": {"run_id": passages_manifest.get("run_id"), "count": trained_on.num_rows,
                             "changes": passages_manifest.get("changes")},
                "train": {"final": train_manifest.get("final"), "run_id": train_manifest.get("run_id")},
-               "scores": _scores(eval_folder / "report.json")}
+               "scores": _scores(eval_folder, train_manifest)}
     write_json(version, work / "version.json")
     os.replace(work, final)
     return version
