@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedtune.serve.model_folder import ModelFolder
-from embedtune.versions import list_versions, record_version, reembed_plan, weights_id
+from embedtune.assets import model_id
+from embedtune.versions import list_versions, record_version, reembed_plan
 
 
 def passages(folder, rows: dict[str, str]) -> dict:
@@ -34,15 +35,16 @@ def test_versions_and_the_reembedding_plan(served_model_dir, tmp_path):
     (tmp_path / "run" / "eval" / "report.json").write_text(json.dumps(report))
     first = passages(corpus, {f"p{i}": f"text {i}" for i in range(6)})
 
-    v1 = record_version(root, model, corpus, first, {"final": "step-4"}, tmp_path / "run" / "eval")
-    assert v1["version"] == 1 and v1["weights"] == weights_id(model) == ModelFolder.open(str(model)).model_id
+    evals = tmp_path / "run" / "eval"
+    v1 = record_version(root, model, model_id(model), corpus, first, {"final": "step-4"}, evals)
+    assert v1["version"] == 1 and v1["weights"] == model_id(model) == ModelFolder.open(str(model)).model_id
     assert v1["scores"] == {"hpo (test, human)": {"tuned": 0.6651, "base": 0.612}} and v1["passages"]["count"] == 6
     kept = root / "versions" / "1" / "model" / "model.safetensors"
     assert kept.stat().st_ino == (model / "model.safetensors").stat().st_ino  # a hard link, not a copy
     plan = reembed_plan(root, model, v1)
     assert plan["previous"] is None and "the first" in (model / "REEMBED.md").read_text()
-    assert weights_id(model) == v1["weights"]  # the plan beside the weights changes no id
-    assert record_version(root, model, corpus, first, {"final": "step-4"}, tmp_path / "run" / "eval") is None
+    assert model_id(model) == v1["weights"]  # the plan beside the weights changes no id
+    assert record_version(root, model, model_id(model), corpus, first, {"final": "step-4"}, evals) is None
 
     export = tmp_path / "export"  # the next export: new weights in a new folder that replaces model/
     shutil.copytree(model, export)
@@ -51,7 +53,7 @@ def test_versions_and_the_reembedding_plan(served_model_dir, tmp_path):
     export.rename(model)
     rows = {f"p{i}": f"text {i}" for i in range(6) if i != 2} | {"p4": "text four, edited", "p9": "new", "p8": "new"}
     second = passages(corpus, rows)
-    v2 = record_version(root, model, corpus, second, {"final": "step-8"}, tmp_path / "run" / "eval")
+    v2 = record_version(root, model, model_id(model), corpus, second, {"final": "step-8"}, evals)
     assert v2["version"] == 2 and v2["weights"] != v1["weights"]
     plan = reembed_plan(root, model, v2)
     assert plan["added"] == ["p8", "p9"] and plan["changed"] == ["p4"] and plan["removed"] == ["p2"]
@@ -65,5 +67,5 @@ def test_versions_and_the_reembedding_plan(served_model_dir, tmp_path):
     (tmp_path / "run" / "eval" / "manifest.json").write_text(json.dumps({"inputs": {"train": "an earlier training"}}))
     (model / "model.safetensors").unlink()  # export replaces files: new weights, version 2's link stays whole
     (model / "model.safetensors").write_bytes(kept.read_bytes()[:-4] + b"\1\1\1\1")
-    v3 = record_version(root, model, corpus, second, {"final": "step-12", "run_id": "t3"}, tmp_path / "run" / "eval")
+    v3 = record_version(root, model, model_id(model), corpus, second, {"final": "step-12", "run_id": "t3"}, evals)
     assert v3["version"] == 3 and v3["scores"] == {}  # eval's report is of another training: no scores

@@ -77,6 +77,12 @@ def folder_digest(folder: Path, skip: tuple[str, ...] = MODEL_NOTES) -> str:
     return digest.hexdigest()
 
 
+def model_id(folder: Path) -> str:
+    """What `embedtune serve` and the run's versions call an exported folder: "emb-" + 16 hex digits of its
+    digest, so it changes exactly when the weights (or what else computes the vectors) change."""
+    return "emb-" + folder_digest(folder)[:16]
+
+
 def _package_dir(package: str, pip: str) -> Path:
     spec = importlib.util.find_spec(package)  # finds the files without importing the package's code
     if spec is None or not spec.submodule_search_locations:

@@ -10,7 +10,7 @@ from typing import Optional
 
 import pyarrow.parquet as pq
 
-from embedtune.assets import resolve_model
+from embedtune.assets import model_id, resolve_model
 from embedtune.baselines import baseline_cache, baseline_encoder, check_served_model, spend_line, spend_table
 from embedtune.beir import RetrievalSet
 from embedtune.config import Config
@@ -341,7 +341,8 @@ def export(cfg: Config) -> dict:
     onnx = f", ONNX {result['onnx_max_abs_diff']:.1e}" if 'onnx_max_abs_diff' in result else ''
     print(f"export: {run.model} (max |diff| vs trained encoder: sentence-transformers {result['max_abs_diff']:.1e}{onnx})")
     if is_main():
-        version = record_version(run.root, run.model, run.passages, load_manifest(run.passages),
+        result["weights"] = model_id(run.model)  # in export's manifest: status reads it, never hashes the folder
+        version = record_version(run.root, run.model, result["weights"], run.passages, load_manifest(run.passages),
                                  load_manifest(run.checkpoints), run.eval)
         if version is not None:
             plan = reembed_plan(run.root, run.model, version)

@@ -18,7 +18,7 @@ from embedtune.manifest import MANIFEST, Stage, load_manifest
 from embedtune.model import passage_text
 from embedtune.precision import encoding_arithmetic, train_precision
 from embedtune.store import MappedTable, TextLookup, drop_older, table_folder
-from embedtune.versions import list_versions, weights_id
+from embedtune.versions import list_versions
 
 STAGE_NAMES = ("prepare", "generate", "filter", "mine", "score", "train", "eval", "export")
 UPSTREAM = {"generate": "prepare", "filter": "generate", "mine": "filter", "score": "mine", "train": "mine",
@@ -172,9 +172,10 @@ def status_lines(cfg: Config) -> list[str]:
         if state == "stale":
             redo.add(name)
         lines.append(f"  {name:<8} {state:<5} {manifest.get('wall_time_s', 0):>8.1f}s  {_counts(manifest.get('counts', {}))}")
-    current = weights_id(run.model) if (run.model / "modules.json").exists() else None
+    current = load_manifest(run.model).get("weights") if (run.model / MANIFEST).exists() else None
     for v in list_versions(run.root):
         scores = "; ".join(f"{name} nDCG@10 {s['tuned']:.3f}" for name, s in v["scores"].items() if "tuned" in s)
-        lines.append(f"  version {v['version']}: {v['weights']}, {v['passages']['count']:,} passages, {v['created']}"
+        lines.append(f"  version {v['version']}: {v['weights']}, {v['passages']['count']:,} passages, "
+                     f"{v['created']}"
                      + (f"; {scores}" if scores else "") + (" (model/)" if v["weights"] == current else ""))
     return lines

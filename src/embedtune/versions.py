@@ -25,14 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedtune.assets import folder_digest
 from embedtune.corpus_changes import content_digests
 from embedtune.io import atomic_path, write_json, write_parquet
-
-def weights_id(model: Path) -> str:
-    """The content id of an exported folder: the same as `embedtune serve` reports for it."""
-    return "emb-" + folder_digest(model)[:16]
-
 
 def list_versions(root: Path) -> list[dict]:
     """Every recorded version of the run at `root` (runs/<name>), oldest first."""
@@ -69,12 +63,11 @@ def _scores(eval_folder: Path, train_manifest: dict) -> dict:
             for name in rows if name not in ("comparisons", "summary")}
 
 
-def record_version(root: Path, model: Path, passages: Path, passages_manifest: dict, train_manifest: dict,
-                   eval_folder: Path) -> Optional[dict]:
-    """Record `model` (just exported) as the next version, unless its weights are those of the newest version
-    already (a re-export): then None. Written under a temporary name and renamed whole."""
+def record_version(root: Path, model: Path, weights: str, passages: Path, passages_manifest: dict,
+                   train_manifest: dict, eval_folder: Path) -> Optional[dict]:
+    """Record `model` (just exported; `weights`, its model_id) as the next version, unless its weights are those
+    of the newest version already (a re-export): then None. Written under a temporary name and renamed whole."""
     versions = list_versions(root)
-    weights = weights_id(model)
     if versions and versions[-1]["weights"] == weights:
         return None
     number = versions[-1]["version"] + 1 if versions else 1

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from embedtune.assets import folder_digest, resolve_model
+from embedtune.assets import model_id, resolve_model
 from embedtune.errors import EmbedtuneError
 from embedtune.inputs import prompt_length
 
@@ -59,7 +59,7 @@ class ModelFolder:
         saved = json.loads(settings.read_text(encoding="utf-8")).get("prompts", {}) if settings.exists() else {}
         prompts = {"query": saved.get("query", ""), "passage": saved.get("passage", saved.get("document", ""))}
         onnx = path / ONNX_GRAPH
-        return cls(path, "emb-" + folder_digest(path)[:16], _max_tokens(path), prompts, bool(include_prompt),
+        return cls(path, model_id(path), _max_tokens(path), prompts, bool(include_prompt),
                    onnx if onnx.exists() else None)
 
 
