@@ -65,6 +65,14 @@ class Digests:
         return np.frombuffer(self.ids, dtype=np.uint64), np.frombuffer(self.contents, dtype=np.uint64)
 
 
+def passage_batches(folder: Path, files: list[str]) -> Iterator[list[dict]]:
+    """Written passages (id, title, text), a batch at a time: what their digests are made of."""
+    for name in files:
+        parts = pq.ParquetFile(Path(folder) / name)
+        for batch in parts.iter_batches(batch_size=65_536, columns=["id", "title", "text"]):
+            yield batch.to_pylist()
+
+
 def previous_digests(folder: Path, manifest: Optional[dict]) -> Optional[tuple[np.ndarray, np.ndarray]]:
     """The digests of the passages the previous prepare wrote (its manifest's files), a batch at a time; None
     where there is none, or its files cannot be read (then every passage counts as new, and prepare goes on)."""
@@ -73,10 +81,8 @@ def previous_digests(folder: Path, manifest: Optional[dict]) -> Optional[tuple[n
         return None
     seen = Digests()
     try:
-        for name in files:
-            parts = pq.ParquetFile(Path(folder) / name)
-            for batch in parts.iter_batches(batch_size=65_536, columns=["id", "title", "text"]):
-                seen.record(batch.to_pylist())
+        for batch in passage_batches(folder, files):
+            seen.record(batch)
     except (OSError, pa.ArrowException) as e:
         print(f"prepare: the previous passages cannot be read ({e}); every passage counts as new")
         return None

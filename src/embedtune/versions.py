@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedtune.corpus_changes import content_digests
+from embedtune.corpus_changes import content_digests, passage_batches
 from embedtune.io import atomic_path, write_json, write_parquet
 
 def list_versions(root: Path) -> list[dict]:
@@ -93,10 +93,9 @@ def record_version(root: Path, model: Path, weights: str, passages: Path, passag
 def _passage_digests(passages: Path, files: list[str]) -> pa.Table:
     """id and content digest (title + text, as prepare compares them) of every passage, a batch at a time."""
     ids, digests = [], []
-    for name in files:
-        for batch in pq.ParquetFile(passages / name).iter_batches(batch_size=65_536, columns=["id", "title", "text"]):
-            ids.extend(batch.column("id").to_pylist())
-            digests.append(content_digests(batch.to_pylist()))
+    for batch in passage_batches(passages, files):
+        ids.extend(p["id"] for p in batch)
+        digests.append(content_digests(batch))
     return pa.table({"id": pa.array(ids, pa.string()),
                      "digest": pa.array(np.concatenate(digests) if digests else np.zeros(0, np.uint64))})
 
