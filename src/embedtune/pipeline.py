@@ -58,7 +58,8 @@ from embedtune.runs import RunFolder, skip, stage_of
 from embedtune.score import write_shard_and_merge as score_shard_and_merge
 from embedtune.search import Searcher
 from embedtune.train import TrainData, TrainJob, run_training
-from embedtune.versions import plan_line, record_version, reembed_plan
+from embedtune.refresh import refresh_rows, reuse_encoder
+from embedtune.versions import fresh_passages, plan_line, record_version, reembed_plan, version_folder
 
 PASSAGE_FILE_ROWS = 100_000
 
@@ -244,13 +245,27 @@ def train(cfg: Config) -> dict:
     stage = stage_of(cfg, "train")
     if skip(stage, cfg.force):
         return load_manifest(run.checkpoints)
-    passages = run.passage_texts()
-    data = TrainData(run.training_table(cfg), run.query_texts("train"), passages, cfg.train)
+    passages, rows, job = run.passage_texts(), run.training_table(cfg), TrainJob.of(cfg)
+    start = run.init_version(cfg)
+    if cfg.train.init == "previous" and start is None:
+        print("train: train.init=previous, but no earlier version was trained on another state of the corpus: "
+              "starting from the base model")
+    if start is not None:
+        job.init_from = str(version_folder(run.root, start) / "encoder")
+        fresh = fresh_passages(run.root, start, run.passages, load_manifest(run.passages)["files"])
+        rows, counts = refresh_rows(rows, fresh, cfg.train.replay, cfg.train.seed)
+        print(f"train: refresh of version {start['version']} ({start['weights']}): {counts['new']:,} pairs of new or "
+              f"changed passages + {counts['replayed']:,} of {counts['earlier']:,} earlier pairs replayed")
+        if not rows:  # nothing new to learn: that version's weights stay (and so do vectors stored from them)
+            print(f"train: nothing new to learn; the model stays version {start['version']}'s weights")
+            return stage.finish({"steps": 0, "pairs": 0}, final=reuse_encoder(Path(job.init_from), run.checkpoints),
+                                steps=0, pairs=0, refresh={"version": start["version"], **counts})
+    data = TrainData(rows, run.query_texts("train"), passages, cfg.train)
     dev = run.read_pairs("dev")
     evaluator = training_evaluator(RetrievalSet("dev", passages, {q["query_id"]: q["query"] for q in dev},
                                                 {q["query_id"]: {q["passage_id"]: 1} for q in dev}),
                                    cfg.eval) if cfg.train.eval_every and dev else None
-    result = run_training(TrainJob.of(cfg), data, run.checkpoints, stage.key, evaluator)
+    result = run_training(job, data, run.checkpoints, stage.key, evaluator)
     if result.halted:
         if result.main_process:
             why = "halted" if result.stop_reason == "halt_at_step" else f"stopped by {result.stop_reason}"
@@ -261,8 +276,9 @@ def train(cfg: Config) -> dict:
     print(f"train: {result.steps} steps, {result.pairs:,} pairs in {result.seconds:.0f}s "
           f"({result.pairs_per_s:.1f} pairs/s, {result.processes} process(es)); "
           f"{result.pairs_dropped_per_epoch} pair(s) per epoch left out to give every process as many")
+    refreshed = {"refresh": {"version": start["version"], **counts}} if start is not None else {}
     return stage.finish({"steps": result.steps, "pairs": result.pairs,
-                         "pairs_dropped_per_epoch": result.pairs_dropped_per_epoch}, **result.manifest())
+                         "pairs_dropped_per_epoch": result.pairs_dropped_per_epoch}, **result.manifest(), **refreshed)
 
 
 def evaluate(cfg: Config) -> dict:
@@ -343,7 +359,7 @@ def export(cfg: Config) -> dict:
     if is_main():
         result["weights"] = model_id(run.model)  # in export's manifest: status reads it, never hashes the folder
         version = record_version(run.root, run.model, result["weights"], run.passages, load_manifest(run.passages),
-                                 load_manifest(run.checkpoints), run.eval)
+                                 load_manifest(run.checkpoints), run.eval, encoder=source)
         if version is not None:
             plan = reembed_plan(run.root, run.model, version)
             print(f"export: version {version['version']} ({version['weights']}); {plan_line(plan)} "

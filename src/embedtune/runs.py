@@ -18,7 +18,7 @@ from embedtune.manifest import MANIFEST, Stage, load_manifest
 from embedtune.model import passage_text
 from embedtune.precision import encoding_arithmetic, train_precision
 from embedtune.store import MappedTable, TextLookup, drop_older, table_folder
-from embedtune.versions import list_versions
+from embedtune.versions import list_versions, previous_version
 
 STAGE_NAMES = ("prepare", "generate", "filter", "mine", "score", "train", "eval", "export")
 UPSTREAM = {"generate": "prepare", "filter": "generate", "mine": "filter", "score": "mine", "train": "mine",
@@ -88,6 +88,13 @@ class RunFolder:
         """The trained encoder of the newest finished training (its manifest names the checkpoint)."""
         return self.checkpoints / load_manifest(self.checkpoints)["final"] / "encoder"
 
+    def init_version(self, cfg: Config) -> dict | None:
+        """With train.init=previous, the version training starts from (None: the base model): the promoted one
+        trained on another state of the corpus."""
+        if cfg.train.init != "previous":
+            return None
+        return previous_version(self.root, passages_run_id=load_manifest(self.passages).get("run_id"))
+
     def folder(self, stage: str) -> Path:
         return {"prepare": self.passages, "generate": self.queries, "filter": self.pairs, "mine": self.negatives,
                 "score": self.scores, "train": self.checkpoints, "eval": self.eval, "export": self.model}[stage]
@@ -115,6 +122,9 @@ def stage_of(cfg: Config, name: str) -> Stage:
         inputs = {"negatives": load_manifest(run.negatives)}
         if cfg.teacher.enabled:
             inputs["scores"] = load_manifest(run.scores)
+        start = run.init_version(cfg)
+        if start is not None:  # a refresh: what it starts from decides it too
+            inputs["init"] = {"run_id": start["weights"]}
         return Stage("train", run.checkpoints, config, inputs)
     if name == "eval":
         inputs = {"train": load_manifest(run.checkpoints), "pairs": load_manifest(run.pairs)}

@@ -57,6 +57,9 @@ class TrainConfig:
     grad_clip: float = 1.0            # max global grad norm
     mixed_precision: str = "auto"     # auto (bf16 where the GPU/CPU computes it natively, else no) | no | bf16 | fp16 (GPU)
     seed: int = 42                    # data order, hard-negative choice, LoRA init and dropout
+    init: str = "base"                # base | previous: a refresh starts from the previous version's weights and
+                                      # reads the pairs of new and changed passages + a replay share (refresh.py)
+    replay: float = 0.5               # with init=previous: share of the training rows drawn from earlier pairs
     log_every: int = not_in_key(5)    # steps between logged metrics (the loss is their mean)
     eval_every: Optional[int] = not_in_key(None)  # steps between dev-set evaluations logged during training
     save_every: Optional[int] = not_in_key(None)  # steps between checkpoints (the last step is always saved)
@@ -189,6 +192,7 @@ class TrainJob:
     train: TrainConfig = field(default_factory=TrainConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     run_name: str = "embedtune"   # names the W&B run
+    init_from: Optional[str] = None  # a saved encoder folder to start from (a refresh); None: the base model
 
     @classmethod
     def of(cls, cfg: Config) -> "TrainJob":
@@ -268,7 +272,8 @@ def run_training(job: TrainJob, data: TrainData, out_dir: Path, key: str = "",
                              "evaluate the checkpoints with `embedtune eval`")
     set_seed(cfg.seed)
     # full fine-tuning outside DeepSpeed keeps fp32 weights (AdamW on bf16 weights loses small updates)
-    encoder = Encoder.load(job.model, full_weights_training=not job.peft.enabled and zero_stage(accelerator) == 0)
+    encoder = Encoder.load(job.model, path=job.init_from,
+                           full_weights_training=not job.peft.enabled and zero_stage(accelerator) == 0)
     if cfg.gradient_checkpointing:
         encoder.enable_gradient_checkpointing()
     if job.peft.enabled:

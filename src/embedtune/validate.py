@@ -36,6 +36,8 @@ def problems(cfg: Config) -> list[str]:
     need(0 <= t.warmup_ratio < 1, f"train.warmup_ratio={t.warmup_ratio} must be in [0, 1)")
     need(t.epochs > 0 or t.max_steps is not None, f"train.epochs={t.epochs} must be > 0 (or set train.max_steps)")
     need(t.grad_clip > 0, f"train.grad_clip={t.grad_clip} must be > 0")
+    need(t.init in ("base", "previous"), f"train.init={t.init} is not base or previous")
+    need(0 <= t.replay <= 1, f"train.replay={t.replay} must be in [0, 1]")
     need(t.mixed_precision in ("auto", "no", "bf16", "fp16"),
          f"train.mixed_precision={t.mixed_precision} is not one of auto, no, bf16, fp16")
     for name in ("max_steps", "save_every", "eval_every", "halt_at_step"):

@@ -6,6 +6,8 @@
     passages.parquet id and 8-byte content digest of every passage it was trained on (what a later version
                      compares with to say which stored vectors went stale)
     model/           the exported folder, hard-linked (no second copy on disk where links work)
+    encoder/         the trained encoder it was exported from (what train.init=previous starts a refresh from
+                     and eval compares the next version with), hard-linked
     report.md        the eval report it was exported with
 
 `model/` is the newest version; `model/REEMBED.md` (+ `reembed.json`) tells users who stored vectors of the
@@ -63,12 +65,39 @@ def _scores(eval_folder: Path, train_manifest: dict) -> dict:
             for name in rows if name not in ("comparisons", "summary")}
 
 
+def previous_version(root: Path, train_run_id: Optional[str] = None,
+                     passages_run_id: Optional[str] = None) -> Optional[dict]:
+    """The version a new training is compared with (and, with train.init=previous, starts from): the newest
+    that was promoted, leaving out the one made by the training `train_run_id` (so exporting it changes
+    nothing upstream) and, given `passages_run_id`, those trained on these same passages (a refresh starts
+    from another state of the corpus). None when there is none."""
+    found = [v for v in list_versions(root) if v.get("promoted", True)
+             and (train_run_id is None or v["train"].get("run_id") != train_run_id)
+             and (passages_run_id is None or v["passages"].get("run_id") != passages_run_id)]
+    return found[-1] if found else None
+
+
+def version_folder(root: Path, version: dict) -> Path:
+    return Path(root) / "versions" / str(version["version"])
+
+
+def fresh_passages(root: Path, version: dict, passages: Path, files: list[str]) -> set[str]:
+    """Ids of the passages (in `files` under `passages`) added or changed since `version` was trained."""
+    old = pq.read_table(version_folder(root, version) / "passages.parquet").to_pydict()
+    before = dict(zip(old["id"], old["digest"]))
+    now = _passage_digests(passages, files).to_pydict()
+    return {i for i, d in zip(now["id"], now["digest"]) if before.get(i) != d}
+
+
 def record_version(root: Path, model: Path, weights: str, passages: Path, passages_manifest: dict,
-                   train_manifest: dict, eval_folder: Path) -> Optional[dict]:
-    """Record `model` (just exported; `weights`, its model_id) as the next version, unless its weights are those
-    of the newest version already (a re-export): then None. Written under a temporary name and renamed whole."""
+                   train_manifest: dict, eval_folder: Path, encoder: Optional[Path] = None,
+                   promoted: bool = True) -> Optional[dict]:
+    """Record `model` (just exported from `encoder`; `weights`, its model_id) as the next version, unless the
+    newest version has these weights and passages already (a re-export): then None. `promoted`: `model/` holds
+    it (False: the gate kept the previous version). Written under a temporary name and renamed whole."""
     versions = list_versions(root)
-    if versions and versions[-1]["weights"] == weights:
+    if versions and versions[-1]["weights"] == weights \
+            and versions[-1]["passages"].get("run_id") == passages_manifest.get("run_id"):
         return None
     number = versions[-1]["version"] + 1 if versions else 1
     final = Path(root) / "versions" / str(number)
@@ -76,11 +105,14 @@ def record_version(root: Path, model: Path, weights: str, passages: Path, passag
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     _link_tree(model, work / "model")
+    if encoder is not None:
+        _link_tree(encoder, work / "encoder")
     trained_on = _passage_digests(passages, passages_manifest["files"])
     write_parquet(trained_on, work / "passages.parquet")
     if (eval_folder / "report.md").exists():
         shutil.copy2(eval_folder / "report.md", work / "report.md")
-    version = {"version": number, "weights": weights, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    version = {"version": number, "weights": weights, "promoted": promoted,
+               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "passages": {"run_id": passages_manifest.get("run_id"), "count": trained_on.num_rows,
                             "changes": passages_manifest.get("changes")},
                "train": {"final": train_manifest.get("final"), "run_id": train_manifest.get("run_id")},
