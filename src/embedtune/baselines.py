@@ -19,7 +19,7 @@ from embedtune.errors import EmbedtuneError
 from embedtune.io import read_json, write_json
 from embedtune.manifest import fingerprint, not_in_key
 
-RESERVED = ("base", "tuned", "merged", "bm25")  # the rows eval makes itself
+RESERVED = ("base", "tuned", "merged", "bm25", "previous")  # the rows eval makes itself
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from embedtune.baselines import RESERVED, BaselineConfig, spend_table
 from embedtune.beir import RetrievalSet, read_beir
@@ -127,12 +128,13 @@ def markdown_table(results: dict[str, dict[str, dict]]) -> str:
 
 
 def comparisons(results: dict[str, dict[str, dict]]) -> list[dict]:
-    """tuned - base, tuned - bm25, tuned - each baseline (and merged - base, merged - tuned when merged) on every
-    set: nDCG@10 difference with its paired-bootstrap 95% interval."""
+    """tuned - base, tuned - bm25, tuned - previous version, tuned - each baseline (and merged - base, merged -
+    tuned, merged - previous when merged) on every set: nDCG@10 difference with its paired-bootstrap 95% interval."""
     rows = []
     for name, models in results.items():
         extra = [m for m in models if m not in RESERVED]  # eval.baselines
-        pairs = [("tuned", "base"), ("tuned", "bm25"), ("merged", "base"), ("merged", "tuned")]
+        pairs = [("tuned", "base"), ("tuned", "bm25"), ("tuned", "previous"), ("merged", "base"), ("merged", "tuned"),
+                 ("merged", "previous")]
         for model, other in pairs + [("tuned", b) for b in extra]:
             if model in models and other in models and "per_query" in models[other]:
                 ci = paired_bootstrap(models[other]["per_query"], models[model]["per_query"])
@@ -235,11 +237,14 @@ def eval_sets(cfg: EvalConfig, benchmarks: Path, synthetic_test: list[dict], cor
 
 
 def write_report(folder: Path, heading: str, results: dict[str, dict[str, dict]], sets: list[RetrievalSet],
-                 training_metrics: Path, spend: list[dict] = ()) -> tuple[str, list[dict], list[str], list[str]]:
-    """report.md (the verdict first, then tables, paired intervals, Recall@k, plots, what baselines cost) and
-    report.json in `folder`, below `heading`; returns (the metrics table, the comparisons, the plot files, the
-    verdict lines)."""
+                 training_metrics: Path, spend: list[dict] = (), gate: Optional[str] = None,
+                 history: tuple[str, list[str]] = ("", [])) -> tuple[str, list[dict], list[str], list[str]]:
+    """report.md (the verdict first, then the gate, tables, paired intervals, Recall@k, the version history,
+    plots, what baselines cost) and report.json in `folder`, below `heading`; `gate`: what export will do;
+    returns (the metrics table, the comparisons, the plot files, the verdict lines)."""
     table, compared, verdict_lines = markdown_table(results), comparisons(results), verdicts(results)
+    if gate is not None:
+        verdict_lines = verdict_lines + [gate]
     verdict = "".join(f"**{line}.**\n\n" for line in verdict_lines)
     intervals = ("Paired bootstrap (queries resampled, 1,000 draws, seed 0) of the per-query nDCG@10 "
                  "differences:\n\n" + comparison_table(compared)) if compared else ""
@@ -247,6 +252,8 @@ def write_report(folder: Path, heading: str, results: dict[str, dict[str, dict]]
     plots = plot_metrics(results, folder / "metrics.png")
     plots += plot_recall(results, folder / "recall.png")
     plots += plot_training(training_metrics, folder / "training.png")
+    versions = f"Versions of this run (nDCG@10 of each; `embedtune status` lists them):\n\n{history[0]}\n" if history[0] else ""
+    plots += history[1]
     caveats = "".join(f"{s.name}: {s.missing_documents:,} judgements name documents absent from the corpus "
                       f"(no model can retrieve them; they lower recall).\n\n" for s in sets if s.missing_documents)
     warnings = "".join(f"**Warning: {w}.**\n\n" for w in regressions(compared))
@@ -255,7 +262,7 @@ def write_report(folder: Path, heading: str, results: dict[str, dict[str, dict]]
     title, _, intro = heading.partition("\n\n")  # the verdict right below the title, before the run's details
     intro = f"{intro}\n\n" if intro else ""
     report = (f"{title}\n\n{verdict}{intro}{warnings}{caveats}{table}\n{intervals}\n{spent}Recall@k:\n\n"
-              f"{recall_table(results)}\n" + "".join(f"![{p}]({p})\n" for p in plots))
+              f"{recall_table(results)}\n{versions}" + "".join(f"![{p}]({p})\n" for p in plots))
     with atomic_path(folder / "report.md") as tmp:
         tmp.write_text(report, encoding="utf-8")
     summary = {"verdicts": verdict_lines, "baselines_spend": list(spend)}

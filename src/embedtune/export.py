@@ -23,6 +23,8 @@ class ExportConfig:
     onnx: bool = True                 # also onnx/sentence_embedding.onnx (needs the onnx + onnxruntime packages)
     merge_alpha: Optional[str] = None  # export alpha x tuned + (1 - alpha) x base weights (WiSE-FT): a number in
                                       # [0, 1], auto (the best of merge.GRID on the synthetic dev queries) or null
+    promote: str = "gate"             # gate: model/ keeps the previous version when eval found the new one
+                                      # significantly worse on a judged set (version_history.py) | always
     dataset: bool = False             # also dataset/: the training pairs with their texts (and teacher scores) as
                                       # a Hugging Face dataset folder with a dataset card
 

@@ -3,6 +3,7 @@ work, and writes its own part of the folder with its manifest. Orchestration onl
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,6 +22,7 @@ from embedtune.embedding_cache import embedding_cache
 from embedtune.errors import EmbedtuneError
 from embedtune.evaluate import (
     comparison_table,
+    comparisons,
     eval_sets,
     regressions,
     evaluate_bm25,
@@ -59,7 +61,8 @@ from embedtune.score import write_shard_and_merge as score_shard_and_merge
 from embedtune.search import Searcher
 from embedtune.train import TrainData, TrainJob, run_training
 from embedtune.refresh import refresh_rows, reuse_encoder
-from embedtune.versions import fresh_passages, plan_line, record_version, reembed_plan, version_folder
+from embedtune.version_history import gate_drops, gate_line, history
+from embedtune.versions import fresh_passages, list_versions, plan_line, record_version, reembed_plan, version_folder
 
 PASSAGE_FILE_ROWS = 100_000
 
@@ -291,6 +294,11 @@ def evaluate(cfg: Config) -> dict:
     models = {"base": (lambda: Encoder.load(cfg.model, precision=cfg.eval.precision), base_fingerprint(cfg.model)),
               "tuned": (lambda: Encoder.load(cfg.model, path=str(run.final_encoder()), precision=cfg.eval.precision),
                         "tuned:" + train_manifest["run_id"])}
+    previous = run.compared_version()
+    if previous is not None:  # the gate: the promoted version, on the same sets
+        folder = version_folder(run.root, previous) / "encoder"
+        models["previous"] = (lambda: Encoder.load(cfg.model, path=str(folder), precision=cfg.eval.precision),
+                              "version:" + previous["weights"])
     merge_info = None
     if cfg.export.merge_alpha is not None:  # merging is built (and its alpha chosen) before any rank reads it
         check_merge(cfg, run)
@@ -324,8 +332,15 @@ def evaluate(cfg: Config) -> dict:
                f"The synthetic training queries, with samples: [{queries_report}]({queries_report}).")
     if merge_info:
         heading += " " + describe_merge(merge_info)
-    table, compared, plots, verdict = write_report(run.eval, heading, results, sets, run.checkpoints / "metrics.jsonl",
-                                                   spend)
+    gate, exported = None, "merged" if merge_info else "tuned"
+    if previous is not None:
+        heading += f" previous = version {previous['version']} (`{previous['weights']}`), the promoted model."
+        gate = {"previous": previous["version"], "weights": previous["weights"], "row": exported,
+                "drops": gate_drops(comparisons(results), list(results), exported)}
+    candidate = {name: r[exported]["nDCG@10"] for name, r in results.items()}
+    table, compared, plots, verdict = write_report(
+        run.eval, heading, results, sets, run.checkpoints / "metrics.jsonl", spend, gate_line(gate) if gate else None,
+        history(list_versions(run.root), candidate, run.eval))
     print("\n" + table + ("\n" + comparison_table(compared) if compared else "")
           + ("\n" + spend_table(spend) if spend else "") + "".join(f"\neval: {line}" for line in verdict))
     warned = regressions(compared)
@@ -334,6 +349,7 @@ def evaluate(cfg: Config) -> dict:
     counts = {name: next(iter(r.values()))["queries"] for name, r in results.items()}
     judged = {s.name: {"missing_documents": s.missing_documents, "unjudged_queries": s.unjudged_queries} for s in sets}
     extra = {"merge": {k: merge_info[k] for k in ("alpha", "setting", "grid")}} if merge_info else {}
+    extra.update({"gate": gate} if gate else {})
     return stage.finish(counts, table=table, plots=plots, sets=judged, regressions=warned, baselines_spend=spend,
                         **extra)
 
@@ -347,7 +363,10 @@ def export(cfg: Config) -> dict:
     card = model_card(cfg, load_manifest(run.pairs), load_manifest(run.passages), load_manifest(run.checkpoints),
                       eval_table)
     source = merged_encoder(cfg, run)[0] if cfg.export.merge_alpha is not None else run.final_encoder()
-    result = export_model(source, run.model, sample, cfg.export, card)
+    gate = _gate_of(run)
+    promote = not (gate and gate["drops"]) or cfg.export.promote == "always"
+    target = run.model if promote else run.root / "candidate"  # kept out of model/ by the gate
+    result = export_model(source, target, sample, cfg.export, card)
     if cfg.export.dataset:
         described = (f"Made by embedtune from the corpus `{cfg.corpus.name}` ({cfg.corpus.domain}): queries written by "
                      f"`{cfg.generator.model}`, hard negatives mined with `{cfg.model.name}`.")
@@ -355,17 +374,36 @@ def export(cfg: Config) -> dict:
                                           run.dataset, cfg.run_name, described))
         print(f"export: {run.dataset} ({result['dataset_rows']:,} training pairs as a Hugging Face dataset)")
     onnx = f", ONNX {result['onnx_max_abs_diff']:.1e}" if 'onnx_max_abs_diff' in result else ''
-    print(f"export: {run.model} (max |diff| vs trained encoder: sentence-transformers {result['max_abs_diff']:.1e}{onnx})")
+    print(f"export: {target} (max |diff| vs trained encoder: sentence-transformers {result['max_abs_diff']:.1e}{onnx})")
     if is_main():
-        result["weights"] = model_id(run.model)  # in export's manifest: status reads it, never hashes the folder
-        version = record_version(run.root, run.model, result["weights"], run.passages, load_manifest(run.passages),
-                                 load_manifest(run.checkpoints), run.eval, encoder=source)
-        if version is not None:
+        weights = model_id(target)
+        version = record_version(run.root, target, weights, run.passages, load_manifest(run.passages),
+                                 load_manifest(run.checkpoints), run.eval, encoder=source, promoted=promote)
+        if not promote:
+            shutil.rmtree(target)  # versions/<n>/model holds it
+            print(f"export: version {version['version'] if version else '?'} ({weights}) is not promoted: "
+                  f"{'; '.join(gate['drops'])}; model/ stays version {gate['previous']} ({gate['weights']}); "
+                  "export.promote=always promotes it anyway")
+            weights = gate["weights"]
+        elif version is not None:
             plan = reembed_plan(run.root, run.model, version)
             print(f"export: version {version['version']} ({version['weights']}); {plan_line(plan)} "
                   f"({run.model / 'REEMBED.md'})")
+        result.update(weights=weights, promoted=promote)  # status reads model/'s id here, never hashes the folder
+        if version is not None:
             result["version"] = version["version"]
     return stage.finish({"texts_checked": result["texts_checked"]}, **result)
+
+
+def _gate_of(run: RunFolder) -> Optional[dict]:
+    """Eval's verdict on this training against the promoted version (None: no eval of this training, or
+    nothing to compare with)."""
+    if not (run.eval / MANIFEST).exists():
+        return None
+    evaluated = load_manifest(run.eval)
+    if evaluated["inputs"].get("train") != load_manifest(run.checkpoints).get("run_id"):
+        return None
+    return evaluated.get("gate")
 
 
 STAGES = {"prepare": prepare, "generate": generate, "filter": filter_and_split, "mine": mine, "score": score,

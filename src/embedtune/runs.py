@@ -95,6 +95,12 @@ class RunFolder:
             return None
         return previous_version(self.root, passages_run_id=load_manifest(self.passages).get("run_id"))
 
+    def compared_version(self) -> dict | None:
+        """The version eval compares the current training with (the gate before promotion): the newest promoted
+        one that this training did not make, whose encoder is kept."""
+        found = previous_version(self.root, train_run_id=load_manifest(self.checkpoints).get("run_id"))
+        return found if found and (self.root / "versions" / str(found["version"]) / "encoder").is_dir() else None
+
     def folder(self, stage: str) -> Path:
         return {"prepare": self.passages, "generate": self.queries, "filter": self.pairs, "mine": self.negatives,
                 "score": self.scores, "train": self.checkpoints, "eval": self.eval, "export": self.model}[stage]
@@ -124,10 +130,13 @@ def stage_of(cfg: Config, name: str) -> Stage:
             inputs["scores"] = load_manifest(run.scores)
         start = run.init_version(cfg)
         if start is not None:  # a refresh: what it starts from decides it too
-            inputs["init"] = {"run_id": start["weights"]}
+            inputs["init"] = {"key": start["weights"]}
         return Stage("train", run.checkpoints, config, inputs)
     if name == "eval":
         inputs = {"train": load_manifest(run.checkpoints), "pairs": load_manifest(run.pairs)}
+        previous = run.compared_version()
+        if previous is not None:  # the version this training is compared with (the gate)
+            inputs["previous"] = {"key": previous["weights"]}
         merging = cfg.export.merge_alpha  # eval also reports the merged model (export.merge_alpha)
         return Stage("eval", run.eval, [cfg.eval, cfg.model, encoding, merging], inputs)
     if name == "export":

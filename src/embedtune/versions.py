@@ -98,6 +98,10 @@ def record_version(root: Path, model: Path, weights: str, passages: Path, passag
     versions = list_versions(root)
     if versions and versions[-1]["weights"] == weights \
             and versions[-1]["passages"].get("run_id") == passages_manifest.get("run_id"):
+        if promoted and not versions[-1].get("promoted", True):  # export.promote=always after the gate held it
+            newest = {**versions[-1], "promoted": True}
+            write_json(newest, Path(root) / "versions" / str(newest["version"]) / "version.json")
+            return newest
         return None
     number = versions[-1]["version"] + 1 if versions else 1
     final = Path(root) / "versions" / str(number)
@@ -133,9 +137,9 @@ def _passage_digests(passages: Path, files: list[str]) -> pa.Table:
 
 
 def reembed_plan(root: Path, model: Path, version: dict) -> dict:
-    """model/REEMBED.md and reembed.json: the new model's id; whether vectors stored from the previous version
-    still fit (only if the weights are identical); passages added, changed and removed since that version."""
-    versions = [v for v in list_versions(root) if v["version"] < version["version"]]
+    """model/REEMBED.md and reembed.json: the new model's id; whether vectors stored from the previous promoted
+    version still fit (only if the weights are identical); passages added, changed and removed since that version."""
+    versions = [v for v in list_versions(root) if v["version"] < version["version"] and v.get("promoted", True)]
     plan = {"model": version["weights"], "version": version["version"], "previous": None, "compatible": False,
             "added": [], "changed": [], "removed": []}
     if versions:
