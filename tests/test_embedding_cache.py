@@ -161,3 +161,26 @@ def test_a_corpus_of_texts_already_cached_as_a_list_is_not_encoded_again(tmp_pat
     vectors = cache.encode_corpus(encoder, lookup_of(tmp_path, TEXTS[::-1]), "passage")
     assert encoder.texts_seen == len(TEXTS)
     assert torch.allclose(vectors.dense(), encode(load(tiny_model_dir), TEXTS[::-1], "passage"), atol=FP16)
+
+
+def test_forget_removes_gone_texts_from_every_models_cache_and_keeps_the_rest(tmp_path):
+    rng = np.random.default_rng(0)
+    texts = [f"passage {i}" for i in range(10)]
+    for model in ("a", "b"):
+        cache = EmbeddingCache(tmp_path, model)
+        cache.add(embedding_cache.text_keys(texts[:6], "passage"), rng.standard_normal((6, 4)))
+        cache.add(embedding_cache.text_keys(texts[6:], "passage"), rng.standard_normal((4, 4)))
+    before = EmbeddingCache(tmp_path, "a").gather(EmbeddingCache(tmp_path, "a").find(
+        embedding_cache.text_keys(texts[1:], "passage")))
+    gone = embedding_cache.text_keys([texts[0], texts[7], texts[8], texts[9]], "passage")
+    assert embedding_cache.forget(tmp_path, gone) == 8  # 4 texts from each of the two models' caches
+    for model in ("a", "b"):
+        cache = EmbeddingCache(tmp_path, model)
+        assert (cache.find(gone) == -1).all() and len(cache) == 6
+    cache = EmbeddingCache(tmp_path, "a")
+    kept = embedding_cache.text_keys([t for t in texts if t not in (texts[0], texts[7], texts[8], texts[9])],
+                                     "passage")
+    expected = np.concatenate([before[:5], before[5:6]])  # texts 1-5 and 6 as they were (float16)
+    assert np.array_equal(cache.gather(cache.find(kept)), expected)
+    assert len(list(cache.folder.glob("keys-*.npy"))) == 2  # each shard written again without them
+    assert embedding_cache.forget(tmp_path, gone) == 0  # again: nothing left to remove

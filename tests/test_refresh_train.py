@@ -13,8 +13,9 @@ from helpers import ChatServer, compose_config, passage_in
 
 from embedtune import pipeline
 from embedtune.assets import model_id
+from embedtune.embedding_cache import EmbeddingCache, text_keys
 from embedtune.io import read_rows, read_stage_table
-from embedtune.model import Encoder
+from embedtune.model import Encoder, passage_text
 from embedtune.refresh import refresh_rows
 from embedtune.runs import status_lines
 from embedtune.store import MappedTable
@@ -108,8 +109,15 @@ def test_a_refresh_starts_from_the_previous_version_and_the_gate_holds_a_worse_m
         assert "| 1 | `emb-" in text and "| this training |" in text and (run / "eval" / "versions.png").exists()
         assert version(2)["promoted"] and model_id(run / "model") == version(2)["weights"]
 
+        passages = read_stage_table(run / "passages", ["title", "text", "source"]).to_pylist()
+        removed = [passage_text(p["title"], p["text"]) for p in passages if p["source"] == "d05.txt"]
+        kept = [passage_text(p["title"], p["text"]) for p in passages if p["source"] != "d05.txt"]
         (docs / "d05.txt").unlink()  # only a removal: nothing new to learn, the weights stay, so do stored vectors
         out = refresh()
+        assert re.search(r"prepare: 1 passage texts are gone; [1-9]\d* cached vectors of them deleted", out)
+        caches = [EmbeddingCache.of_folder(f) for f in (run / "cache" / "embeddings").glob("*")]  # every model's
+        assert len(caches) >= 3 and all((c.find(text_keys(removed, "passage")) == -1).all() for c in caches)
+        assert any((c.find(text_keys(kept, "passage")) >= 0).all() for c in caches)  # the others stay
         assert "train: nothing new to learn; the model stays version 2's weights" in out
         assert version(3)["weights"] == version(2)["weights"]
         plan = json.loads((run / "model" / "reembed.json").read_text())

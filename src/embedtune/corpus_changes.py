@@ -89,6 +89,19 @@ def previous_digests(folder: Path, manifest: Optional[dict]) -> Optional[tuple[n
     return seen.arrays()
 
 
+def gone_passages(folder: Path, files: list[str], contents: np.ndarray) -> list[dict]:
+    """The passages of `files` (the previous prepare's) whose content is in no passage now (`contents`: the new
+    content digests): removed, or changed away from it. Their derived data (cached vectors) goes with them."""
+    now = np.sort(contents)
+    gone = []
+    for batch in passage_batches(folder, files):
+        digests = content_digests(batch)
+        at = np.clip(np.searchsorted(now, digests), 0, max(len(now) - 1, 0))
+        present = (now[at] == digests) if len(now) else np.zeros(len(batch), dtype=bool)
+        gone.extend(p for p, here in zip(batch, present) if not here)
+    return gone
+
+
 def compare(before: Optional[tuple[np.ndarray, np.ndarray]], after: tuple[np.ndarray, np.ndarray]) -> CorpusChanges:
     """`before` None: a first prepare, every passage new."""
     ids, contents = after

@@ -54,6 +54,14 @@ class EmbeddingCache:
         self.names: list[str] = []
         self._reload()
 
+    @classmethod
+    def of_folder(cls, folder: Path) -> "EmbeddingCache":
+        """The cache kept in `folder` (one model's), whatever fingerprint named it."""
+        cache = cls.__new__(cls)
+        cache.folder = Path(folder)
+        cache._reload()
+        return cache
+
     def _reload(self) -> None:
         """Every complete shard on disk (keys are written after vectors: a keys file means both are whole)."""
         self.shards, self.names, keys = [], [], []
@@ -198,6 +206,28 @@ class NoCache:
 
     def encode(self, encoder, texts: list[str], kind: str, batch_size: int = 32, desc: str = "encode") -> torch.Tensor:
         return encode(encoder, texts, kind, batch_size, desc)
+
+
+def forget(cache_root: Path, keys: np.ndarray) -> int:
+    """Remove the rows of `keys` (texts gone from the corpus) from every model's cache under `cache_root`: a
+    shard holding any is written again without them (whole, before the old one is deleted; a crash between
+    leaves both, which read as one). Returns how many rows were removed."""
+    removed = 0
+    for keys_path in sorted(Path(cache_root).glob("*/keys-*.npy")):
+        shard_keys = np.asarray(_load(keys_path))
+        gone = np.isin(shard_keys, keys)
+        if not gone.any():
+            continue
+        vectors_path = keys_path.with_name("vectors-" + keys_path.name[len("keys-"):])
+        kept = np.ascontiguousarray(shard_keys[~gone])
+        if len(kept):
+            name = hashlib.sha1(kept.tobytes()).hexdigest()[:16]
+            _save(np.ascontiguousarray(_load(vectors_path)[~gone]), keys_path.parent / f"vectors-{name}.npy")
+            _save(kept, keys_path.parent / f"keys-{name}.npy")
+        keys_path.unlink()  # first: without its keys file a shard is not read
+        vectors_path.unlink(missing_ok=True)
+        removed += int(gone.sum())
+    return removed
 
 
 def embedding_cache(cache_root: Path, model_fingerprint: str, precision: str) -> EmbeddingCache:

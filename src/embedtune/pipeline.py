@@ -15,10 +15,10 @@ from embedtune.assets import model_id, resolve_model
 from embedtune.baselines import baseline_cache, baseline_encoder, check_served_model, spend_line, spend_table
 from embedtune.beir import RetrievalSet
 from embedtune.config import Config
-from embedtune.corpus_changes import Digests, compare, previous_digests
+from embedtune.corpus_changes import Digests, compare, gone_passages, previous_digests
 from embedtune.corpus import PASSAGES_SCHEMA, clean_documents, doc_key, iter_passages, read_documents
 from embedtune.distributed import barrier, init_process_group_from_env, is_main
-from embedtune.embedding_cache import embedding_cache
+from embedtune.embedding_cache import embedding_cache, forget, text_keys
 from embedtune.errors import EmbedtuneError
 from embedtune.evaluate import (
     comparison_table,
@@ -112,6 +112,10 @@ def prepare(cfg: Config) -> dict:
             manifest = {**previous, "key": stage.key, "changes": changes.counts()}
             write_json(manifest, run.passages / MANIFEST)
             return manifest
+    if changes.removed or changes.changed:  # their texts' vectors leave the caches (never a result again)
+        gone = gone_passages(run.passages, previous["files"], digests.arrays()[1])
+        dropped_vectors = forget(run.cache, text_keys([passage_text(p["title"], p["text"]) for p in gone], "passage"))
+        print(f"prepare: {len(gone):,} passage texts are gone; {dropped_vectors:,} cached vectors of them deleted")
     manifest = stage.finish(counts, files=files, changes=changes.counts(), **extra)
     for old in run.passages.glob("part-*.parquet"):  # files of earlier runs, named by no manifest now
         if old.name not in files:
@@ -260,6 +264,8 @@ def train(cfg: Config) -> dict:
         print(f"train: refresh of version {start['version']} ({start['weights']}): {counts['new']:,} pairs of new or "
               f"changed passages + {counts['replayed']:,} of {counts['earlier']:,} earlier pairs replayed")
         if not rows:  # nothing new to learn: that version's weights stay (and so do vectors stored from them)
+            if not is_main():  # under a launcher: one process copies them and writes the manifest
+                return {"final": "step-0", "steps": 0, "pairs": 0}
             print(f"train: nothing new to learn; the model stays version {start['version']}'s weights")
             return stage.finish({"steps": 0, "pairs": 0}, final=reuse_encoder(Path(job.init_from), run.checkpoints),
                                 steps=0, pairs=0, refresh={"version": start["version"], **counts})
