@@ -129,6 +129,7 @@ def test_a_refresh_starts_from_the_previous_version_and_the_gate_holds_a_worse_m
         assert gate["previous"] == 3 and gate["drops"] and "is significantly worse than the previous version" in out
         assert not version(4)["promoted"] and model_id(run / "model") == version(3)["weights"]
         assert "model/ stays version 3" in out and status_of(out, 3).endswith("(model/)")
+        assert status_of(out, 4).endswith("(not promoted: held back by the gate)")
         assert not (run / "candidate").exists() and (run / "versions" / "4" / "model" / "config.json").exists()
 
         out = refresh("train.init=base", "train.lr=0.1", "train.max_steps=4", "export.promote=always")

@@ -60,9 +60,9 @@ from embedtune.runs import RunFolder, skip, stage_of
 from embedtune.score import write_shard_and_merge as score_shard_and_merge
 from embedtune.search import Searcher
 from embedtune.train import TrainData, TrainJob, run_training
-from embedtune.refresh import refresh_rows, reuse_encoder
+from embedtune.refresh import reuse_encoder, training_rows
 from embedtune.version_history import gate_drops, gate_line, history
-from embedtune.versions import fresh_passages, list_versions, plan_line, record_version, reembed_plan, version_folder
+from embedtune.versions import list_versions, plan_line, record_version, reembed_plan, version_folder
 
 PASSAGE_FILE_ROWS = 100_000
 
@@ -252,23 +252,14 @@ def train(cfg: Config) -> dict:
     stage = stage_of(cfg, "train")
     if skip(stage, cfg.force):
         return load_manifest(run.checkpoints)
-    passages, rows, job = run.passage_texts(), run.training_table(cfg), TrainJob.of(cfg)
-    start = run.init_version(cfg)
-    if cfg.train.init == "previous" and start is None:
-        print("train: train.init=previous, but no earlier version was trained on another state of the corpus: "
-              "starting from the base model")
-    if start is not None:
-        job.init_from = str(version_folder(run.root, start) / "encoder")
-        fresh = fresh_passages(run.root, start, run.passages, load_manifest(run.passages)["files"])
-        rows, counts = refresh_rows(rows, fresh, cfg.train.replay, cfg.train.seed)
-        print(f"train: refresh of version {start['version']} ({start['weights']}): {counts['new']:,} pairs of new or "
-              f"changed passages + {counts['replayed']:,} of {counts['earlier']:,} earlier pairs replayed")
-        if not rows:  # nothing new to learn: that version's weights stay (and so do vectors stored from them)
-            if not is_main():  # under a launcher: one process copies them and writes the manifest
-                return {"final": "step-0", "steps": 0, "pairs": 0}
-            print(f"train: nothing new to learn; the model stays version {start['version']}'s weights")
-            return stage.finish({"steps": 0, "pairs": 0}, final=reuse_encoder(Path(job.init_from), run.checkpoints),
-                                steps=0, pairs=0, refresh={"version": start["version"], **counts})
+    passages, job = run.passage_texts(), TrainJob.of(cfg)
+    rows, refreshed = training_rows(run, cfg, job)  # a refresh (train.init=previous): what changed + replay
+    if refreshed is not None and not rows:  # nothing new to learn: that version's weights stay (and stored vectors)
+        if not is_main():  # under a launcher: one process copies them and writes the manifest
+            return {"final": "step-0", "steps": 0, "pairs": 0}
+        print(f"train: nothing new to learn; the model stays version {refreshed['version']}'s weights")
+        return stage.finish({"steps": 0, "pairs": 0}, final=reuse_encoder(Path(job.init_from), run.checkpoints),
+                            steps=0, pairs=0, refresh=refreshed)
     data = TrainData(rows, run.query_texts("train"), passages, cfg.train)
     dev = run.read_pairs("dev")
     evaluator = training_evaluator(RetrievalSet("dev", passages, {q["query_id"]: q["query"] for q in dev},
@@ -285,9 +276,9 @@ def train(cfg: Config) -> dict:
     print(f"train: {result.steps} steps, {result.pairs:,} pairs in {result.seconds:.0f}s "
           f"({result.pairs_per_s:.1f} pairs/s, {result.processes} process(es)); "
           f"{result.pairs_dropped_per_epoch} pair(s) per epoch left out to give every process as many")
-    refreshed = {"refresh": {"version": start["version"], **counts}} if start is not None else {}
     return stage.finish({"steps": result.steps, "pairs": result.pairs,
-                         "pairs_dropped_per_epoch": result.pairs_dropped_per_epoch}, **result.manifest(), **refreshed)
+                         "pairs_dropped_per_epoch": result.pairs_dropped_per_epoch}, **result.manifest(),
+                        **({"refresh": refreshed} if refreshed else {}))
 
 
 def evaluate(cfg: Config) -> dict:
@@ -304,7 +295,7 @@ def evaluate(cfg: Config) -> dict:
     if previous is not None:  # the gate: the promoted version, on the same sets
         folder = version_folder(run.root, previous) / "encoder"
         models["previous"] = (lambda: Encoder.load(cfg.model, path=str(folder), precision=cfg.eval.precision),
-                              "version:" + previous["weights"])
+                              previous.get("vectors") or "version:" + previous["weights"])  # its eval's vectors
     merge_info = None
     if cfg.export.merge_alpha is not None:  # merging is built (and its alpha chosen) before any rank reads it
         check_merge(cfg, run)
@@ -368,7 +359,11 @@ def export(cfg: Config) -> dict:
     sample = run.passage_texts().at(0, 64)
     card = model_card(cfg, load_manifest(run.pairs), load_manifest(run.passages), load_manifest(run.checkpoints),
                       eval_table)
-    source = merged_encoder(cfg, run)[0] if cfg.export.merge_alpha is not None else run.final_encoder()
+    if cfg.export.merge_alpha is not None:
+        source, info = merged_encoder(cfg, run)
+        vectors = "merged:" + info["key"]  # what eval cached this model's vectors under
+    else:
+        source, vectors = run.final_encoder(), "tuned:" + load_manifest(run.checkpoints)["run_id"]
     gate = _gate_of(run)
     promote = not (gate and gate["drops"]) or cfg.export.promote == "always"
     target = run.model if promote else run.root / "candidate"  # kept out of model/ by the gate
@@ -384,7 +379,8 @@ def export(cfg: Config) -> dict:
     if is_main():
         weights = model_id(target)
         version = record_version(run.root, target, weights, run.passages, load_manifest(run.passages),
-                                 load_manifest(run.checkpoints), run.eval, encoder=source, promoted=promote)
+                                 load_manifest(run.checkpoints), run.eval, encoder=source, promoted=promote,
+                                 vectors=vectors)
         if not promote:
             shutil.rmtree(target)  # versions/<n>/model holds it
             print(f"export: version {version['version'] if version else '?'} ({weights}) is not promoted: "

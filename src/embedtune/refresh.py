@@ -10,9 +10,36 @@ from __future__ import annotations
 import random
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 from embedtune.errors import EmbedtuneError
+from embedtune.manifest import load_manifest
 from embedtune.store import MappedTable
+from embedtune.versions import fresh_passages, version_folder
+
+if TYPE_CHECKING:
+    from embedtune.config import Config
+    from embedtune.runs import RunFolder
+    from embedtune.train import TrainJob
+
+
+def training_rows(run: RunFolder, cfg: Config, job: TrainJob) -> tuple[MappedTable | list[dict], Optional[dict]]:
+    """What train reads: every pair from the base model, or for a refresh (train.init=previous, with a version
+    trained on another state of the corpus) the refresh's rows, `job` set to start from that version, and what
+    was chosen ({version, new, replayed, earlier})."""
+    rows = run.training_table(cfg)
+    start = run.init_version(cfg)
+    if cfg.train.init == "previous" and start is None:
+        print("train: train.init=previous, but no earlier version was trained on another state of the corpus: "
+              "starting from the base model")
+    if start is None:
+        return rows, None
+    job.init_from = str(version_folder(run.root, start) / "encoder")
+    fresh = fresh_passages(run.root, start, run.passages, load_manifest(run.passages)["files"])
+    rows, counts = refresh_rows(rows, fresh, cfg.train.replay, cfg.train.seed)
+    print(f"train: refresh of version {start['version']} ({start['weights']}): {counts['new']:,} pairs of new or "
+          f"changed passages + {counts['replayed']:,} of {counts['earlier']:,} earlier pairs replayed")
+    return rows, {"version": start["version"], **counts}
 
 
 def refresh_rows(table: MappedTable, fresh: set[str], replay: float, seed: int) -> tuple[list[dict], dict]:

@@ -196,5 +196,6 @@ def status_lines(cfg: Config) -> list[str]:
         scores = "; ".join(f"{name} nDCG@10 {s['tuned']:.3f}" for name, s in v["scores"].items() if "tuned" in s)
         lines.append(f"  version {v['version']}: {v['weights']}, {v['passages']['count']:,} passages, "
                      f"{v['created']}"
-                     + (f"; {scores}" if scores else "") + (" (model/)" if v["weights"] == current else ""))
+                     + (f"; {scores}" if scores else "") + (" (model/)" if v["weights"] == current else "")
+                     + ("" if v.get("promoted", True) else " (not promoted: held back by the gate)"))
     return lines

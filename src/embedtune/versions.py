@@ -91,10 +91,11 @@ def fresh_passages(root: Path, version: dict, passages: Path, files: list[str]) 
 
 def record_version(root: Path, model: Path, weights: str, passages: Path, passages_manifest: dict,
                    train_manifest: dict, eval_folder: Path, encoder: Optional[Path] = None,
-                   promoted: bool = True) -> Optional[dict]:
+                   promoted: bool = True, vectors: Optional[str] = None) -> Optional[dict]:
     """Record `model` (just exported from `encoder`; `weights`, its model_id) as the next version, unless the
     newest version has these weights and passages already (a re-export): then None. `promoted`: `model/` holds
-    it (False: the gate kept the previous version). Written under a temporary name and renamed whole."""
+    it (False: the gate kept the previous version); `vectors`: the fingerprint eval cached its embeddings under
+    (a later eval scoring it as the previous version reuses them). Written under a temporary name and renamed whole."""
     versions = list_versions(root)
     if versions and versions[-1]["weights"] == weights \
             and versions[-1]["passages"].get("run_id") == passages_manifest.get("run_id"):
@@ -115,7 +116,7 @@ def record_version(root: Path, model: Path, weights: str, passages: Path, passag
     write_parquet(trained_on, work / "passages.parquet")
     if (eval_folder / "report.md").exists():
         shutil.copy2(eval_folder / "report.md", work / "report.md")
-    version = {"version": number, "weights": weights, "promoted": promoted,
+    version = {"version": number, "weights": weights, "promoted": promoted, "vectors": vectors,
                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "passages": {"run_id": passages_manifest.get("run_id"), "count": trained_on.num_rows,
                             "changes": passages_manifest.get("changes")},
