@@ -9,6 +9,7 @@
     encoder/         the trained encoder it was exported from (what train.init=previous starts a refresh from
                      and eval compares the next version with), hard-linked
     report.md        the eval report it was exported with
+    config.*.yaml    the resolved config of each stage as it last ran (secrets removed)
 
 `model/` is the newest version; `model/REEMBED.md` (+ `reembed.json`) tells users who stored vectors of the
 previous version what to embed again.
@@ -116,6 +117,8 @@ def record_version(root: Path, model: Path, weights: str, passages: Path, passag
     write_parquet(trained_on, work / "passages.parquet")
     if (eval_folder / "report.md").exists():
         shutil.copy2(eval_folder / "report.md", work / "report.md")
+    for config in Path(root).glob("config.*.yaml"):  # each stage's resolved config (secrets removed)
+        shutil.copy2(config, work / config.name)
     version = {"version": number, "weights": weights, "promoted": promoted, "vectors": vectors,
                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "passages": {"run_id": passages_manifest.get("run_id"), "count": trained_on.num_rows,
