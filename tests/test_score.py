@@ -107,3 +107,26 @@ def test_training_batches_carry_each_querys_teacher_list_pointing_at_its_candida
             truth = dict(zip(row["negative_ids"], row["negative_teacher_scores"]))
             assert len(listed) == min(2, len(truth)) and all(truth[pid] == s for pid, s in listed)
             assert torch.isnan(scores[1 + len(listed):]).all()
+
+
+def test_scores_are_kept_by_the_pairs_texts_and_a_changed_passage_alone_is_scored_again(tmp_path, tiny_model_dir):
+    """A new negatives file after a corpus change (one passage edited): only the pairs naming it are scored;
+    every other score comes from the cache, equal to a fresh scoring's."""
+    path, queries, passages = negatives_file(tmp_path)
+    cfg, cache = teacher(tiny_model_dir), tmp_path / "cache"
+    first = write_shard_and_merge(cfg, stage_in(tmp_path / "first", cfg), path, queries, passages, cache_root=cache)
+    assert first["counts"]["reused"] == 0
+    edited = {**passages, "p3": passages["p3"] + " fever"}
+    rows = read_rows(path)
+    touched = sum(pid == "p3" for r in rows for pid in [r["passage_id"], *r["negative_ids"]])
+    again = Stage("score", tmp_path / "again", cfg, {"negatives": {"run_id": "neg-2", "key": "k"}})
+    second = write_shard_and_merge(cfg, again, path, queries, edited, cache_root=cache)
+    assert touched and second["counts"]["reused"] == second["counts"]["pairs"] - touched
+    fresh = Stage("score", tmp_path / "fresh", cfg, {"negatives": {"run_id": "neg-2", "key": "k"}})
+    write_shard_and_merge(cfg, fresh, path, queries, edited)  # no cache: every pair scored now
+    for x, y in zip(read_rows(tmp_path / "again" / "train.parquet"), read_rows(tmp_path / "fresh" / "train.parquet")):
+        assert x["positive_teacher_score"] == pytest.approx(y["positive_teacher_score"], abs=1e-6)
+        assert x["negative_teacher_scores"] == pytest.approx(y["negative_teacher_scores"], abs=1e-6)
+    other = teacher(tiny_model_dir, max_length=64)  # another teacher setting finds none of them
+    third = write_shard_and_merge(other, stage_in(tmp_path / "other", other), path, queries, edited, cache_root=cache)
+    assert third["counts"]["reused"] == 0

@@ -235,7 +235,8 @@ def score(cfg: Config) -> Optional[dict]:
     if skip(stage, cfg.force):
         return load_manifest(run.scores)
     queries, passages = run.query_texts("train"), run.passage_texts()
-    return score_shard_and_merge(cfg.teacher, stage, run.negatives / "train.parquet", queries, passages, cfg.force)
+    return score_shard_and_merge(cfg.teacher, stage, run.negatives / "train.parquet", queries, passages, cfg.force,
+                                 run.teacher_scores)
 
 
 def train(cfg: Config) -> dict:

@@ -43,6 +43,7 @@ class RunFolder:
         self.cache = self.root / "cache" / "embeddings"
         self.tables = self.root / "cache" / "tables"
         self.generations = self.base / "cache" / "generations"  # shared by sweep points: answers by content
+        self.teacher_scores = self.base / "cache" / "scores"  # likewise: a teacher's scores by the pair's texts
 
     def table(self, name: str, folder: Path, files: list[str], columns: list[str], id_column: str,
               hashes=None) -> MappedTable:

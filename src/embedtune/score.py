@@ -25,6 +25,7 @@ from embedtune.errors import EmbedtuneError
 from embedtune.generate.runner import shard_name
 from embedtune.io import atomic_path, read_parquet, read_rows, write_parquet
 from embedtune.manifest import Stage, fingerprint
+from embedtune.score_cache import ScoreCache, pair_key
 from embedtune.store import texts_of
 from embedtune.teacher import TeacherConfig, make_teacher
 
@@ -41,21 +42,33 @@ def pairs_of(rows: list[dict]) -> list[tuple[str, str]]:
 
 
 def score_shard(rows: list[dict], queries: Mapping[str, str], passages: Mapping[str, str], cfg: TeacherConfig,
-                index: int, count: int, teacher=None) -> list[dict]:
+                index: int, count: int, teacher=None, cache: Optional[ScoreCache] = None) -> tuple[list[dict], int]:
+    """This shard's scored pairs, and how many scores came from `cache` (pairs of the same two texts scored
+    before by this teacher: the teacher is not loaded when every pair was)."""
     own = pairs_of([r for r in rows if _h(r["query_id"]) % count == index])
     if not own:
-        return []
-    teacher = teacher or make_teacher(cfg)
-    scores = teacher.score(texts_of(queries, [q for q, _ in own]), texts_of(passages, [p for _, p in own]))
-    if len(scores) != len(own):
-        raise EmbedtuneError(f"score: the teacher returned {len(scores)} scores for {len(own)} pairs")
-    return [{"query_id": q, "passage_id": p, "score": float(s)} for (q, p), s in zip(own, scores)]
+        return [], 0
+    query_texts, passage_texts = texts_of(queries, [q for q, _ in own]), texts_of(passages, [p for _, p in own])
+    keys = [pair_key(q, p) for q, p in zip(query_texts, passage_texts)]
+    known = cache.lookup(keys) if cache is not None else {}
+    todo = [i for i, k in enumerate(keys) if k not in known]
+    if todo:
+        teacher = teacher or make_teacher(cfg)
+        scores = teacher.score([query_texts[i] for i in todo], [passage_texts[i] for i in todo])
+        if len(scores) != len(todo):
+            raise EmbedtuneError(f"score: the teacher returned {len(scores)} scores for {len(todo)} pairs")
+        if cache is not None:
+            cache.add([keys[i] for i in todo], scores)
+        known.update({keys[i]: float(s) for i, s in zip(todo, scores)})
+    return [{"query_id": q, "passage_id": p, "score": known[k]} for (q, p), k in zip(own, keys)], len(own) - len(todo)
 
 
 def write_shard_and_merge(cfg: TeacherConfig, stage: Stage, negatives: Path, queries: Mapping[str, str],
-                          passages: Mapping[str, str], force: bool = False) -> Optional[dict]:
+                          passages: Mapping[str, str], force: bool = False,
+                          cache_root: Optional[Path] = None) -> Optional[dict]:
     """Score this worker's shard (unless it is done under this key), then merge if every shard is there;
-    the manifest once merged, else None."""
+    the manifest once merged, else None. With `cache_root`, scores are kept and found by content there
+    (force=true scores every pair again)."""
     out_dir = stage.folder
     index, count = shard_of_worker(cfg.shard)
     name = shard_name(index, count)
@@ -64,12 +77,15 @@ def write_shard_and_merge(cfg: TeacherConfig, stage: Stage, negatives: Path, que
     key = shard_key(cfg, stage)
     if force or not done.exists() or json.loads(done.read_text()).get("key") != key:
         started = time.time()
-        scored = score_shard(rows, queries, passages, cfg, index, count)
+        cache = None if cache_root is None else ScoreCache(cache_root, cfg, read=not force)
+        scored, reused = score_shard(rows, queries, passages, cfg, index, count, cache=cache)
         write_parquet(scored or _empty(), out_dir / f"{name}.parquet")
-        with atomic_path(done) as tmp:
-            tmp.write_text(json.dumps({"key": key, "rows": len(scored), "seconds": time.time() - started}))
         seconds = time.time() - started
-        print(f"score: {name}: {len(scored):,} pairs in {seconds:.0f}s ({len(scored) / max(seconds, 1e-9):.1f} pairs/s)")
+        with atomic_path(done) as tmp:
+            tmp.write_text(json.dumps({"key": key, "rows": len(scored), "reused": reused, "seconds": seconds}))
+        fresh = len(scored) - reused
+        print(f"score: {name}: {fresh:,} pairs scored, {reused:,} reused, in {seconds:.0f}s "
+              f"({fresh / max(seconds, 1e-9):.1f} pairs/s)")
     return merge(stage, key, rows, count, cfg.clean_negatives)
 
 
@@ -90,14 +106,14 @@ def merge(stage: Stage, key: str, rows: list[dict], count: int, clean: bool) -> 
     """Once every shard of this key is done: scores/train.parquet and the manifest; otherwise name the
     missing shards and return None."""
     out_dir = stage.folder
-    missing, seconds = [], 0.0
+    missing, seconds, reused = [], 0.0, 0
     for i in range(count):
         done = out_dir / f"{shard_name(i, count)}.done"
         info = json.loads(done.read_text()) if done.exists() else {}
         if info.get("key") != key:
             missing.append(shard_name(i, count))
         else:
-            seconds += info["seconds"]
+            seconds, reused = seconds + info["seconds"], reused + info.get("reused", 0)
     if missing:
         print(f"score: waiting for {len(missing)} of {count} shards: {', '.join(missing[:10])}")
         return None
@@ -108,7 +124,8 @@ def merge(stage: Stage, key: str, rows: list[dict], count: int, clean: bool) -> 
         score.update(zip(zip(table["query_id"], table["passage_id"]), table["score"]))
     merged, counts = with_teacher_scores(rows, score, clean)
     write_parquet(merged, out_dir / SCORED)
-    print(f"score: {counts['pairs']:,} pairs scored ({counts['unscored']:,} without a score)"
+    counts["reused"] = reused
+    print(f"score: {counts['pairs']:,} pairs scored ({reused:,} of them reused, {counts['unscored']:,} without a score)"
           + (f"; {counts['negatives_dropped']:,} negatives scored at or above their positive dropped, "
              f"{counts['queries_left_without_negatives']:,} queries left without any" if clean else ""))
     return stage.finish(counts, files=[*files, SCORED], scoring_seconds=round(seconds, 1))

@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 from typing import Optional
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from embedtune.content_cache import ContentCache
 from embedtune.generate.answer import Answer
 from embedtune.generate.prompts import Prompt
-from embedtune.io import write_parquet
 from embedtune.manifest import fingerprint, key_fields
 
 SCHEMA = pa.schema([("key", pa.string()), ("text", pa.string()), ("finished", pa.bool_()), ("generator", pa.string())])
@@ -50,28 +47,13 @@ class GenerationCache:
         if not fields.get("temperature"):
             fields = {k: v for k, v in fields.items() if k not in GREEDY_ONLY}
         self.folder = Path(root) / fingerprint("generations", VERSION, fields, dtype)
-        self.read = read  # False: every prompt is answered anew (force=true), and the answers still kept
+        self.parts = ContentCache(self.folder, SCHEMA, read)
 
     def lookup(self, keys: list[str]) -> dict[str, tuple[Answer, str]]:
         """The answers (and the generator that wrote them) of those of `keys` answered before."""
-        if not self.read:
-            return {}
-        wanted, found = pa.array(sorted(set(keys)), pa.string()), {}
-        for part in sorted(self.folder.glob("part-*.parquet")):  # oldest first: a newer answer replaces an older
-            hits = pc.is_in(pq.read_table(part, columns=["key"])["key"], value_set=wanted)
-            if pc.any(hits).as_py():
-                for row in pq.read_table(part).filter(hits).to_pylist():
-                    found[row["key"]] = (Answer(row["text"], row["finished"]), row["generator"])
-        return found
+        return {k: (Answer(r["text"], r["finished"]), r["generator"]) for k, r in self.parts.lookup(keys).items()}
 
     def add(self, keys: list[str], answers: list[Answer], generator: str) -> Optional[Path]:
         """Keep new answers: one part, named by its keys (writing the same answers twice writes one file)."""
-        if not keys:
-            return None
-        name = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
-        path = self.folder / f"part-{time.time_ns():020d}-{name}.parquet"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        rows = [{"key": k, "text": a.text, "finished": a.finished, "generator": generator}
-                for k, a in zip(keys, answers)]
-        write_parquet(rows, path, SCHEMA)
-        return path
+        return self.parts.add([{"key": k, "text": a.text, "finished": a.finished, "generator": generator}
+                               for k, a in zip(keys, answers)])
