@@ -87,9 +87,12 @@ def test_a_refresh_starts_from_the_previous_version_and_the_gate_holds_a_worse_m
         assert "no earlier version was trained on another state of the corpus: starting from the base model" in out
         assert version(1)["promoted"] and "gate:" not in out  # nothing to compare the first version with
 
+        held_out = {(q["query_id"], q["query"]) for q in read_rows(run / "pairs" / "test.parquet")}
         for i in range(30, 40):  # ten new documents; a learning rate too small to move the weights
             (docs / f"d{i:02d}.txt").write_text(document(i))
         out = refresh("train.lr=1e-12")
+        later = {(q["query_id"], q["query"]) for q in read_rows(run / "pairs" / "test.parquet")}
+        assert held_out and held_out <= later  # the held-out queries of version 1 are asked of version 2 too
         new_ids = {pid for pid, source in zip(*read_stage_table(run / "passages", ["id", "source"]).to_pydict().values())
                    if int(source[1:3]) >= 30}
         train_pairs = read_rows(run / "pairs" / "train.parquet")
