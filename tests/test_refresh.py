@@ -163,7 +163,8 @@ def test_the_sample_keeps_its_passages_when_the_corpus_grows(corpus, server, tmp
 
 def test_kill_9_during_a_refresh_then_the_same_command_equals_an_uninterrupted_refresh(corpus, tmp_path, capsys):
     """Two copies of a run refresh after the same corpus change; one `embedtune generate` is SIGKILLed while the
-    generator answers (answers are slowed down); the same command again ends with the same queries."""
+    generator answers (answers are slowed down; kept every 4 prompts); the same command again asks only what
+    the killed run had not kept, and ends with the same queries."""
     import shutil
     import signal
     import subprocess
@@ -179,7 +180,7 @@ def test_kill_9_during_a_refresh_then_the_same_command_equals_an_uninterrupted_r
             (corpus / f"d{i:02d}.txt").write_text(document(i))
         (corpus / "d04.txt").write_text(document(4, edit="Seen again."))
         shutil.copytree(tmp_path / "runs" / "r", tmp_path / "runs" / "whole")
-        args = [*settings(tmp_path, slow), "generator.concurrency=1"]
+        args = [*settings(tmp_path, slow), "generator.concurrency=1", "generator.save_every=4"]
         for name in ("r", "whole"):
             pipeline.prepare(compose_config(*args, f"run_name={name}"))
         asked = len(slow.requests)
@@ -192,7 +193,9 @@ def test_kill_9_during_a_refresh_then_the_same_command_equals_an_uninterrupted_r
         proc.wait(timeout=30)
         again = subprocess.run(command, cwd=tmp_path, env=CLEAN_ENV, capture_output=True, text=True, timeout=300)
         assert again.returncode == 0, again.stderr[-3000:]
-        assert "generate: 21 queries written, 19 reused" in again.stdout  # the killed run's answers were not kept
+        written, reused = map(int, re.search(r"generate: (\d+) queries written, (\d+) reused", again.stdout).groups())
+        assert written + reused == 40 and written <= 21 - 4  # 21 to ask; the killed run kept a window of 4 or more
+        assert not list((tmp_path / "runs" / "r" / "queries").glob("*.plan"))  # the shard is done: its plan is gone
         pipeline.generate(compose_config(*args, "run_name=whole"))
     finally:
         slow.close()

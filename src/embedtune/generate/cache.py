@@ -7,8 +7,8 @@ answers are never asked for again. The sample size, the types' mix and the shard
 fingerprint: they decide which prompts are asked, not what a prompt is answered.
 
 `runs/<name>/cache/generations/<fingerprint>/part-<time>-<digest>.parquet`: key, text, finished, generator.
-Parts are written whole (temporary name, then rename) after a shard's generation and before the shard itself,
-so a killed shard leaves either all of its answers or none; where parts answer the same prompt (force=true asked
+Parts are written whole (temporary name, then rename) every generator.save_every prompts of a shard, so a
+killed shard keeps the answers of its finished windows; where parts answer the same prompt (force=true asked
 again), the newest wins.
 """
 

@@ -40,6 +40,8 @@ class GeneratorConfig(BackendConfig):
     max_passages: Optional[int] = 2000   # deterministic sample of the corpus to write queries for (null: all); after a
                                          # corpus change, passages sampled before stay in the sample beside it
     seed: int = 0                        # sample choice, type draw and sampling seed
+    save_every: int = not_in_key(256)    # answers are kept (generate/cache.py) every this many prompts: a killed
+                                         # shard loses at most these, and its rerun asks only for the rest
     shard: ShardConfig = not_in_key(ShardConfig)
 
 
@@ -117,9 +119,11 @@ def shard_name(index: int, count: int) -> str:
 
 
 def generate_shard(passages: list[dict], cfg: GeneratorConfig, index: int, count: int,
-                   cache: Optional[GenerationCache] = None) -> tuple[list[dict], int]:
+                   cache: Optional[GenerationCache] = None, plan: Optional[Plan] = None) -> tuple[list[dict], int]:
     """The shard's query rows, and how many of them reused an earlier answer: prompts answered before under
-    this generator setting (`cache`) are not sent to the backend again, and the new answers join the cache."""
+    this generator setting (`cache`) are not sent to the backend again, and new answers join the cache every
+    cfg.save_every prompts. `plan` keeps the order the prompts are asked in across a kill, so a rerun asks the
+    backend in the same windows (the same batches, the same seeds) as an uninterrupted run would have."""
     check_generator(cfg)
     own = [p for p in passages if _h(p["id"]) % count == index]
     jobs = [(p, kind, passage_for_prompt(p["title"], p["text"], cfg.prompt.passage_max_chars))
@@ -127,17 +131,25 @@ def generate_shard(passages: list[dict], cfg: GeneratorConfig, index: int, count
     prompts = [render(kind, text, cfg.prompt, cfg.max_new_tokens) for _, kind, text in jobs]
     keys = [prompt_key(p) for p in prompts]
     known = cache.lookup(keys) if cache is not None else {}
-    todo = [i for i, k in enumerate(keys) if k not in known]
-    if todo:
+    asked = list(dict.fromkeys(k for k in keys if k not in known))  # in order, each prompt once
+    asked = plan.keys(asked) if plan is not None else asked
+    prompt_of = dict(zip(keys, prompts))
+    windows = [w for w in range(0, len(asked), max(1, cfg.save_every))
+               if any(k not in known for k in asked[w:w + cfg.save_every])]
+    written = 0
+    if windows:
         backend = make_backend(cfg)
-        try:
-            fresh = backend.generate([prompts[i] for i in todo], seed=cfg.seed + index)
-        except EmbedtuneError as e:
-            raise EmbedtuneError(f"generate: shard {shard_name(index, count)} failed, finished shards are kept "
-                                 f"(and the answers of earlier runs): {e}") from e
-        if cache is not None:
-            cache.add([keys[i] for i in todo], fresh, backend.name)
-        known.update({keys[i]: (answer, backend.name) for i, answer in zip(todo, fresh)})
+        for w in windows:
+            window = asked[w:w + cfg.save_every]
+            try:
+                fresh = backend.generate([prompt_of[k] for k in window], seed=cfg.seed + index + w)
+            except EmbedtuneError as e:
+                raise EmbedtuneError(f"generate: shard {shard_name(index, count)} failed, finished shards are kept "
+                                     f"(and the answers of earlier runs and of this one so far): {e}") from e
+            if cache is not None:
+                cache.add(window, fresh, backend.name)
+            known.update({k: (answer, backend.name) for k, answer in zip(window, fresh)})
+            written += len(window)
     rows = []
     for (p, kind, text), prompt, key in zip(jobs, prompts, keys):
         answer, generator = known[key]
@@ -148,7 +160,32 @@ def generate_shard(passages: list[dict], cfg: GeneratorConfig, index: int, count
         rows.append({"query_id": qid, "passage_id": p["id"], "text": found.query, "raw": raw,
                      "finished": answer.finished, "reason": found.reason, "chatter": found.chatter,
                      "generator": generator, "prompt": kind})
-    return rows, len(keys) - len(todo)
+    return rows, len(keys) - min(written, len(keys))
+
+
+class Plan:
+    """The prompts a shard asks the backend, in order, kept in `<shard>.plan` under the stage key until the shard
+    is done: a rerun after a kill asks the rest in the same windows, so its answers equal an uninterrupted run's
+    (batch composition and seeds are the same)."""
+
+    def __init__(self, path: Path, key: str):
+        self.path, self.key = path, key
+
+    def keys(self, asked: list[str]) -> list[str]:
+        """The kept order where there is one for this key (`asked` then only says what is still unanswered),
+        else `asked`, kept."""
+        try:
+            kept = json.loads(self.path.read_text())
+            if kept.get("key") == self.key:
+                return kept["keys"]
+        except (OSError, ValueError):
+            pass
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps({"key": self.key, "keys": asked}))
+        return asked
+
+    def done(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def resolved_dtype(cfg: GeneratorConfig) -> str:
@@ -183,11 +220,15 @@ def write_shard_and_merge(cfg: GeneratorConfig, stage: Stage, passages_dir: Path
         passages = shard_passages(passages_dir, cfg, index, count, keep)
         started = time.time()
         cache = None if cache_root is None else GenerationCache(cache_root, cfg, resolved_dtype(cfg), read=not force)
-        rows, reused = generate_shard(passages, cfg, index, count, cache)
+        plan = Plan(out_dir / f"{name}.plan", stage.key)
+        if force:
+            plan.done()  # asked anew: a new order
+        rows, reused = generate_shard(passages, cfg, index, count, cache, plan if cache is not None else None)
         write_parquet(rows, out_dir / f"{name}.parquet")
         with atomic_path(done) as tmp:
             tmp.write_text(json.dumps({"key": stage.key, "rows": len(rows), "reused": reused,
                                        "seconds": time.time() - started}))
+        plan.done()
         print(f"generate: {name}: {len(rows) - reused} queries written, {reused} reused, in "
               f"{time.time() - started:.0f}s")
     return merge(stage, out_dir, count, {"seed": cfg.seed, "max_passages": cfg.max_passages})
