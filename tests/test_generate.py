@@ -154,6 +154,32 @@ def test_rerun_skips_finished_shards_and_config_change_regenerates(tiny_lm_dir, 
     assert shard.stat().st_mtime_ns != stamp  # another key: regenerated
 
 
+def test_a_rerun_after_a_kill_asks_only_the_unsaved_windows_and_answers_as_an_uninterrupted_run(
+        tiny_lm_dir, passages_dir, tmp_path):
+    """The state a kill leaves (the shard's plan, the first window's answers saved) is made from an uninterrupted
+    run's own files; the rerun asks the real transformers backend for the other windows only, in the same
+    batches and with the same seeds, so every answer (sampled ones included) equals the uninterrupted run's."""
+    import shutil
+
+    from embedtune.generate.cache import GenerationCache
+    from embedtune.generate.runner import Plan, generate_shard
+
+    cfg = config(tiny_lm_dir, save_every=4, temperature=0.8)
+    passages = shard_passages(passages_dir, cfg, 0, 1)
+    whole = GenerationCache(tmp_path / "whole", cfg, "float32")
+    plan = Plan(tmp_path / "shard.plan", "key")
+    rows, reused = generate_shard(passages, cfg, 0, 1, whole, plan)
+    parts = sorted(whole.folder.glob("part-*.parquet"))
+    assert reused == 0 and len(parts) == 3  # 12 prompts, kept 4 at a time
+
+    killed = GenerationCache(tmp_path / "killed", cfg, "float32")
+    killed.folder.mkdir(parents=True)
+    shutil.copy2(parts[0], killed.folder / parts[0].name)  # the first window was kept before the kill
+    again, reused = generate_shard(passages, cfg, 0, 1, killed, plan)
+    assert reused == 4 and len(list(killed.folder.glob("part-*.parquet"))) == 3  # 8 asked, in 2 windows
+    assert [r["raw"] for r in again] == [r["raw"] for r in rows] and len({r["raw"] for r in rows}) > 1
+
+
 def test_several_queries_per_passage_each_of_another_type(tiny_lm_dir, passages_dir, tmp_path):
     manifest = json.loads((passages_dir / "manifest.json").read_text())
     cfg = config(tiny_lm_dir, queries_per_passage=2)
