@@ -125,8 +125,9 @@ def test_status_says_what_run_would_redo(demo_run):
     assert list(lines) == ["prepare", "generate", "filter", "mine", "score", "train", "eval", "export"]
     version = next(line for line in result.stdout.splitlines() if line.startswith("  version 1: emb-"))
     assert "300 passages" in version and "nDCG@10" in version and version.endswith("(model/)")
-    kept = run / "versions" / "1"  # what made it: each stage's resolved config, and the encoder a refresh starts from
-    assert (kept / "config.train.yaml").exists() and (kept / "encoder" / "embedtune_encoder.json").exists()
+    kept = run / "versions" / "1"  # what made it: the resolved config (`embedtune run` writes config.run.yaml)
+    assert "run_name: e2e" in (kept / "config.run.yaml").read_text()
+    assert (kept / "encoder" / "embedtune_encoder.json").exists()  # and the encoder a refresh starts from
     assert lines.pop("score").split()[1:] == ["off", "(teacher.kind=none)"]  # no teacher: nothing to score
     assert all(line.split()[1] == "done" for line in lines.values()), result.stdout
     assert "passages 300" in lines["prepare"] and "generated 24" in lines["filter"]
