@@ -75,7 +75,7 @@ def test_a_refresh_starts_from_the_previous_version_and_the_gate_holds_a_worse_m
         cfg = compose_config("debug=tiny", "corpus=files", f"corpus.path={docs}", f"paths.runs={tmp_path / 'runs'}",
                              "run_name=r", "generator.backend=openai", "generator.model=scripted",
                              f"generator.api_base={server.url}", "generator.max_passages=null", "train.init=previous",
-                             "train.max_steps=2", "export.onnx=false", *extra)
+                             "train.max_steps=2", "train.keep_checkpoints=1", "export.onnx=false", *extra)
         pipeline.run_all(cfg)
         return capsys.readouterr().out + "\n".join(status_lines(cfg))
 
@@ -83,7 +83,7 @@ def test_a_refresh_starts_from_the_previous_version_and_the_gate_holds_a_worse_m
         return json.loads((run / "versions" / str(n) / "version.json").read_text())
 
     try:
-        out = refresh()
+        out = refresh("train.max_steps=3")  # more steps than the refresh: its newer checkpoint must be the one kept
         assert "no earlier version was trained on another state of the corpus: starting from the base model" in out
         assert version(1)["promoted"] and "gate:" not in out  # nothing to compare the first version with
 

@@ -35,8 +35,14 @@ def _steps(out_dir: Path) -> list[Path]:
                   key=lambda p: int(p.name.split("-")[1]))
 
 
+def _by_age(out_dir: Path) -> list[Path]:
+    """Finished checkpoints, oldest written first: another training of the run (a refresh, a new config) may
+    have stopped at a higher step than this one's newest."""
+    return sorted(_steps(out_dir), key=lambda p: (p / "train_state.json").stat().st_mtime_ns)
+
+
 def save_checkpoint(accelerator, encoder, out_dir: Path, state: TrainState, keep: int) -> Path:
-    """checkpoints/step-<state.step>/ on every rank's behalf; the `keep` newest are kept."""
+    """checkpoints/step-<state.step>/ on every rank's behalf; the `keep` last written are kept."""
     final = out_dir / f"step-{state.step}"
     tmp = out_dir / f".step-{state.step}.tmp"
     if accelerator.is_main_process:
@@ -57,7 +63,7 @@ def save_checkpoint(accelerator, encoder, out_dir: Path, state: TrainState, keep
         write_json(dataclasses.asdict(state), tmp / "train_state.json")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        for path in _steps(out_dir)[:-keep]:
+        for path in _by_age(out_dir)[:-keep]:
             shutil.rmtree(path, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
