@@ -237,12 +237,12 @@ def eval_sets(cfg: EvalConfig, benchmarks: Path, synthetic_test: list[dict], cor
 
 
 def write_report(folder: Path, heading: str, results: dict[str, dict[str, dict]], sets: list[RetrievalSet],
-                 training_metrics: Path, spend: list[dict] = (), gate: Optional[str] = None,
-                 history: tuple[str, list[str]] = ("", [])) -> tuple[str, list[dict], list[str], list[str]]:
+                 training_metrics: Path, compared: list[dict], spend: list[dict] = (), gate: Optional[str] = None,
+                 history: tuple[str, list[str]] = ("", [])) -> tuple[str, list[str], list[str]]:
     """report.md (the verdict first, then the gate, tables, paired intervals, Recall@k, the version history,
-    plots, what baselines cost) and report.json in `folder`, below `heading`; `gate`: what export will do;
-    returns (the metrics table, the comparisons, the plot files, the verdict lines)."""
-    table, compared, verdict_lines = markdown_table(results), comparisons(results), verdicts(results)
+    plots, what baselines cost) and report.json in `folder`, below `heading`; `compared`: comparisons(results);
+    `gate`: what export will do; returns (the metrics table, the plot files, the verdict lines)."""
+    table, verdict_lines = markdown_table(results), verdicts(results)
     if gate is not None:
         verdict_lines = verdict_lines + [gate]
     verdict = "".join(f"**{line}.**\n\n" for line in verdict_lines)
@@ -267,5 +267,5 @@ def write_report(folder: Path, heading: str, results: dict[str, dict[str, dict]]
         tmp.write_text(report, encoding="utf-8")
     summary = {"verdicts": verdict_lines, "baselines_spend": list(spend)}
     write_json({**results, "comparisons": compared, "summary": summary}, folder / "report.json")
-    return table, compared, plots, verdict_lines
+    return table, plots, verdict_lines
 

@@ -3,7 +3,6 @@ work, and writes its own part of the folder with its manifest. Orchestration onl
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Optional
 
 import pyarrow.parquet as pq
 
-from embedtune.assets import model_id, resolve_model
+from embedtune.assets import resolve_model
 from embedtune.baselines import baseline_cache, baseline_encoder, check_served_model, spend_line, spend_table
 from embedtune.beir import RetrievalSet
 from embedtune.config import Config
@@ -61,8 +60,8 @@ from embedtune.score import write_shard_and_merge as score_shard_and_merge
 from embedtune.search import Searcher
 from embedtune.train import TrainData, TrainJob, run_training
 from embedtune.refresh import reuse_encoder, training_rows
-from embedtune.version_history import gate_drops, gate_line, history
-from embedtune.versions import list_versions, plan_line, record_version, reembed_plan, version_folder
+from embedtune.version_history import gate_drops, gate_line, gate_of, history, record_export
+from embedtune.versions import list_versions, version_folder
 
 PASSAGE_FILE_ROWS = 100_000
 
@@ -331,14 +330,15 @@ def evaluate(cfg: Config) -> dict:
     if merge_info:
         heading += " " + describe_merge(merge_info)
     gate, exported = None, "merged" if merge_info else "tuned"
+    compared = comparisons(results)
     if previous is not None:
         heading += f" previous = version {previous['version']} (`{previous['weights']}`), the promoted model."
         gate = {"previous": previous["version"], "weights": previous["weights"], "row": exported,
-                "drops": gate_drops(comparisons(results), list(results), exported)}
+                "drops": gate_drops(compared, list(results), exported)}
     candidate = {name: r[exported]["nDCG@10"] for name, r in results.items()}
-    table, compared, plots, verdict = write_report(
-        run.eval, heading, results, sets, run.checkpoints / "metrics.jsonl", spend, gate_line(gate) if gate else None,
-        history(list_versions(run.root), candidate, run.eval))
+    table, plots, verdict = write_report(
+        run.eval, heading, results, sets, run.checkpoints / "metrics.jsonl", compared, spend,
+        gate_line(gate) if gate else None, history(list_versions(run.root), candidate, run.eval))
     print("\n" + table + ("\n" + comparison_table(compared) if compared else "")
           + ("\n" + spend_table(spend) if spend else "") + "".join(f"\neval: {line}" for line in verdict))
     warned = regressions(compared)
@@ -365,7 +365,7 @@ def export(cfg: Config) -> dict:
         vectors = "merged:" + info["key"]  # what eval cached this model's vectors under
     else:
         source, vectors = run.final_encoder(), "tuned:" + load_manifest(run.checkpoints)["run_id"]
-    gate = _gate_of(run)
+    gate = gate_of(run)
     promote = not (gate and gate["drops"]) or cfg.export.promote == "always"
     target = run.model if promote else run.root / "candidate"  # kept out of model/ by the gate
     result = export_model(source, target, sample, cfg.export, card)
@@ -377,36 +377,9 @@ def export(cfg: Config) -> dict:
         print(f"export: {run.dataset} ({result['dataset_rows']:,} training pairs as a Hugging Face dataset)")
     onnx = f", ONNX {result['onnx_max_abs_diff']:.1e}" if 'onnx_max_abs_diff' in result else ''
     print(f"export: {target} (max |diff| vs trained encoder: sentence-transformers {result['max_abs_diff']:.1e}{onnx})")
-    if is_main():
-        weights = model_id(target)
-        version = record_version(run.root, target, weights, run.passages, load_manifest(run.passages),
-                                 load_manifest(run.checkpoints), run.eval, encoder=source, promoted=promote,
-                                 vectors=vectors)
-        if not promote:
-            shutil.rmtree(target)  # versions/<n>/model holds it
-            print(f"export: version {version['version'] if version else '?'} ({weights}) is not promoted: "
-                  f"{'; '.join(gate['drops'])}; model/ stays version {gate['previous']} ({gate['weights']}); "
-                  "export.promote=always promotes it anyway")
-            weights = gate["weights"]
-        elif version is not None:
-            plan = reembed_plan(run.root, run.model, version)
-            print(f"export: version {version['version']} ({version['weights']}); {plan_line(plan)} "
-                  f"({run.model / 'REEMBED.md'})")
-        result.update(weights=weights, promoted=promote)  # status reads model/'s id here, never hashes the folder
-        if version is not None:
-            result["version"] = version["version"]
+    if is_main():  # the version, promoted or held back by the gate; status reads model/'s id in the manifest
+        result.update(record_export(run, target, source, vectors, gate, promote))
     return stage.finish({"texts_checked": result["texts_checked"]}, **result)
-
-
-def _gate_of(run: RunFolder) -> Optional[dict]:
-    """Eval's verdict on this training against the promoted version (None: no eval of this training, or
-    nothing to compare with)."""
-    if not (run.eval / MANIFEST).exists():
-        return None
-    evaluated = load_manifest(run.eval)
-    if evaluated["inputs"].get("train") != load_manifest(run.checkpoints).get("run_id"):
-        return None
-    return evaluated.get("gate")
 
 
 STAGES = {"prepare": prepare, "generate": generate, "filter": filter_and_split, "mine": mine, "score": score,

@@ -10,11 +10,18 @@ document and answers are cached by content). Export keeps the previous version i
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
+from embedtune.assets import model_id
 from embedtune.evaluate import SYNTHETIC
+from embedtune.manifest import MANIFEST, load_manifest
 from embedtune.plots import pyplot, save_png
+from embedtune.versions import plan_line, record_version, reembed_plan
+
+if TYPE_CHECKING:
+    from embedtune.runs import RunFolder
 
 
 def gate_drops(compared: list[dict], set_names: list[str], row: str) -> list[str]:
@@ -69,3 +76,36 @@ def history(versions: list[dict], candidate: Optional[dict[str, float]], folder:
     ax.set_title("nDCG@10 by version", fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
     return "\n".join(lines) + "\n", save_png(plt, fig, folder / "versions.png")
+
+
+def gate_of(run: RunFolder) -> Optional[dict]:
+    """Eval's verdict on this training against the promoted version (None: no eval of this training, or
+    nothing to compare with)."""
+    if not (run.eval / MANIFEST).exists():
+        return None
+    evaluated = load_manifest(run.eval)
+    if evaluated["inputs"].get("train") != load_manifest(run.checkpoints).get("run_id"):
+        return None
+    return evaluated.get("gate")
+
+
+def record_export(run: RunFolder, exported: Path, encoder: Path, vectors: str, gate: Optional[dict],
+                  promote: bool) -> dict:
+    """Record the folder export just wrote (`exported`: model/, or candidate/ when the gate holds it back) as a
+    version, write the re-embedding plan of a promoted one, say what happened; what export's manifest adds
+    (`weights`: the id of what model/ holds now)."""
+    weights = model_id(exported)
+    version = record_version(run.root, exported, weights, run.passages, load_manifest(run.passages),
+                             load_manifest(run.checkpoints), run.eval, encoder=encoder, promoted=promote,
+                             vectors=vectors)
+    if not promote:
+        shutil.rmtree(exported)  # versions/<n>/model holds it
+        print(f"export: version {version['version'] if version else '?'} ({weights}) is not promoted: "
+              f"{'; '.join(gate['drops'])}; model/ stays version {gate['previous']} ({gate['weights']}); "
+              "export.promote=always promotes it anyway")
+        weights = gate["weights"]
+    elif version is not None:
+        plan = reembed_plan(run.root, run.model, version)
+        print(f"export: version {version['version']} ({version['weights']}); {plan_line(plan)} "
+              f"({run.model / 'REEMBED.md'})")
+    return {"weights": weights, "promoted": promote, **({"version": version["version"]} if version else {})}
