@@ -4,7 +4,8 @@
 
 (A) `embedtune run` from scratch on the whole corpus; (B) `embedtune run` on the corpus without its newest
 `--added` share of terms (version 1), then the same command on the whole corpus (the refresh, with the
-defaults). Reports both wall times (the command as a user runs it, stage by stage) and nDCG@10 of (A) and of
+defaults); (C) the same refresh from a copy of (B)'s version-1 folder with `train.init=previous train.replay=0`
+(version 1 + the new pairs only). Reports the wall times (the command as a user runs it, stage by stage) and nDCG@10 of (A) and of
 the refresh on the HPO dev queries, paired (bootstrap over queries, 95%). Writes refresh_time.md and .json.
 Extra arguments after `--` go to every `embedtune run`.
 """
@@ -53,20 +54,24 @@ def main() -> None:
     log = runs / "refresh_time.log"
     runs.mkdir(parents=True, exist_ok=True)
     common = [f"paths.runs={runs}", "eval.builtin_split=dev", *args.extra]
-    for name in ("refresh-scratch", "refresh-grown"):
+    for name in ("refresh-scratch", "refresh-grown", "refresh-previous"):
         shutil.rmtree(runs / name, ignore_errors=True)
     scratch_s, scratch_stages, _ = run(["run_name=refresh-scratch", *common], log)
     older = round(TERMS * (1 - args.added))
     run(["run_name=refresh-grown", f"corpus.max_documents={older}", *common], log)
+    shutil.copytree(runs / "refresh-grown", runs / "refresh-previous", symlinks=True)
     refresh_s, refresh_stages, summary = run(["run_name=refresh-grown", *common], log)
+    previous_s, previous_stages, previous_summary = run(
+        ["run_name=refresh-previous", "train.init=previous", "train.replay=0", *common], log)
 
     from embedtune.evaluate import paired_bootstrap
 
     def rows(name: str) -> dict:
         report = json.loads((runs / name / "eval" / "report.json").read_text())
         return report["hpo (dev, human)"]
-    scratch, refreshed = rows("refresh-scratch"), rows("refresh-grown")
+    scratch, refreshed, previous = rows("refresh-scratch"), rows("refresh-grown"), rows("refresh-previous")
     ci = paired_bootstrap(scratch["tuned"]["per_query"], refreshed["tuned"]["per_query"])
+    ci_previous = paired_bootstrap(scratch["tuned"]["per_query"], previous["tuned"]["per_query"])
     cpu = subprocess.run(["grep", "-o", "-m1", r"avx512_bf16\|amx_bf16", "/proc/cpuinfo"], capture_output=True,
                          text=True).stdout.strip() or "AVX2 only (fp32)"
     names = sorted(set(scratch_stages) | set(refresh_stages), key=list(scratch_stages).index)
@@ -76,18 +81,24 @@ def main() -> None:
              "| --- | ---: | " + " | ".join("---:" for _ in names) + " | ---: |",
              f"| from scratch, whole corpus | {scratch_s / 60:.1f} min | "
              + " | ".join(f"{scratch_stages.get(n, 0):.0f} s" for n in names) + f" | {scratch['tuned']['nDCG@10']:.3f} |",
-             f"| refresh of version 1 | {refresh_s / 60:.1f} min ({refresh_s / scratch_s:.0%}) | "
+             f"| refresh, defaults (train.init=base) | {refresh_s / 60:.1f} min ({refresh_s / scratch_s:.0%}) | "
              + " | ".join(f"{refresh_stages.get(n, 0):.0f} s" for n in names)
-             + f" | {refreshed['tuned']['nDCG@10']:.3f} |", "",
-             f"Refresh minus from scratch, HPO dev nDCG@10 (paired, {ci['queries'] if 'queries' in ci else ''} "
-             f"queries): {ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]; base "
-             f"{scratch['base']['nDCG@10']:.3f}.", "", "The refresh printed:", "", "```", summary, "```", ""]
+             + f" | {refreshed['tuned']['nDCG@10']:.3f} |",
+             f"| refresh, train.init=previous replay=0 | {previous_s / 60:.1f} min ({previous_s / scratch_s:.0%}) | "
+             + " | ".join(f"{previous_stages.get(n, 0):.0f} s" for n in names)
+             + f" | {previous['tuned']['nDCG@10']:.3f} |", "",
+             f"Minus from scratch, HPO dev nDCG@10 (paired bootstrap over queries, 95%): refresh with the defaults "
+             f"{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]; train.init=previous "
+             f"{ci_previous['diff']:+.3f} [{ci_previous['low']:+.3f}, {ci_previous['high']:+.3f}]; base "
+             f"{scratch['base']['nDCG@10']:.3f}.", "", "The refresh with the defaults printed:", "", "```", summary,
+             "```", "", "The refresh with train.init=previous printed:", "", "```", previous_summary, "```", ""]
     out.mkdir(parents=True, exist_ok=True)
     (out / "refresh_time.md").write_text("\n".join(lines))
     (out / "refresh_time.json").write_text(json.dumps({
         "added": args.added, "cpu": cpu, "scratch_s": scratch_s, "refresh_s": refresh_s, "scratch_stages": scratch_stages,
         "refresh_stages": refresh_stages, "scratch": scratch["tuned"]["nDCG@10"], "refresh": refreshed["tuned"]["nDCG@10"],
-        "difference": ci}, indent=1))
+        "difference": ci, "previous_s": previous_s, "previous_stages": previous_stages,
+        "previous": previous["tuned"]["nDCG@10"], "previous_difference": ci_previous}, indent=1))
     print("\n".join(lines))
 
 
