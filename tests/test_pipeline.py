@@ -225,6 +225,7 @@ def test_train_stage_under_accelerate_launch_with_two_processes(demo_run, tmp_pa
                              "force=true"], processes=2, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "(rank 1/2)" in two.stderr and two.stdout.count("hard negatives for") == 1
+    assert f"{one.num_rows} queries answered from the last mining plus a search of 0 new" in two.stdout  # kept lists
     assert pq.read_table(copy / "negatives" / "train.parquet").equals(one)
     assert len(list((copy / "cache").rglob("*.faiss"))) == 1  # built once, read by the other runs
     args = ["-m", "embedtune.cli", "train", "debug=tiny", "run_name=e2e", f"paths.runs={tmp_path}",

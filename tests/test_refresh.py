@@ -93,6 +93,9 @@ def test_ten_added_two_changed_one_removed_are_exactly_what_is_generated_and_dro
     assert len(server.requests) == 20
     before = {q["passage_id"]: q for q in read_queries(tmp_path / "runs" / "r" / "queries")}
     old_ids = passage_ids(tmp_path)
+    mining = compose_config(*settings(tmp_path, server), "mining.top_k=3")  # lists shorter than the corpus
+    pipeline.filter_and_split(mining)
+    pipeline.mine(mining)
 
     for i in range(20, 30):
         (corpus / f"d{i:02d}.txt").write_text(document(i))
@@ -117,14 +120,27 @@ def test_ten_added_two_changed_one_removed_are_exactly_what_is_generated_and_dro
     changed = [pid for pid, source in ids.items() if source in ("d03.txt", "d07.txt")]
     assert len(changed) == 2 and set(changed) <= set(before)  # same ids (file, position): 12 = 10 new + these 2
 
-    later = compose_config(*settings(tmp_path, server))
+    later = compose_config(*settings(tmp_path, server), "mining.top_k=3")
     pipeline.filter_and_split(later)
-    pipeline.mine(later)
+    mined = pipeline.mine(later)["counts"]
     run = tmp_path / "runs" / "r"
     rows = [r for split in ("train", "dev", "test") for r in read_rows(run / "pairs" / f"{split}.parquet")]
     negatives = read_rows(run / "negatives" / "train.parquet")
     named = {r["passage_id"] for r in rows} | {n for r in negatives for n in [r["passage_id"], *r["negative_ids"]]}
     assert rows and negatives and named <= set(ids) and not named & set(removed)
+    # mining searched in full only the queries that are new or lost a kept candidate; the rest were updated
+    # with a search of the 12 new or changed passages, and the result is what a full search mines
+    new_train = sum(r["passage_id"] in changed or old_ids.get(r["passage_id"]) is None for r in negatives)
+    assert mined["queries_updated"] > 0 and mined["queries_searched_in_full"] >= new_train > 0
+    assert mined["queries_updated"] + mined["queries_searched_in_full"] == len(negatives)
+    assert 0 < mined["passages_new_to_search"] <= 12  # those of the train split's documents (held-out ones excluded)
+    assert "queries answered from the last mining plus a search of" in capsys.readouterr().out
+    assert len(list((run / "negatives").glob("candidates-*"))) == 1  # the earlier mining's lists are gone
+    (run / "negatives" / "manifest.json").unlink()  # no kept lists: everything searched in full
+    assert pipeline.mine(later)["counts"]["queries_searched_in_full"] == len(negatives)
+    full = read_rows(run / "negatives" / "train.parquet")
+    assert [(r["query_id"], r["negative_ids"]) for r in full] == [(r["query_id"], r["negative_ids"]) for r in negatives]
+    assert [r["negative_scores"] for r in full] == [pytest.approx(r["negative_scores"], abs=1e-5) for r in negatives]
 
 
 def test_an_unchanged_corpus_generates_nothing_and_says_so(corpus, server, tmp_path, capsys):

@@ -23,8 +23,9 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from embedtune.candidates import CandidateSearch, CandidateWriter, join_parts, query_digests, save_array
 from embedtune.corpus import doc_key
-from embedtune.distributed import barrier, group_rank, group_size
+from embedtune.distributed import all_reduce_sum, barrier, collective_device, group_rank, group_size
 from embedtune.errors import EmbedtuneError
 from embedtune.io import atomic_path
 from embedtune.manifest import not_in_key
@@ -106,11 +107,13 @@ def select_negatives(positive: int, positive_score: float, cand_idx: list[int], 
 
 def mine_hard_negatives(pairs: list[dict], passages: PassageRows | list[dict], query_emb: torch.Tensor,
                         passage_emb: Vectors, cfg: MiningConfig, held_out: frozenset = frozenset(),
-                        searcher: Optional[Searcher] = None) -> list[dict]:
+                        searcher: Optional[Searcher] = None,
+                        found: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> list[dict]:
     """Rows of negatives/train.parquet for `pairs`, given embeddings of their queries and of all passages.
     Passages of `held_out` documents ((source, doc_id): the dev/test split) are never chosen as negatives,
     so no held-out passage's text reaches training. `searcher` (exact or ANN over `passage_emb`, already
-    excluding held-out rows) is made here when not given."""
+    excluding held-out rows) is made here when not given; `found` (scores, rows of the top_k + 1 candidates of
+    each query, already searched: candidates.py) replaces the search."""
     if isinstance(passages, list):
         passages = PassageRows.of_list(passages)
     positives = passages.rows_of([q["passage_id"] for q in pairs])
@@ -118,8 +121,10 @@ def mine_hard_negatives(pairs: list[dict], passages: PassageRows | list[dict], q
         return []
     positive_scores = (query_emb.float() * torch.from_numpy(np.asarray(take_vectors(passage_emb, positives),
                                                                           dtype=np.float32))).sum(-1)
-    searcher = searcher or Searcher(passage_emb, cfg, passages.allowed(held_out))
-    scores, found = searcher.search(query_emb, cfg.top_k + 1)
+    if found is None:
+        searcher = searcher or Searcher(passage_emb, cfg, passages.allowed(held_out))
+        found = searcher.search(query_emb, cfg.top_k + 1)
+    scores, found = found
     chosen = []
     for n, q in enumerate(pairs):
         pos, cand = int(positives[n]), [c for c in found[n].tolist() if c >= 0]
@@ -143,8 +148,11 @@ def held_out_documents(passages: MappedTable, pairs: list[dict]) -> set[tuple[st
 
 
 def _mine_range(pairs: MappedTable, query_vectors: Vectors, passages: PassageRows, passage_vectors: Vectors,
-                cfg: MiningConfig, searcher: Searcher, start: int, stop: int, path: Path, desc: str) -> None:
-    """Mine pairs start..stop-1, `cfg.query_block` queries at a time, streaming the rows into `path`."""
+                cfg: MiningConfig, search: CandidateSearch, start: int, stop: int, path: Path, kept: CandidateWriter,
+                desc: str) -> None:
+    """Mine pairs start..stop-1, `cfg.query_block` queries at a time, streaming the rows into `path` and each
+    query's candidates into `kept` (what the next mining may reuse)."""
+    keys = query_digests(pairs)
     with atomic_path(path) as tmp:
         with pq.ParquetWriter(tmp, NEGATIVES_SCHEMA) as writer:
             with tqdm(total=stop - start, desc=desc, unit="query", mininterval=1.0) as bar:
@@ -153,26 +161,38 @@ def _mine_range(pairs: MappedTable, query_vectors: Vectors, passages: PassageRow
                     block = pairs.table.select(["query_id", "passage_id"]).slice(lo, hi - lo).to_pylist()
                     query_emb = torch.from_numpy(np.asarray(take_vectors(query_vectors, np.arange(lo, hi)),
                                                             dtype=np.float32))
-                    rows = mine_hard_negatives(block, passages, query_emb, passage_vectors, cfg, searcher=searcher)
+                    found = search.search(keys[lo:hi], query_emb, cfg.top_k + 1)
+                    kept.put(lo - start, *found)
+                    rows = mine_hard_negatives(block, passages, query_emb, passage_vectors, cfg, found=found)
                     writer.write_table(pa.Table.from_pylist(rows, schema=NEGATIVES_SCHEMA))
                     bar.update(hi - lo)
+    kept.close()
 
 
 def write_negatives(pairs: MappedTable, query_vectors: Vectors, passages: PassageRows, passage_vectors: Vectors,
-                    cfg: MiningConfig, searcher: Searcher, out: Path) -> dict:
-    """negatives/train.parquet for every training pair, in pair order, never holding all rows in memory.
-    Under a process group rank r mines the r-th contiguous share into a part file and rank 0 joins the
-    parts in rank order, so the file equals a one-process run's. The counts (on rank 0; {} elsewhere)."""
+                    cfg: MiningConfig, search: CandidateSearch, out: Path, kept_folder: Path) -> dict:
+    """negatives/train.parquet for every training pair, in pair order, never holding all rows in memory, and in
+    `kept_folder` the candidate lists the next mining reuses (candidates.py). Under a process group rank r mines
+    the r-th contiguous share into part files and rank 0 joins the parts in rank order, so the files equal a
+    one-process run's. The counts (on rank 0; {} elsewhere)."""
     world, rank, n = group_size(), group_rank(), len(pairs)
+    depth = cfg.top_k + 1
     if world == 1:
-        _mine_range(pairs, query_vectors, passages, passage_vectors, cfg, searcher, 0, n, out, "mine: queries")
+        _mine_range(pairs, query_vectors, passages, passage_vectors, cfg, search, 0, n, out,
+                    CandidateWriter(kept_folder, "", n, depth, search.contents), "mine: queries")
     else:
         parts = [out.parent / f".{out.stem}.part-{r}-of-{world}.parquet" for r in range(world)]
-        _mine_range(pairs, query_vectors, passages, passage_vectors, cfg, searcher, n * rank // world,
-                    n * (rank + 1) // world, parts[rank], f"mine: queries (rank {rank}/{world})")
+        start, stop = n * rank // world, n * (rank + 1) // world
+        _mine_range(pairs, query_vectors, passages, passage_vectors, cfg, search, start, stop, parts[rank],
+                    CandidateWriter(kept_folder, f"part-{rank}-", stop - start, depth, search.contents),
+                    f"mine: queries (rank {rank}/{world})")
+        summed = ("queries_searched_in_full", "queries_updated")  # each rank its own queries; the passages are shared
+        totals = all_reduce_sum(torch.tensor([search.counts[k] for k in summed], device=collective_device())).tolist()
+        counts = {**search.counts, **dict(zip(summed, map(int, totals)))}
         barrier()
         if rank != 0:
             return {}
+        join_parts(kept_folder, [f"part-{r}-" for r in range(world)])
         with atomic_path(out) as tmp:
             with pq.ParquetWriter(tmp, NEGATIVES_SCHEMA) as writer:
                 for part in parts:
@@ -182,6 +202,8 @@ def write_negatives(pairs: MappedTable, query_vectors: Vectors, passages: Passag
             part.unlink()
     lengths = pc.list_value_length(pq.read_table(out, columns=["negative_ids"]).column("negative_ids"))
     lengths = np.asarray(lengths.to_numpy(zero_copy_only=False), dtype=np.int64) if len(lengths) else np.empty(0, np.int64)
-    return {"queries": int(len(lengths)), "negatives": int(lengths.sum()),
+    save_array(kept_folder / "queries.npy", query_digests(pairs))
+    save_array(kept_folder / "searched.npy", search.searched)
+    return {"queries": int(len(lengths)), "negatives": int(lengths.sum()), **(search.counts if world == 1 else counts),
             "queries_without_negatives": int((lengths == 0).sum()),
             "queries_with_fewer_negatives": int((lengths < cfg.num_negatives).sum())}

@@ -41,6 +41,7 @@ from embedtune.generate.runner import read_queries, write_shard_and_merge
 from embedtune.hf_dataset import write_pairs_dataset
 from embedtune.hpo import load_terms, write_beir
 from embedtune.judge import judge_queries
+from embedtune.candidates import CandidateSearch, Kept, candidates_fingerprint, drop_others, folder_name, passage_contents
 from embedtune.io import write_json, write_parquet_parts
 from embedtune.manifest import MANIFEST, fingerprint, load_manifest
 from embedtune.merge import describe as describe_merge
@@ -204,21 +205,31 @@ def mine(cfg: Config) -> dict:
                                             desc="mine: queries")
     held_out = {doc for split in ("dev", "test") for doc in held_out_documents(passages, run.read_pairs(split))}
     rows = PassageRows.of_table(passages)
-    searcher = Searcher(passage_vectors, cfg.mining, rows.allowed(held_out),
-                        index_folder=cache.folder / "index" / passages.folder.name)
+    allowed = rows.allowed(held_out)
+    searcher = Searcher(passage_vectors, cfg.mining, allowed, index_folder=cache.folder / "index" / passages.folder.name)
     recall = searcher.recall(query_vectors, cfg.mining.top_k + 1) if is_main() else None  # before any file changes
-    counts = write_negatives(pairs, query_vectors, rows, passage_vectors, cfg.mining, searcher,
-                             run.negatives / "train.parquet")
+    kept_as = candidates_fingerprint(base_fingerprint(cfg.model), cfg.eval.precision, cfg.mining, cfg.mining.top_k + 1)
+    previous = _read_manifest(run.negatives)
+    kept, kept_in = Kept.load(run.negatives, previous, kept_as), folder_name(stage.key, previous)
+    search = CandidateSearch(searcher, passage_vectors, passage_contents(passages), allowed, kept)
+    counts = write_negatives(pairs, query_vectors, rows, passage_vectors, cfg.mining, search,
+                             run.negatives / "train.parquet", run.negatives / kept_in)
     if several and not is_main():  # rank 0 joined every rank's rows and writes the manifest
         barrier()  # ... which every rank waits for: the next stage reads it
         return {}
     print(f"mine: {counts['negatives']:,} hard negatives for {counts['queries']:,} queries by {searcher.describe()}; "
           f"{counts['queries_with_fewer_negatives']:,} got fewer than {cfg.mining.num_negatives} "
           f"({counts['queries_without_negatives']:,} none)")
+    if kept is not None:
+        print(f"mine: {counts['queries_updated']:,} queries answered from the last mining plus a search of "
+              f"{counts['passages_new_to_search']:,} new or changed passages; {counts['queries_searched_in_full']:,} "
+              f"searched in full (new, or a kept candidate is gone)")
     if recall:
         print(f"mine: {recall['index']}: recall@{recall['k']} {recall['recall']:.3f} against exact search on "
               f"{recall['sample']:,} sampled queries")
-    manifest = stage.finish(counts, files=["train.parquet"], search=recall or {"index": searcher.describe()})
+    manifest = stage.finish(counts, files=["train.parquet"], search=recall or {"index": searcher.describe()},
+                            candidates={"fingerprint": kept_as, "folder": kept_in})
+    drop_others(run.negatives, kept_in)
     if several:
         barrier()
     return manifest
