@@ -50,3 +50,30 @@ def test_repeated_corpus_and_query_ids_name_both_lines(tmp_path):
     folder = beir_set(tmp_path / "q", queries=queries)
     with pytest.raises(EmbedtuneError, match=r"queries.jsonl:3: _id 'q2' repeats line 2"):
         read_beir(folder, "test", "toy")
+
+
+def test_null_or_non_string_texts_are_named_with_file_line_and_field(tmp_path):
+    folder = beir_set(tmp_path / "n", corpus=[{"_id": "d1", "text": "A pump."}, {"_id": "d2", "text": None}])
+    with pytest.raises(EmbedtuneError, match=r"corpus.jsonl:2: field 'text' is null, not a string"):
+        read_beir(folder, "test", "toy")
+    folder = beir_set(tmp_path / "l", queries=[{"_id": "q1", "text": ["what", "pumps"]}, {"_id": "q2", "text": "b"}])
+    with pytest.raises(EmbedtuneError, match=r"queries.jsonl:1: field 'text' is a list, not a string"):
+        read_beir(folder, "test", "toy")
+
+
+def test_byte_order_marks_are_read(tmp_path):
+    folder = beir_set(tmp_path / "b")
+    for name in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv"):
+        path = folder / name
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    data = read_beir(folder, "test", "toy")
+    assert data.qrels == {"q1": {"d1": 1}, "q2": {"d2": 2}} and set(data.corpus) == {"d1", "d2"}
+
+
+def test_every_bad_qrels_line_is_named_at_once(tmp_path):
+    folder = beir_set(tmp_path / "m", qrels="q1\td1\t0.5\nq2\td2\n" + "".join(f"q{i}\td1\tx\n" for i in range(3, 10)))
+    with pytest.raises(EmbedtuneError) as raised:
+        read_qrels(folder / "qrels" / "test.tsv")
+    message = str(raised.value)
+    assert "test.tsv:2: score '0.5'" in message and "test.tsv:3: expected 3 tab-separated columns" in message
+    assert "(and 4 more)" in message

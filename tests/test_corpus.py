@@ -204,6 +204,22 @@ def test_jsonl_reads_configured_fields(tmp_path: Path):
     ]
 
 
+def test_a_text_that_is_not_a_string_is_named_or_joined_and_a_null_text_is_a_counted_skip(tmp_path: Path):
+    path = write_jsonl(tmp_path / "docs.jsonl", [{"id": "a", "text": "Plain."}, {"id": "b", "text": ["p1", "p2"]},
+                                                 {"id": "c", "text": None}])
+    with pytest.raises(EmbedtuneError) as e:  # never the string "['p1', 'p2']"
+        read(CorpusConfig(format="jsonl", path=str(path), id_field="id"))
+    assert f"{path}:2: field 'text' is a list of 2 strings, not a string" in str(e.value)
+    assert "corpus.list_separator" in str(e.value)
+    counts = Counter()
+    docs = list(read_documents(CorpusConfig(format="jsonl", path=str(path), id_field="id", list_separator="\n"), counts))
+    assert [(d.doc_id, d.text) for d in docs] == [("a", "Plain."), ("b", "p1\np2")]
+    assert counts["null_text_skipped"] == 1
+    nested = write_jsonl(tmp_path / "nested.jsonl", [{"text": {"body": "x"}}])
+    with pytest.raises(EmbedtuneError, match=r"nested.jsonl:1: field 'text' is a dict, not a string"):
+        read(CorpusConfig(format="jsonl", path=str(nested)))
+
+
 def test_jsonl_without_id_field_gives_distinct_stable_ids(tmp_path: Path):
     path = write_jsonl(tmp_path / "docs.jsonl", [{"text": f"doc {i}"} for i in range(3)])
     cfg = CorpusConfig(format="jsonl", path=str(path), title_field=None)

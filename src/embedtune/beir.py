@@ -34,6 +34,11 @@ def _jsonl(path: Path, required: tuple[str, ...]):
         for key in required:
             if key not in record:
                 raise EmbedtuneError(f"{path}:{lineno}: missing field '{key}'")
+            if key != "_id" and not isinstance(record[key], str):
+                kind = "null" if record[key] is None else f"a {type(record[key]).__name__}"
+                raise EmbedtuneError(f"{path}:{lineno}: field '{key}' is {kind}, not a string")
+        if not isinstance(record.get("title") or "", str):
+            raise EmbedtuneError(f"{path}:{lineno}: field 'title' is a {type(record['title']).__name__}, not a string")
         record_id = str(record["_id"])
         if record_id in first_line:
             raise EmbedtuneError(f"{path}:{lineno}: _id '{record_id}' repeats line {first_line[record_id]}; "
@@ -60,26 +65,31 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
         raise EmbedtuneError(f"missing BEIR qrels file {path}")
     qrels: dict[str, dict[str, int]] = {}
     first_line: dict[tuple[str, str], int] = {}
-    with open(path, encoding="utf-8") as f:
+    bad: list[str] = []
+    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is not part of the first id
         for lineno, line in enumerate(f, 1):
-            parts = line.rstrip("\n").split("\t")
+            parts = line.rstrip("\r\n").split("\t")
             if lineno == 1 and parts[0] in ("query-id", "query_id", "qid"):
                 continue
             if not line.strip():
                 continue
             if len(parts) != 3:
-                raise EmbedtuneError(f"{path}:{lineno}: expected 3 tab-separated columns "
-                                     "(query-id, corpus-id, score)")
+                bad.append(f"{path}:{lineno}: expected 3 tab-separated columns (query-id, corpus-id, score)")
+                continue
             score = _grade(parts[2])
             if score is None:
-                raise EmbedtuneError(f"{path}:{lineno}: score '{parts[2]}' is not an integer grade "
-                                     "(BEIR grades are 0, 1, 2, ...)")
+                bad.append(f"{path}:{lineno}: score '{parts[2]}' is not an integer grade (BEIR grades are 0, 1, 2, ...)")
+                continue
             pair = (parts[0], parts[1])
             if pair in first_line:
-                raise EmbedtuneError(f"{path}:{lineno}: query '{pair[0]}' and document '{pair[1]}' are judged "
-                                     f"again (first on line {first_line[pair]})")
+                bad.append(f"{path}:{lineno}: query '{pair[0]}' and document '{pair[1]}' are judged again (first on "
+                           f"line {first_line[pair]})")
+                continue
             first_line[pair] = lineno
             qrels.setdefault(parts[0], {})[parts[1]] = score
+    if bad:
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise EmbedtuneError("; ".join(bad[:5]) + more)
     return qrels
 
 

@@ -45,6 +45,7 @@ class CorpusConfig:
     text_field: str = "text"          # JSONL/Parquet field with the document text
     title_field: Optional[str] = "title"  # JSONL/Parquet field with a title (null: none)
     id_field: Optional[str] = None    # JSONL/Parquet field with a document id (null: the record's position)
+    list_separator: Optional[str] = None  # a text or title field that is a list of strings is joined with this (null: an error)
     duplicate_ids: str = "error"      # a repeated id: error (name both records) | keep_first | suffix (id#2, id#3)
     chunk_tokens: int = 200           # passage length bound in base-model tokens (title not counted)
     chunk_overlap: int = 32           # tokens shared by consecutive chunks of one document
@@ -145,7 +146,9 @@ def read_files(root: Path, extensions: list[str], counts: Optional[Counter] = No
         raise EmbedtuneError(f"{root}: no files ending in {', '.join(suffixes)}")
 
 
-def _field(record: dict, name: str, where: str, required: bool) -> str:
+def _field(record: dict, name: str, where: str, required: bool, separator: Optional[str] = None) -> Optional[str]:
+    """A record's field as text: a string as it is; a number as written (ids, years); a list of strings joined
+    by `separator` where one is set. None where the value is null; anything else is an error naming it."""
     if name not in record:
         if not required:
             return ""
@@ -153,7 +156,16 @@ def _field(record: dict, name: str, where: str, required: bool) -> str:
         raise EmbedtuneError(f"{where}: no field '{name}' (fields: {keys}); set corpus.text_field / "
                              "corpus.title_field / corpus.id_field")
     value = record[name]
-    return "" if value is None else str(value)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        if separator is not None:
+            return separator.join(value)
+        raise EmbedtuneError(f"{where}: field '{name}' is a list of {len(value)} strings, not a string; set "
+                             "corpus.list_separator (e.g. \"\\n\") to join them")
+    raise EmbedtuneError(f"{where}: field '{name}' is a {type(value).__name__}, not a string")
 
 
 def _records_jsonl(path: Path, counts: Optional[Counter] = None) -> Iterator[tuple[str, dict]]:
@@ -190,10 +202,16 @@ def record_documents(records: Callable[[Optional[Counter]], Iterator[tuple[str, 
 
     def docs() -> Iterator[tuple[str, Document]]:
         for n, (where, record) in enumerate(records(counts)):
-            text = _field(record, text_field, where, required=True)
-            title = _field(record, title_field, where, required=False) if title_field else ""
+            text = _field(record, text_field, where, required=True, separator=cfg.list_separator)
+            if text is None:  # a record without text: nothing to read, counted
+                if counts is not None:
+                    counts["null_text_skipped"] += 1
+                continue
+            title = _field(record, title_field, where, required=False, separator=cfg.list_separator) if title_field else ""
             doc_id = _field(record, id_field, where, required=True) if id_field else str(n)
-            yield where, Document(doc_id=doc_id, title=title, text=text, source=source)
+            if doc_id is None:
+                raise EmbedtuneError(f"{where}: field '{id_field}' (the id) is null")
+            yield where, Document(doc_id=doc_id, title=title or "", text=text, source=source)
 
     def first_where(doc_id: str) -> str:
         return next(w for w, r in records(None) if _field(r, id_field, w, required=True) == doc_id)
