@@ -23,6 +23,7 @@ from embedtune.errors import EmbedtuneError
 from embedtune.io import atomic_path
 from embedtune.runs import STAGE_NAMES, RunFolder, status_lines
 from embedtune.serve.server import serve
+from embedtune.preflight import check_inputs
 from embedtune.validate import check_config
 
 USAGE = """usage: embedtune <stage> [key=value ...] [-m] [--help] [--cfg job]
@@ -68,6 +69,8 @@ def _hydra_main(stage: str) -> None:
                 memory_plan.run_plan(cfg)
                 return
             check_config(cfg)
+            if stage != "serve":
+                check_inputs(cfg, stage)
             if stage == "serve":
                 exported = RunFolder(cfg).model
                 if not cfg.serve.model and not (exported / "modules.json").exists():
