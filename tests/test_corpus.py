@@ -110,7 +110,7 @@ def files_corpus(tmp_path: Path) -> Path:
     (root / "bom.txt").write_bytes(b"\xef\xbb\xbfStarts with a byte order mark.")
     (root / "bad.txt").write_bytes(b"good start \xff\xfe\xc3 good end")
     (root / "UPPER.TXT").write_text("Upper-case suffix.", encoding="utf-8")
-    (root / "skip.csv").write_text("a,b\n1,2\n", encoding="utf-8")
+    (root / "rows.csv").write_text("id,text\nr1,First row about lungs.\nr2,Second row about skin.\n", encoding="utf-8")
     return root
 
 
@@ -149,15 +149,16 @@ def test_read_files_strips_bom_and_replaces_invalid_utf8(files_corpus: Path):
 
 
 def test_read_files_honours_extensions_and_max_documents(files_corpus: Path):
-    docs = read(CorpusConfig(format="files", path=str(files_corpus), extensions=[".md", ".csv"]))
-    assert [d.doc_id for d in docs] == ["skip.csv", "sub/b.md"]
+    docs = read(CorpusConfig(format="files", path=str(files_corpus), extensions=[".md", ".csv"], id_field="id"))
+    assert [(d.doc_id, d.text) for d in docs] == [("rows.csv#r1", "First row about lungs."),
+                                                  ("rows.csv#r2", "Second row about skin."), ("sub/b.md", "# Notes\n\nMarkdown *document*.\n")]
     docs = read(CorpusConfig(format="files", path=str(files_corpus), max_documents=2))
     assert [d.doc_id for d in docs] == ["UPPER.TXT", "a.txt"]
 
 
 def test_read_files_empty_folder_is_an_error(tmp_path: Path):
     (tmp_path / "only.csv").write_text("x", encoding="utf-8")
-    with pytest.raises(EmbedtuneError, match="no files ending in"):
+    with pytest.raises(EmbedtuneError, match=r"no file could be read[\s\S]*skipped \(type\) 1: only.csv \(.csv\)"):
         read(CorpusConfig(format="files", path=str(tmp_path)))
 
 

@@ -17,15 +17,14 @@ from typing import Callable, Iterable, Iterator, Optional
 import pyarrow as pa
 from tqdm import tqdm
 
+from embedtune.documents import Document, field_text
 from embedtune.errors import EmbedtuneError
+from embedtune.folder_corpus import DOCUMENT_SUFFIXES, FileLedger, FolderReading, read_files, walk
 from embedtune.hf_dataset import hf_records
 from embedtune.hpo import load_terms
 from embedtune.io import iter_jsonl
 from embedtune.store import DigestSet, hash64
 
-TEXT_SUFFIXES = (".txt", ".md", ".markdown")
-HTML_SUFFIXES = (".html", ".htm")
-PDF_SUFFIXES = (".pdf",)
 PASSAGES_SCHEMA = pa.schema([("id", pa.string()), ("doc_id", pa.string()), ("title", pa.string()),
                              ("text", pa.string()), ("source", pa.string()), ("n_tokens", pa.int64())])
 CHUNK_BATCH = 256   # documents tokenized and chunked at once
@@ -51,15 +50,9 @@ class CorpusConfig:
     chunk_overlap: int = 32           # tokens shared by consecutive chunks of one document
     min_chars: int = 20               # passages shorter than this after cleaning are dropped
     max_documents: Optional[int] = None  # read only the first N documents (debugging, tiny runs)
-    extensions: list[str] = field(default_factory=lambda: list(TEXT_SUFFIXES + HTML_SUFFIXES + PDF_SUFFIXES))
-
-
-@dataclass
-class Document:
-    doc_id: str
-    title: str
-    text: str
-    source: str   # file (relative to the corpus root) or built-in corpus name
+    extensions: list[str] = field(default_factory=lambda: list(DOCUMENT_SUFFIXES))  # files read (add .csv/.tsv/.json/.jsonl: rows as documents)
+    follow_symlinks: bool = False     # files: read symbolically linked files and folders (else listed as skipped)
+    max_file_mb: float = 100.0        # files: larger files are listed as skipped (size)
 
 
 @functools.cache
@@ -76,96 +69,6 @@ def clean_text(text: str) -> str:
     control, invisible = _invisible()
     text = invisible.sub("", control.sub(" ", unicodedata.normalize("NFKC", text)))
     return " ".join(text.split())
-
-
-def _html_to_text(raw: str) -> tuple[str, str]:
-    from bs4 import BeautifulSoup
-
-    soup = BeautifulSoup(raw, "html.parser")
-    for tag in soup(["script", "style", "noscript", "template"]):
-        tag.decompose()
-    title = soup.title.get_text() if soup.title else ""
-    if not title and soup.find("h1"):
-        title = soup.find("h1").get_text()
-    body = soup.body or soup
-    return title, body.get_text(" ")
-
-
-def _pdf_to_text(path: Path) -> str:
-    try:
-        from pypdf import PdfReader
-    except ImportError as e:
-        raise EmbedtuneError(f"{path}: reading PDF needs pypdf: pip install pypdf") from e
-    try:
-        return "\n".join(page.extract_text() or "" for page in PdfReader(path).pages)
-    except Exception as e:  # pypdf raises many types for damaged files
-        raise EmbedtuneError(f"{path}: not a readable PDF ({type(e).__name__}: {e})") from e
-
-
-def _read_text_file(path: Path, counts: Optional[Counter] = None) -> str:
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = raw.decode("utf-8", errors="replace")  # keep the document; bad bytes become U+FFFD
-        if counts is not None:
-            counts["invalid_utf8_chars_replaced"] += text.count("\ufffd") - raw.count("\ufffd".encode())
-            counts["files_with_invalid_utf8"] += 1
-        return text
-
-
-def _walk(root: Path, suffixes: tuple[str, ...]) -> Iterator[Path]:
-    """Files under `root` with one of `suffixes`, in sorted path order (by path components, as sorted Paths
-    compare), one folder at a time: nothing lists the whole tree at once. Symlinked folders are not followed."""
-    try:
-        entries = sorted(os.scandir(root), key=lambda e: e.name)
-    except OSError as e:
-        raise EmbedtuneError(f"{root}: cannot list the folder ({e.strerror})") from e
-    for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            yield from _walk(Path(entry.path), suffixes)
-        elif entry.is_file() and Path(entry.name).suffix.lower() in suffixes:
-            yield Path(entry.path)
-
-
-def read_files(root: Path, extensions: list[str], counts: Optional[Counter] = None) -> Iterator[Document]:
-    suffixes = tuple(s.lower() for s in extensions)
-    found = False
-    for path in _walk(root, suffixes):
-        found = True
-        rel = path.relative_to(root).as_posix()
-        suffix = path.suffix.lower()
-        if suffix in HTML_SUFFIXES:
-            title, text = _html_to_text(_read_text_file(path, counts))
-        elif suffix in PDF_SUFFIXES:
-            title, text = "", _pdf_to_text(path)
-        else:
-            title, text = "", _read_text_file(path, counts)
-        yield Document(doc_id=rel, title=title or path.stem, text=text, source=rel)
-    if not found:
-        raise EmbedtuneError(f"{root}: no files ending in {', '.join(suffixes)}")
-
-
-def _field(record: dict, name: str, where: str, required: bool, separator: Optional[str] = None) -> Optional[str]:
-    """A record's field as text: a string as it is; a number as written (ids, years); a list of strings joined
-    by `separator` where one is set. None where the value is null; anything else is an error naming it."""
-    if name not in record:
-        if not required:
-            return ""
-        keys = ", ".join(sorted(record)) or "none"
-        raise EmbedtuneError(f"{where}: no field '{name}' (fields: {keys}); set corpus.text_field / "
-                             "corpus.title_field / corpus.id_field")
-    value = record[name]
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        if separator is not None:
-            return separator.join(value)
-        raise EmbedtuneError(f"{where}: field '{name}' is a list of {len(value)} strings, not a string; set "
-                             "corpus.list_separator (e.g. \"\\n\") to join them")
-    raise EmbedtuneError(f"{where}: field '{name}' is a {type(value).__name__}, not a string")
 
 
 def _records_jsonl(path: Path, counts: Optional[Counter] = None) -> Iterator[tuple[str, dict]]:
@@ -202,19 +105,19 @@ def record_documents(records: Callable[[Optional[Counter]], Iterator[tuple[str, 
 
     def docs() -> Iterator[tuple[str, Document]]:
         for n, (where, record) in enumerate(records(counts)):
-            text = _field(record, text_field, where, required=True, separator=cfg.list_separator)
+            text = field_text(record, text_field, where, required=True, separator=cfg.list_separator)
             if text is None:  # a record without text: nothing to read, counted
                 if counts is not None:
                     counts["null_text_skipped"] += 1
                 continue
-            title = _field(record, title_field, where, required=False, separator=cfg.list_separator) if title_field else ""
-            doc_id = _field(record, id_field, where, required=True) if id_field else str(n)
+            title = field_text(record, title_field, where, required=False, separator=cfg.list_separator) if title_field else ""
+            doc_id = field_text(record, id_field, where, required=True) if id_field else str(n)
             if doc_id is None:
                 raise EmbedtuneError(f"{where}: field '{id_field}' (the id) is null")
             yield where, Document(doc_id=doc_id, title=title or "", text=text, source=source)
 
     def first_where(doc_id: str) -> str:
-        return next(w for w, r in records(None) if _field(r, id_field, w, required=True) == doc_id)
+        return next(w for w, r in records(None) if field_text(r, id_field, w, required=True) == doc_id)
 
     batch_docs, yielded = docs(), 0
     # never read past what corpus.max_documents can use (a bad record beyond it is never met)
@@ -265,7 +168,7 @@ def source_stamp(cfg: CorpusConfig) -> Optional[str]:
     if path.is_file():
         files, root = [path], path.parent
     elif cfg.format == "files":
-        files, root = _walk(path, tuple(s.lower() for s in cfg.extensions)), path
+        files, root = walk(path, folder_reading(cfg)), path
     else:  # a dataset folder: every file in it
         files, root = (Path(d) / f for d, _, names in sorted(os.walk(path)) for f in sorted(names)), path
     digest = hashlib.sha256()
@@ -278,8 +181,15 @@ def source_stamp(cfg: CorpusConfig) -> Optional[str]:
     return digest.hexdigest()[:16]
 
 
-def read_documents(cfg: CorpusConfig, counts: Optional[Counter] = None) -> Iterator[Document]:
-    """Documents of the configured corpus, in a stable order (`counts` gathers what was dropped or changed)."""
+def folder_reading(cfg: CorpusConfig) -> FolderReading:
+    return FolderReading(list(cfg.extensions), cfg.text_field, cfg.title_field, cfg.id_field, cfg.list_separator,
+                         cfg.follow_symlinks, cfg.max_file_mb)
+
+
+def read_documents(cfg: CorpusConfig, counts: Optional[Counter] = None,
+                   ledger: Optional[FileLedger] = None) -> Iterator[Document]:
+    """Documents of the configured corpus, in a stable order (`counts` gathers what was dropped or changed;
+    `ledger`, for a folder corpus, what became of every file)."""
     if cfg.format == "hpo":
         _, terms = load_terms()
         docs = (Document(t.id, t.name, t.definition, "hpo") for t in terms)
@@ -292,7 +202,7 @@ def read_documents(cfg: CorpusConfig, counts: Optional[Counter] = None) -> Itera
         if cfg.format == "files":
             if not path.is_dir():
                 raise EmbedtuneError(f"corpus.path {path} must be a folder for corpus.format=files")
-            docs = read_files(path, cfg.extensions, counts)
+            docs = read_files(path, folder_reading(cfg), counts, ledger)
         elif cfg.format == "hf":
             docs = record_documents(lambda _: hf_records(cfg), (cfg.text_field, cfg.title_field, cfg.id_field), cfg,
                                     path.name, counts)

@@ -30,6 +30,7 @@ from embedtune.evaluate import (
     write_report,
 )
 from embedtune.export import export_model, model_card
+from embedtune.folder_corpus import FileLedger
 from embedtune.filter import (
     filter_queries,
     roundtrip_filter,
@@ -80,8 +81,9 @@ def prepare(cfg: Config) -> dict:
         for doc in docs:
             documents["documents"] += 1
             yield doc
-    passages = iter_passages(counted(clean_documents(read_documents(cfg.corpus, dropped), dropped)), tokenizer,
-                             cfg.corpus, dropped)
+    ledger = FileLedger(run.passages / "files.jsonl") if cfg.corpus.format == "files" else None
+    passages = iter_passages(counted(clean_documents(read_documents(cfg.corpus, dropped, ledger), dropped)),
+                             tokenizer, cfg.corpus, dropped)
     previous = _read_manifest(run.passages)  # the passages as prepared last time: what changed since
     before = previous_digests(run.passages, previous)
     digests = Digests()
@@ -101,6 +103,10 @@ def prepare(cfg: Config) -> dict:
     n_passages = sum(pq.ParquetFile(run.passages / f).metadata.num_rows for f in files)
     changes = compare(before, digests.arrays())
     counts = {"documents": documents["documents"], "passages": n_passages, "dropped": dict(sorted(dropped.items()))}
+    if ledger is not None:  # every file of a folder corpus: read, skipped (by reason) or failed
+        ledger.close()
+        counts["files"] = ledger.counts()
+        print("\n".join(ledger.lines()))
     print(f"prepare: {documents['documents']:,} documents -> {n_passages:,} passages"
           + "".join(f"; {k.replace('_', ' ')} {v:,}" for k, v in sorted(dropped.items())))
     if before is not None:
@@ -109,7 +115,8 @@ def prepare(cfg: Config) -> dict:
             for name in files:
                 (run.passages / name).unlink()
             print("prepare: the passages stay as they were, and so does every stage after prepare")
-            manifest = {**previous, "key": stage.key, "changes": changes.counts()}
+            manifest = {**previous, "key": stage.key, "changes": changes.counts(),
+                        "counts": {**previous["counts"], **({"files": counts["files"]} if ledger else {})}}
             write_json(manifest, run.passages / MANIFEST)
             return manifest
     if changes.removed or changes.changed:  # their texts' vectors leave the caches (never a result again)

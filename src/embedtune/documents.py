@@ -1,0 +1,39 @@
+"""A document as every reader hands it on, and a record's field read as text (the one rule for JSONL, Parquet,
+datasets, CSV and JSON rows)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from embedtune.errors import EmbedtuneError
+
+
+@dataclass
+class Document:
+    doc_id: str
+    title: str
+    text: str
+    source: str   # file (relative to the corpus root) or built-in corpus name
+
+
+def field_text(record: dict, name: str, where: str, required: bool, separator: Optional[str] = None) -> Optional[str]:
+    """A record's field as text: a string as it is; a number as written (ids, years); a list of strings joined
+    by `separator` where one is set. None where the value is null; anything else is an error naming it."""
+    if name not in record:
+        if not required:
+            return ""
+        keys = ", ".join(sorted(record)) or "none"
+        raise EmbedtuneError(f"{where}: no field '{name}' (fields: {keys}); set corpus.text_field / "
+                             "corpus.title_field / corpus.id_field")
+    value = record[name]
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        if separator is not None:
+            return separator.join(value)
+        raise EmbedtuneError(f"{where}: field '{name}' is a list of {len(value)} strings, not a string; set "
+                             "corpus.list_separator (e.g. \"\\n\") to join them")
+    raise EmbedtuneError(f"{where}: field '{name}' is a {type(value).__name__}, not a string")
