@@ -3,35 +3,36 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from embedtune.generate.extract import (CHATTER, ECHO, EMPTY, EXAMPLE, NOT_A_QUESTION, REPETITION, UNFINISHED,
                                         extract_query, looks_like_chatter)
-from embedtune.generate.prompts import builtin_types
+from embedtune.generate.extraction_check import NOT_EXTRACTION, agreement
 
 SAMPLE = Path(__file__).parent / "data" / "generator_outputs.jsonl"
+CASES = Path(__file__).parent / "data" / "extraction_cases.jsonl"
 
 
-def test_every_committed_real_output_extracts_as_a_person_read_it():
-    types = builtin_types()
+def test_extraction_agrees_with_people_on_real_answers_and_hard_cases():
+    """Labels written by a person who never saw the extractor's output; the floors are what it measures now
+    (sample: precision 0.785, recall 0.921; hard cases 0.947 and 1.000; before the fixes for abbreviations,
+    lists, quotes and other languages: 0.779/0.914 and 0.632/0.667)."""
     lines = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines()]
-    assert len(lines) == 420
-    wrong = []
-    for n, line in enumerate(lines, 1):
-        examples = [ex.query for ex in types[line["kind"]].examples] if line["prompt"] == "few-shot" else []
-        got = extract_query(line["raw"], line["kind"], line["passage"], examples, line["finished"])
-        if (got.query, got.reason) != (line["query"], line["reason"]):
-            wrong.append(f"line {n}: {line['raw']!r} -> {(got.query, got.reason)}, expected {(line['query'], line['reason'])}")
-    assert not wrong, "\n".join(wrong[:20])
-    # the sample covers every way an answer can go wrong, and plenty of good ones
-    reasons = {line["reason"] for line in lines}
-    assert {"", CHATTER, ECHO, REPETITION, EXAMPLE, UNFINISHED, NOT_A_QUESTION} <= reasons
-    kept = [line for line in lines if not line["reason"]]
-    assert sum(line["prompt"] == "few-shot" for line in kept) >= 250
-    zero_shot = [line for line in lines if line["prompt"] == "zero-shot"]
-    assert sum(1 for line in zero_shot if line["reason"]) > len(zero_shot) / 2  # the old prompt: mostly chatter
+    assert len(lines) == 420 and sum(bool(line["query"]) for line in lines) == 266
+    real = agreement(SAMPLE)
+    extraction_only = agreement(SAMPLE, skip_reasons=NOT_EXTRACTION)
+    cases = agreement(CASES)
+    assert real.precision >= 0.78 and real.recall >= 0.92, "\n".join(real.disagreements[:30])
+    assert extraction_only.precision >= 0.86, "\n".join(extraction_only.disagreements[:30])
+    assert cases.precision >= 0.94 and cases.recall == 1.0, "\n".join(cases.disagreements)
+    # the hard cases hold what the issue named: an abbreviation, a list, quotes, and queries without spaces
+    raws = {json.loads(line)["raw"] for line in CASES.read_text(encoding="utf-8").splitlines()}
+    assert {"St. John's wort for mild depression", "aspirin vs. Tylenol for fever",
+            "fever, a sore throat and cough in children"} <= raws
+    assert sum(1 for r in raws if re.search(r"[\u3040-\u30ff\u4e00-\u9fff]", r)) >= 6
 
 
 @pytest.mark.parametrize("raw, kind, query", [

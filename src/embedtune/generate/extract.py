@@ -32,6 +32,11 @@ _POLITE = re.compile(r"^\s*(?:sure|okay|ok|certainly|of course|absolutely|great|
 _FOR_X_WOULD_BE = re.compile(rf"^\s*(?:an?\s+|the\s+)?{_ADJ}{META}\s+(?:for|about|on|to find)\s+"
                              r"[\"“']([^\"”']{2,120})[\"”'].{0,60}?(?:would|could|should|might|is|:)", re.I)
 _TEXT_LABEL = re.compile(r"^\s*(?:text|passage|document|article)\s*:", re.I)
+# the same labels and openers in other languages (full-width colons too): "搜索：...", "Suchanfrage: ..."
+_LABEL_I18N = re.compile(r"^\s*(?:搜索查询|搜索|查询|问题|検索クエリ|クエリ|検索|質問|suchanfrage|suchbegriff|suche|anfrage|"
+                         r"frage|requête|recherche|consulta|búsqueda|pregunta)\s*[:：]\s*", re.I)
+_POLITE_I18N = re.compile(r"^\s*(?:好的|当然|这是|以下是|はい|こちら|hier ist|hier sind|gerne|voici|aquí está|aquí tienes)"
+                          r"[^:：\n]{0,60}[:：]\s*", re.I)
 _EXCLAMATION = re.compile(r"^[^.!?:]{0,60}!\s+")  # "What a fascinating topic! ..."
 _INTERROGATIVE = re.compile(r"^\s*(?:what|which|who|whom|whose|when|where|why|how|is|are|was|were|do|does|did|"
                             r"can|could|should|would|will|may|might|has|have|had|in what|at what)\b", re.I)
@@ -41,9 +46,10 @@ _CHATTER = re.compile(
     r"talks|says|states|provides|suggests|shows|refers|seems|appears|is\s+(?:about|asking|describing|discussing|"
     r"related|talking))|"
     r"i(?:'m| am)\s+(?:sorry|not sure|unable|happy)|i\s+(?:cannot|can't|can not|don't|do not|would|will)\b|"
-    r"as an ai\b|sorry\b|unfortunately\b|(?:here(?:'s| is| are)|sure|okay|certainly)\b)"
+    r"as an ai\b|sorry\b|unfortunately\b|(?:here(?:'s| is| are)|sure|okay|certainly)\b|"
+    r"(?:der|dieser|die|diese|das) (?:text|passage|abschnitt|dokument)\b|(?:这段|该)(?:文字|文本|段落))"
     r"|\b(?:would type to find|to find (?:the|this) (?:text|passage)|the (?:text|passage) (?:below|above)|"
-    r"you provided|reply with the)\b", re.I)
+    r"you provided|reply with the|let me know|hope this helps)\b", re.I)
 # Words that carry no topic: a query made only of these and stopwords is talk about the task.
 META_WORDS = frozenset("""answer answers ask asked asking asks about article document fascinating explore further
     dive deeper mean means meaning passage query question questions requires response specific text topic
@@ -51,12 +57,19 @@ META_WORDS = frozenset("""answer answers ask asked asking asks about article doc
 _TRAILER = re.compile(r"(?:\s+[-–—]\s+(?:this|it|which|that)\b|"
                       r"\s*\((?:this|it|which|that|note|the query|the text)\b|"
                       r"[.!]\s+(?:this|it|that|these|the query|the text|i|note)\b).*$", re.I | re.S)
-_APPOSITION = re.compile(r",\s+(?:a|an|the|which|that|where|when|who|often|usually|also)\s.*$", re.I | re.S)
-_SENTENCE_END = re.compile(r"(?:(?<=\w\w)|(?<=[)\]]))[.!;]\s+(?=[A-Z(])")  # "vWF. A lack" splits, "e.g. A" not
+_APPOSITION = re.compile(r",\s+(?:which|that|where|when|who|often|usually|also)\s.*$|"
+                         r",\s+(?:a|an|the)\s(?=[^,]*\b(?:that|which|who|where|characteri[sz]ed|caused|causes|condition|"
+                         r"disorder|disease|syndrome|term|type|form|refers|affects|occurs|results|is|are|was|were)\b).*$",
+                         re.I | re.S)  # "x, a rare disorder that ...": search + definition; "fever, a sore throat" a list
+_SENTENCE_END = re.compile(r"(?:(?<=\w\w)|(?<=[)\]]))[.!;]\s+(?=[A-Z(])|[。！；]")  # "vWF. A lack" splits, "e.g. A" not
+# words whose period is no sentence end ("St. John's wort", "aspirin vs. Tylenol", "Vitamin D bzw. Calcium")
+ABBREVIATIONS = frozenset("""st dr mr mrs ms mx prof vs etc approx ca cf fig no nr vol ed eds inc ltd jr sr dept
+    bzw usw ggf evtl sog ca resp ref""".split())
 _LOWER_SENTENCE_END = re.compile(r"(?<=\w\w\w)[.!;]\s+(?=[a-z])")  # "x concentration. reduced x ..." ("vs. b" stays)
 _QUESTION_END = re.compile(r"\?\s+\S.*$", re.S)
 _WORD = re.compile(r"\w+")
-_QUOTES = "\"“”'‘’`"
+_QUOTES = "\"“”'‘’`「」『』„"
+_CLOSING = {'"': '"”', "“": "”\"", "'": "'’", "‘": "’'", "`": "`", "「": "」", "『": "』", "„": "“\"", "”": "”"}
 
 
 @dataclass(frozen=True)
@@ -71,14 +84,36 @@ def words(text: str) -> list[str]:
 
 
 def _unquote(text: str) -> str:
+    """The text inside an opening quote and its own closing quote; the whole text where words follow the
+    closing quote ('"heart murmur" in infants': a quoted part of a longer query); a lone trailing quote dropped."""
     text = text.strip()
-    if text[:1] in _QUOTES:
-        close = next((i for i in range(1, len(text)) if text[i] in _QUOTES), None)
+    if text[:1] in _CLOSING:
+        closing = _CLOSING[text[0]]
+        close = next((i for i in range(1, len(text)) if text[i] in closing), None)
         inner = text[1:close] if close else text[1:]
-        if close and len(text) - close > 2 and re.search(r"\w", text[close + 1:]) and " " not in inner:
-            return text  # 'Tachycardia' in children: a quoted term inside a longer query
+        if close and re.match(r"\s*[\w(]", text[close + 1:]):
+            return text
         return inner.strip()
-    return text.rstrip(_QUOTES)
+    return text[:-1] if text and text[-1] in _QUOTES and not _balanced(text) else text
+
+
+def _balanced(text: str) -> bool:
+    """Whether the text's last character closes a quote opened in it ("open 'package.json'")."""
+    last = text[-1]
+    if last in "'\"`":
+        return text.count(last) % 2 == 0 or (last == "'" and text.count("'") > 1)
+    return any(o in text for o, closes in _CLOSING.items() if last in closes and o != last)
+
+
+def _first_sentence(text: str, ends: re.Pattern) -> str:
+    """`text` up to the first sentence end that does not follow an abbreviation or a single initial."""
+    for end in ends.finditer(text):
+        before = re.search(r"(\w+)\W*$", text[:end.start() + 1])
+        word = before.group(1).lower() if before else ""
+        if text[end.start()] == "." and (word in ABBREVIATIONS or len(word) == 1):
+            continue
+        return text[:end.start()]
+    return text
 
 
 def _is_loop(tokens: list[str]) -> bool:
@@ -148,7 +183,7 @@ def extract_query(raw: str, kind: str = "keyword", passage: str = "",
     quoted = _FOR_X_WOULD_BE.match(text)
     if quoted:
         text, chatter = quoted.group(1), True
-    for pattern in (_POLITE, _LABEL, _LABEL):  # "Sure! Here is a query: Query: ..." peels twice
+    for pattern in (_POLITE, _POLITE_I18N, _LABEL, _LABEL_I18N, _LABEL):  # "Sure! Here is a query: Query: ..." peels twice
         stripped = pattern.sub("", text, count=1)
         if stripped != text:
             text, chatter = stripped, True
@@ -163,12 +198,14 @@ def extract_query(raw: str, kind: str = "keyword", passage: str = "",
     if kind == "question":
         text = _QUESTION_END.sub("?", text)
     else:
-        text = _SENTENCE_END.split(text, 1)[0]
+        text = _first_sentence(text, _SENTENCE_END)
     if kind in ("keyword", "plain"):  # "distal clavicle thinning, a condition of ..." is search + definition
-        text = _APPOSITION.sub("", _LOWER_SENTENCE_END.split(text, 1)[0])
-    text = text.strip(" \t" + _QUOTES)
+        text = _APPOSITION.sub("", _first_sentence(text, _LOWER_SENTENCE_END))
+    text = text.strip(" \t")
+    if text[:1] in _CLOSING and text[-1:] in _CLOSING[text[0]] and len(text) > 2:
+        text = text[1:-1].strip()
     if kind != "question":
-        text = text.rstrip(" .,;:!")
+        text = text.rstrip(" .,;:!。")
     if not re.search(r"\w", text):
         return Extraction("", CHATTER if chatter else EMPTY, chatter)
     if _CHATTER.search(text) or all(w in STOPWORDS or w in META_WORDS for w in words(text)):
@@ -178,7 +215,7 @@ def extract_query(raw: str, kind: str = "keyword", passage: str = "",
     if not finished and _reaches_end(text, raw) and not raw.rstrip().endswith(("?", ".", "!", '"')):
         # the limit cut the query itself (not a ramble after it, nor at its natural end)
         return Extraction("", UNFINISHED, chatter)
-    if kind == "question" and not (text.endswith("?") or _INTERROGATIVE.match(text)):
+    if kind == "question" and not (text.endswith(("?", "？")) or _INTERROGATIVE.match(text)):
         return Extraction("", NOT_A_QUESTION, chatter)
     if example_queries:
         kept = _example_echo(text, passage, list(example_queries))
