@@ -77,3 +77,15 @@ def test_every_bad_qrels_line_is_named_at_once(tmp_path):
     message = str(raised.value)
     assert "test.tsv:2: score '0.5'" in message and "test.tsv:3: expected 3 tab-separated columns" in message
     assert "(and 4 more)" in message
+
+
+def test_unjudged_queries_and_relevant_judgements_of_absent_documents_are_counted_and_reported(tmp_path):
+    from embedtune.evaluate import set_caveats
+
+    folder = beir_set(tmp_path / "g", qrels="q1\td1\t1\nq1\tgone\t0\nq2\td2\t1\nq2\talso-gone\t2\n")
+    data = read_beir(folder, "test", "toy")
+    assert data.missing_documents == 1  # the grade-0 judgement of an absent document costs nothing
+    assert data.unjudged_queries == 1
+    assert set_caveats([data]) == [
+        "toy: 1 relevant judgements name documents absent from the corpus (no model can retrieve them; they lower recall)",
+        "toy: 1 queries of queries.jsonl have no judgement in this split and are not scored"]

@@ -155,3 +155,8 @@ def test_paired_bootstrap_interval_brackets_the_mean_difference_and_flags_noise(
     assert shifted["low"] < 0 < shifted["high"] and not shifted["significant"]
     with pytest.raises(EmbedtuneError):
         paired_bootstrap({"a": 1.0}, {"b": 1.0})
+    # pairing: every query gains exactly 0.01 while queries spread over [0, 0.9]; resampled together the interval
+    # is that gain alone, where two separate resamples would spread it by about +-0.016 and call it noise
+    steady = {q: v * 0.9 for q, v in base.items()}
+    ci = paired_bootstrap(steady, {q: v + 0.01 for q, v in steady.items()})
+    assert ci["high"] - ci["low"] < 1e-9 and ci["diff"] == pytest.approx(0.01) and ci["significant"]

@@ -21,7 +21,7 @@ class RetrievalSet:
     corpus: dict[str, str]              # doc id -> text the encoder reads
     queries: dict[str, str]             # query id -> text (only those with judgements)
     qrels: dict[str, dict[str, int]]    # query id -> {doc id: relevance}
-    missing_documents: int = 0          # judgements naming documents absent from the corpus (they lower recall)
+    missing_documents: int = 0          # relevant judgements naming documents absent from the corpus (they lower recall)
     unjudged_queries: int = 0           # queries in queries.jsonl without a judgement in this split
 
 
@@ -104,6 +104,8 @@ def read_beir(folder: Path, split: str, name: str) -> RetrievalSet:
     if missing:
         raise EmbedtuneError(f"{folder}/qrels/{split}.tsv names {len(missing)} queries that are not in "
                              f"queries.jsonl (e.g. {missing[0]})")
-    absent = sum(1 for docs in qrels.values() for d in docs if d not in corpus)
+    # a relevant judgement (grade > 0) naming a document the corpus lacks lowers every model's recall; a grade-0
+    # one ("not relevant") costs nothing, so it is not counted
+    absent = sum(1 for docs in qrels.values() for d, grade in docs.items() if grade > 0 and d not in corpus)
     return RetrievalSet(name, corpus, queries, qrels, missing_documents=absent,
                         unjudged_queries=len(all_queries) - len(queries))

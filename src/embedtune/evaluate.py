@@ -236,6 +236,20 @@ def eval_sets(cfg: EvalConfig, benchmarks: Path, synthetic_test: list[dict], cor
     return sets
 
 
+def set_caveats(sets: list[RetrievalSet]) -> list[str]:
+    """What a reader of the scores should know about each set: relevant judgements naming documents the corpus
+    lacks (no model can retrieve them), queries with no judgement in the split (not scored)."""
+    lines = []
+    for s in sets:
+        if s.missing_documents:
+            lines.append(f"{s.name}: {s.missing_documents:,} relevant judgements name documents absent from the "
+                         "corpus (no model can retrieve them; they lower recall)")
+        if s.unjudged_queries:
+            lines.append(f"{s.name}: {s.unjudged_queries:,} queries of queries.jsonl have no judgement in this split "
+                         "and are not scored")
+    return lines
+
+
 def write_report(folder: Path, heading: str, results: dict[str, dict[str, dict]], sets: list[RetrievalSet],
                  training_metrics: Path, compared: list[dict], spend: list[dict] = (), gate: Optional[str] = None,
                  history: tuple[str, list[str]] = ("", [])) -> tuple[str, list[str], list[str]]:
@@ -254,8 +268,7 @@ def write_report(folder: Path, heading: str, results: dict[str, dict[str, dict]]
     plots += plot_training(training_metrics, folder / "training.png")
     versions = f"Versions of this run (nDCG@10 of each; `embedtune status` lists them):\n\n{history[0]}\n" if history[0] else ""
     plots += history[1]
-    caveats = "".join(f"{s.name}: {s.missing_documents:,} judgements name documents absent from the corpus "
-                      f"(no model can retrieve them; they lower recall).\n\n" for s in sets if s.missing_documents)
+    caveats = "".join(f"{line}.\n\n" for line in set_caveats(sets))
     warnings = "".join(f"**Warning: {w}.**\n\n" for w in regressions(compared))
     spent = ("Baselines: what this evaluation sent (texts already in the cache under cache/embeddings are never "
              "sent again):\n\n" + spend_table(list(spend)) + "\n") if spend else ""

@@ -25,6 +25,7 @@ from embedtune.evaluate import (
     eval_sets,
     regressions,
     evaluate_bm25,
+    set_caveats,
     evaluate_set,
     training_evaluator,
     write_report,
@@ -362,6 +363,8 @@ def evaluate(cfg: Config) -> dict:
     warned = regressions(compared)
     for line in warned:
         print(f"eval: warning: {line}")
+    for line in set_caveats(sets):
+        print(f"eval: {line}")
     counts = {name: next(iter(r.values()))["queries"] for name, r in results.items()}
     judged = {s.name: {"missing_documents": s.missing_documents, "unjudged_queries": s.unjudged_queries} for s in sets}
     extra = {"merge": {k: merge_info[k] for k in ("alpha", "setting", "grid")}} if merge_info else {}
