@@ -6,7 +6,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-import torch
 
 from embedtune.config import Config
 from embedtune.errors import EmbedtuneError

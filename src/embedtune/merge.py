@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from embedtune.beir import RetrievalSet
 from embedtune.embedding_cache import NoCache
