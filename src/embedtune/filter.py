@@ -7,7 +7,6 @@ All queries of one document (every chunk of it) land in one split, so no test pa
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -22,6 +21,7 @@ from embedtune.model import Encoder, ModelConfig, on_device
 from embedtune.precision import autocast
 from embedtune.search import rank_of_rows
 from embedtune.store import MappedTable, TextLookup
+from embedtune.text_units import word_count, words
 
 SPLITS = ("train", "dev", "test")
 
@@ -43,7 +43,7 @@ class FilterConfig:
 
 
 def _norm(text: str) -> str:
-    return " ".join(re.findall(r"\w+", text.lower()))
+    return " ".join(words(text))
 
 
 def longest_shared_run(query: str, passage: str) -> int:
@@ -78,7 +78,7 @@ def filter_queries(queries: list[dict], cfg: FilterConfig,
     dropped: dict[str, list[dict]] = {reason: [] for reason in FILTER_REASONS}
     seen, seen_words, kept = set(), set(), []
     for q in queries:
-        n_words = len(q["text"].split())
+        n_words = word_count(q["text"])
         words = " ".join(sorted(set(_norm(q["text"]).split())))
         if n_words == 0:
             reason = "empty"

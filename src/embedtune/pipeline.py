@@ -326,8 +326,8 @@ def evaluate(cfg: Config) -> dict:
         models["merged"] = (lambda: Encoder.load(cfg.model, path=str(merged_dir), precision=cfg.eval.precision),
                             "merged:" + merge_info["key"])
     results: dict[str, dict] = {s.name: {} for s in sets}
-    for label, (load, fingerprint) in models.items():
-        encoder, cache = on_device(load()), embedding_cache(run.cache, fingerprint, cfg.eval.precision)
+    for label, (load, model_fp) in models.items():
+        encoder, cache = on_device(load()), embedding_cache(run.cache, model_fp, cfg.eval.precision)
         for s in sets:
             results[s.name][label] = evaluate_set(encoder, cache, s, cfg.eval, label)
     if cfg.eval.bm25:

@@ -12,6 +12,7 @@ from embedtune.filter import FilterConfig, is_copy
 from embedtune.generate.extract import ECHO, looks_like_chatter
 from embedtune.io import atomic_path
 from embedtune.plots import plot_lengths
+from embedtune.text_units import word_count
 
 EXTRACTION_STAGE = "extraction"
 SAMPLES_PER_TYPE = 20
@@ -63,7 +64,7 @@ def write_query_report(folder: Path, run_name: str, outputs: list[dict], kept: l
             lines.append(f"| {stage} | {reason} | {len(rows):,} | {len(rows) / n:.1%} | {example} |")
     lines += ["", "## By query type", "", "| type | outputs | kept | kept share | words (median) |",
               "| --- | ---: | ---: | ---: | ---: |"]
-    lengths = {k: sorted(len(q["text"].split()) for q in kept if q["prompt"] == k) for k in kinds}
+    lengths = {k: sorted(word_count(q["text"]) for q in kept if q["prompt"] == k) for k in kinds}
     for k in kinds:
         made = sum(1 for q in outputs if q["prompt"] == k)
         median = lengths[k][len(lengths[k]) // 2] if lengths[k] else 0

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from embedtune.text_units import word_spans, words
+
 # Reasons an answer holds no query (the keys of the `dropped` counts of the filter stage).
 EMPTY = "empty"                # nothing, or only punctuation
 CHATTER = "chatter"            # talk about the task or the text, no query in it
@@ -67,7 +69,6 @@ ABBREVIATIONS = frozenset("""st dr mr mrs ms mx prof vs etc approx ca cf fig no 
     bzw usw ggf evtl sog ca resp ref""".split())
 _LOWER_SENTENCE_END = re.compile(r"(?<=\w\w\w)[.!;]\s+(?=[a-z])")  # "x concentration. reduced x ..." ("vs. b" stays)
 _QUESTION_END = re.compile(r"\?\s+\S.*$", re.S)
-_WORD = re.compile(r"\w+")
 _QUOTES = "\"“”'‘’`「」『』„"
 _CLOSING = {'"': '"”', "“": "”\"", "'": "'’", "‘": "’'", "`": "`", "「": "」", "『": "』", "„": "“\"", "”": "”"}
 
@@ -79,8 +80,6 @@ class Extraction:
     chatter: bool = False  # the answer held more than the query (labels, preambles, trailers)
 
 
-def words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
 
 
 def _unquote(text: str) -> str:
@@ -157,8 +156,8 @@ def _example_echo(query: str, passage: str, example_queries: list[str]) -> str |
 
 def _nth_word_end(text: str, n: int) -> int:
     """Index in `text` just after its n-th word."""
-    matches = list(_WORD.finditer(text))
-    return matches[n - 1].end() if n else 0
+    spans = word_spans(text)
+    return spans[n - 1][1] if n else 0
 
 
 def _reaches_end(query: str, raw: str) -> bool:
