@@ -80,7 +80,7 @@ def pool_rows(root: Path) -> list[dict]:
 
 
 def reextract(row: dict, texts: dict[str, str], cfg: GeneratorConfig) -> dict:
-    examples = [ex.query for ex in cfg.prompt.types[row["prompt"]].examples]
+    examples = [ex.query for ex in cfg.prompt.resolved_types()[row["prompt"]].examples]
     found = extract_query(row["raw"], row["prompt"], texts[row["passage_id"]], examples, row["finished"])
     return {"text": found.query, "reason": found.reason, "chatter": found.chatter}
 

@@ -36,6 +36,7 @@ class CorpusConfig:
     name: str = "hpo"                 # label used in reports and model cards
     format: str = "hpo"               # hpo | files | jsonl | parquet | beir | hf (anything datasets.load_dataset opens)
     domain: str = "this subject"      # what the corpus is about, in a few words (fills the generator prompt)
+    language: str = "en"              # the corpus's language (ISO 639-1): prompts, examples and BM25 in it (en de fr es zh ja)
     path: Optional[str] = None        # folder (files) or file (jsonl, parquet, beir corpus.jsonl); hf: a hub id, a
                                       # dataset folder, save_to_disk output, or Parquet/JSON files (globs too)
     subset: Optional[str] = None      # hf: the dataset's configuration name, if it has several

@@ -8,6 +8,7 @@ from typing import Optional
 
 from embedtune.baselines import RESERVED, BaselineConfig, spend_table
 from embedtune.beir import RetrievalSet, read_beir
+from embedtune.bm25 import bm25_search
 from embedtune.embedding_cache import EmbeddingCache, NoCache
 from embedtune.errors import EmbedtuneError
 from embedtune.io import atomic_path, write_json
@@ -37,7 +38,8 @@ class EvalConfig:
     batch_size: int = not_in_key(32)  # texts per encoding batch (small batches of length-sorted texts are fastest on CPU: bench/encode.py)
     precision: str = "auto"          # auto (bf16 where the CPU/GPU has it) | bf16 | fp32, for both models
     max_queries: int = 0             # evaluate at most this many queries per set (0: all)
-    bm25: bool = True                # also a BM25 row (bm25s, English stopwords): the lexical baseline
+    bm25: bool = True                # also a BM25 row (bm25s in corpus.language: bm25.py): the lexical baseline
+    language: str = "en"              # corpus.language: BM25's stop words, stemmer and tokens
     baselines: list[BaselineConfig] = field(default_factory=list)  # models users already have, as more rows:
                                      # a sentence-transformers model or an OpenAI-compatible endpoint each
 
@@ -200,19 +202,10 @@ def training_evaluator(data, cfg: EvalConfig):
 
 
 def evaluate_bm25(data, cfg: EvalConfig) -> dict:
-    """The same metrics for BM25 (bm25s: Lucene-style BM25, k1=1.5, b=0.75, English stopwords)."""
-    import logging
-
-    import bm25s
-
-    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    """The same metrics for BM25 in the corpus's language (bm25.py)."""
     doc_ids = list(data.corpus)
     query_ids = list(data.queries)[:cfg.max_queries or None]
-    retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize(list(data.corpus.values()), stopwords="en", show_progress=False),
-                    show_progress=False)
-    tokens = bm25s.tokenize([data.queries[q] for q in query_ids], stopwords="en", show_progress=False)
-    found, scores = retriever.retrieve(tokens, k=min(100, len(doc_ids)), show_progress=False)
+    found, scores = bm25_search(list(data.corpus.values()), [data.queries[q] for q in query_ids], cfg.language, 100)
     run = {q: {doc_ids[int(i)]: float(sc) for i, sc in zip(found[n], scores[n]) if sc > 0}
            for n, q in enumerate(query_ids)}
     return {"queries": len(query_ids), "documents": len(doc_ids),

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from embedtune.backbone import ATTENTIONS, ATTN_IMPLEMENTATIONS, DTYPES
 from embedtune.baselines import RESERVED
 from embedtune.errors import EmbedtuneError
+from embedtune.generate.languages import LANGUAGES
 
 if TYPE_CHECKING:  # config.py imports generate/, which imports this module
     from embedtune.config import Config
@@ -120,6 +121,9 @@ def _fraction(value) -> bool:
 def generator_problems(gen) -> list[str]:
     """The query-type mix and per-passage count (also checked by `generate` when called as a library)."""
     found = []
+    if gen.prompt.language not in LANGUAGES:
+        found.append(f"generator.prompt.language (corpus.language)={gen.prompt.language} has no built-in prompts; one of "
+                     f"{', '.join(LANGUAGES)} (or write the types yourself under generator.prompt.types)")
     unknown = sorted(set(gen.prompt.mix) - set(gen.prompt.types))
     if unknown:
         found.append(f"generator.prompt.mix names unknown query types {unknown} (known: {', '.join(gen.prompt.types)}; "

@@ -9,15 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Three short passages from unrelated fields, shared by the built-in types: the same text yields each kind
-# of query, which shows the model what differs between the kinds.
-_BREAD = ("Sourdough starter. A mixture of flour and water fermented by wild yeast and lactic acid bacteria. "
-          "It is fed every day and used to leaven bread without commercial yeast.")
-_CONTRACT = ("Force majeure. A contract clause that frees both parties from liability when an extraordinary "
-             "event beyond their control, such as a war or a flood, prevents them from meeting their obligations.")
-_BONDS = ("Bond duration. A measure of how sensitive a bond's price is to changes in interest rates, expressed "
-          "in years; the longer the duration, the larger the price swing.")
-
+from embedtune.generate.languages import LANGUAGES
 
 @dataclass
 class FewShot:
@@ -34,33 +26,17 @@ class QueryType:
     prefill: str = ""            # text the answer starts with; the model continues it
 
 
-def _type(instruction: str, label: str, queries: tuple[str, str, str], max_new_tokens: int) -> QueryType:
-    examples = [FewShot(p, q) for p, q in zip((_BREAD, _CONTRACT, _BONDS), queries)]
-    return QueryType(instruction, label, examples, max_new_tokens)
+MAX_NEW_TOKENS = {"keyword": 24, "question": 32, "claim": 32, "plain": 24}
 
 
-def builtin_types() -> dict[str, QueryType]:
-    return {
-        "keyword": _type("Write a keyword search, 2 to 6 words, that someone would type into a search engine "
-                         "to find this text.", "Search",
-                         ("sourdough starter wild yeast", "force majeure clause flood", "bond duration interest rates"),
-                         max_new_tokens=24),
-        "question": _type("Write a question that someone would ask and that this text answers.", "Question",
-                          ("How do you make bread rise without store-bought yeast?",
-                           "Who is liable when a flood stops a contract?",
-                           "Why do long-term bonds lose more value when rates rise?"),
-                          max_new_tokens=32),
-        "claim": _type("Write one short statement, in your own words, that this text supports.", "Statement",
-                       ("Bread can be leavened with wild yeast.",
-                        "A flood can excuse a company from its contract obligations.",
-                        "Bond prices fall when interest rates go up."),
-                       max_new_tokens=32),
-        "plain": _type("Write the search that someone without special training would type to find this text, "
-                       "in everyday words.", "Search",
-                       ("bread starter made from flour and water", "getting out of a contract after a disaster",
-                        "why my bond fund dropped when rates went up"),
-                       max_new_tokens=24),
-    }
+def builtin_types(language: str = "en") -> dict[str, QueryType]:
+    """The four built-in query types, their instructions and examples written in `language` (generate/languages.py).
+    The three example passages come from unrelated fields and are shared by the types: the same text yields each
+    kind of query, which shows the model what differs between the kinds."""
+    prompts = LANGUAGES[language]
+    return {kind: QueryType(instruction, label, [FewShot(p, q) for p, q in zip(prompts.passages, queries)],
+                            MAX_NEW_TOKENS[kind])
+            for kind, (instruction, label, queries) in prompts.types.items()}
 
 
 @dataclass
@@ -71,9 +47,21 @@ class PromptConfig:
                                       # (chosen on HPO dev: README "Synthetic queries")
     types: dict[str, QueryType] = field(default_factory=builtin_types)  # instruction, examples, lengths per type
     domain: str = "this subject"      # fills {domain}: what the corpus is about, e.g. "human phenotypes"
-    system: str = ("You write the search queries that people interested in {domain} type to find texts. "
-                   "Reply with the query only.")
+    system: str = LANGUAGES["en"].system  # the system line ({domain} filled)
     passage_max_chars: int = 600      # passages are cut (at a word) to this length inside the prompt
+    language: str = "en"              # corpus.language: the built-in types and system line in it (en de fr es zh ja)
+
+    def resolved_types(self) -> dict[str, QueryType]:
+        """`types`, or, where they are the English built-ins and the corpus is in another language, the built-ins
+        in that language (types a user replaced are used as they are)."""
+        if self.language != "en" and self.language in LANGUAGES and self.types == builtin_types("en"):
+            return builtin_types(self.language)
+        return self.types
+
+    def resolved_system(self) -> str:
+        if self.language != "en" and self.language in LANGUAGES and self.system == LANGUAGES["en"].system:
+            return LANGUAGES[self.language].system
+        return self.system
 
 
 @dataclass
@@ -101,8 +89,8 @@ def passage_for_prompt(title: str, text: str, limit: int) -> str:
 
 def render(kind: str, passage: str, cfg: PromptConfig, max_new_tokens: int) -> Prompt:
     """The prompt asking for a query of type `kind` for `passage` (already cut to length)."""
-    qtype = cfg.types[kind]
-    system = cfg.system.format(domain=cfg.domain)
+    qtype = cfg.resolved_types()[kind]
+    system = cfg.resolved_system().format(domain=cfg.domain)
     messages = [{"role": "system", "content": system}]
     blocks = [f"{system} {qtype.instruction}"]
     for ex in qtype.examples:

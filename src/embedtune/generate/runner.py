@@ -154,7 +154,7 @@ def generate_shard(passages: list[dict], cfg: GeneratorConfig, index: int, count
     for (p, kind, text), prompt, key in zip(jobs, prompts, keys):
         answer, generator = known[key]
         raw = prompt.prefill + answer.text
-        examples = [ex.query for ex in cfg.prompt.types[kind].examples]
+        examples = [ex.query for ex in cfg.prompt.resolved_types()[kind].examples]
         found = extract_query(raw, kind, text, examples, answer.finished)
         qid = hashlib.sha1(f"{p['id']}\x00{kind}\x000".encode()).hexdigest()[:16]
         rows.append({"query_id": qid, "passage_id": p["id"], "text": found.query, "raw": raw,
