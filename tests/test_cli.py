@@ -113,7 +113,7 @@ def test_missing_corpus_path(tmp_path, run_args):
 def test_empty_corpus_folder(tmp_path, run_args):
     (tmp_path / "docs").mkdir()
     message = stage_error("prepare", "corpus=files", f"corpus.path={tmp_path / 'docs'}", *run_args)
-    assert "docs" in message and "no files" in message
+    assert "docs" in message and "no file could be read" in message
     assert no_stage_output(tmp_path)
 
 

@@ -23,3 +23,9 @@ def test_a_chinese_query_is_not_too_short_and_near_duplicates_are_found_by_chara
     kept, dropped = filter_queries(queries, FilterConfig(min_words=2))
     assert [q["query_id"] for q in kept] == ["a", "c", "d"]
     assert [q["query_id"] for q in dropped["near_duplicate"]] == ["b"] and not dropped["too_short"]
+
+
+def test_display_width_counts_wide_characters_twice():
+    from embedtune.text_units import display_width
+
+    assert display_width("kidney cyst") == 11 and display_width("肾囊肿") == 6 and display_width("iPhone手机") == 10

@@ -24,6 +24,7 @@ from embedtune.hf_dataset import hf_records
 from embedtune.hpo import load_terms
 from embedtune.io import iter_jsonl
 from embedtune.store import DigestSet, hash64
+from embedtune.text_units import display_width
 
 PASSAGES_SCHEMA = pa.schema([("id", pa.string()), ("doc_id", pa.string()), ("title", pa.string()),
                              ("text", pa.string()), ("source", pa.string()), ("n_tokens", pa.int64())])
@@ -49,7 +50,7 @@ class CorpusConfig:
     duplicate_ids: str = "error"      # a repeated id: error (name both records) | keep_first | suffix (id#2, id#3)
     chunk_tokens: int = 200           # passage length bound in base-model tokens (title not counted)
     chunk_overlap: int = 32           # tokens shared by consecutive chunks of one document
-    min_chars: int = 20               # passages shorter than this after cleaning are dropped
+    min_chars: int = 20               # passages shorter than this after cleaning are dropped (a CJK character counts 2)
     max_documents: Optional[int] = None  # read only the first N documents (debugging, tiny runs)
     extensions: list[str] = field(default_factory=lambda: list(DOCUMENT_SUFFIXES))  # files read (add .csv/.tsv/.json/.jsonl: rows as documents)
     follow_symlinks: bool = False     # files: read symbolically linked files and folders (else listed as skipped)
@@ -281,7 +282,7 @@ def iter_passages(docs: Iterable[Document], tokenizer, cfg: CorpusConfig, counts
                 spans = chunk_spans(offsets, cfg.chunk_tokens, cfg.chunk_overlap, enc.word_ids(j))
                 for n, (start, end, n_tokens) in enumerate(spans):
                     text = doc.text[start:end].strip()
-                    if len(text) < cfg.min_chars:
+                    if display_width(text) < cfg.min_chars:
                         counts["passage_too_short"] += 1
                         continue
                     candidates.append({"id": passage_id(doc.source, doc.doc_id, n), "doc_id": doc.doc_id,

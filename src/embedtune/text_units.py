@@ -29,3 +29,11 @@ def word_count(text: str) -> int:
         cjk, rest = len(_CJK_CHAR.findall(token)), _CJK_CHAR.sub("", token)
         count += cjk + (1 if rest and (not cjk or re.search(r"\w", rest)) else 0)
     return count
+
+
+def display_width(text: str) -> int:
+    """Length as a reader sees it: wide (East Asian) characters count 2, as on a terminal; a 15-character
+    Chinese sentence says about what 30 Latin letters do."""
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)

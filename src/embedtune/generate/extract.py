@@ -143,7 +143,7 @@ def _example_echo(query: str, passage: str, example_queries: list[str]) -> str |
         for size in range(len(e_words), 1, -1):
             for start in range(len(e_words) - size + 1):
                 span = e_words[start:start + size]
-                if any(w in p_words for w in span) or all(w in STOPWORDS for w in span):
+                if any(w in p_words for w in span) or all(w in STOPWORDS for w in span) or _weight(span) < 2:
                     continue
                 at = next((i for i in range(len(q_words) - size + 1) if q_words[i:i + size] == span), None)
                 if at is None:
@@ -152,6 +152,12 @@ def _example_echo(query: str, passage: str, example_queries: list[str]) -> str |
                     return query[:_nth_word_end(query, at)].rstrip(" ,;:-")
                 return None
     return query
+
+
+def _weight(span: list[str]) -> float:
+    """Words in a span, a CJK character counting half (two-character words such as 怎么 are common to any two
+    Chinese questions, so an echo needs four characters)."""
+    return sum(0.5 if len(w) == 1 and ord(w) >= 0x3040 else 1 for w in span)
 
 
 def _nth_word_end(text: str, n: int) -> int:
