@@ -13,7 +13,8 @@ from conftest import build_tiny_model, tiny_vocab
 from helpers import ChatServer
 from embedtune.generate.backends import BackendConfig
 from embedtune.model import Encoder, ModelConfig
-from embedtune.teacher import LLM_PROMPT, TeacherConfig, make_teacher, relevance, yes_no_probability
+from embedtune.generate.answer import yes_no_probability
+from embedtune.teacher import LLM_PROMPT, TeacherConfig, make_teacher, relevance
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from embedtune.assets import resolve_model
 from embedtune.distributed import ShardConfig
 from embedtune.errors import EmbedtuneError
+from embedtune.generate.answer import yes_no_probability
 from embedtune.generate.backends import BackendConfig, make_backend
 from embedtune.generate.prompts import Prompt, cut
 from embedtune.manifest import not_in_key
@@ -112,14 +113,6 @@ class BiencoderTeacher:
         qi = torch.tensor([q_row[t] for t in queries], dtype=torch.long)
         pi = torch.tensor([p_row[t] for t in passages], dtype=torch.long)
         return (q[qi] * p[pi]).sum(-1).tolist()  # cosine: the encoder normalises (model.normalize)
-
-
-def yes_no_probability(logprobs: dict[str, float]) -> float:
-    """P(yes) among yes/no from a next token's log-probabilities by token text (case and spaces ignored);
-    nan when neither word is among them."""
-    yes = sum(math.exp(lp) for token, lp in logprobs.items() if token.strip().lower() == "yes")
-    no = sum(math.exp(lp) for token, lp in logprobs.items() if token.strip().lower() == "no")
-    return yes / (yes + no) if yes + no > 0 else math.nan
 
 
 class LLMTeacher:

@@ -5,7 +5,7 @@ the API key read from the environment variable named by `generator.api_key_env` 
 from __future__ import annotations
 
 from embedtune.errors import EmbedtuneError
-from embedtune.generate.answer import Answer, answer_of
+from embedtune.generate.answer import Answer, answer_of, yes_no_probability
 from embedtune.generate.prompts import Prompt
 from embedtune.http_retry import bearer_headers, post_all
 
@@ -45,8 +45,6 @@ class OpenAIBackend:
 
     def yes_no_probabilities(self, prompts: list[Prompt]) -> list[float]:
         """P(yes) among yes/no of each answer's first token, from the server's top logprobs (a teacher)."""
-        from embedtune.teacher import yes_no_probability
-
         def parse(choice) -> float:
             top = choice["logprobs"]["content"][0]["top_logprobs"]
             return yes_no_probability({t["token"]: float(t["logprob"]) for t in top})
