@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from embedtune.corpus import CorpusConfig, chunk_documents, clean_documents, read_documents
 from embedtune.errors import EmbedtuneError
+from embedtune.text_units import display_width
 
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -51,7 +52,7 @@ def passages_or_named_error(cfg: CorpusConfig, tokenizer, root: Path) -> list:
         assert str(root) in str(e), f"error does not name the file: {e}"
         return []
     for p in passages:
-        assert p["text"].strip() and len(p["text"]) >= cfg.min_chars and p["id"] and p["doc_id"]
+        assert p["text"].strip() and display_width(p["text"]) >= cfg.min_chars and p["id"] and p["doc_id"]
         assert "\ufeff" not in p["text"] and "\x00" not in p["text"]
         p["text"].encode("utf-8")  # valid UTF-8 (no lone surrogates)
     assert len({p["id"] for p in passages}) == len(passages)
