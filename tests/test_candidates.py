@@ -8,7 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from embedtune.candidates import CandidateSearch, CandidateWriter, Kept, candidates_fingerprint, save_array
+from embedtune.candidates import CandidateSearch, CandidateWriter, Kept, candidates_fingerprint
+from embedtune.store import save_npy
 from embedtune.search import IndexConfig, Searcher
 
 DEPTH = 6
@@ -30,8 +31,8 @@ def keep(tmp_path, search, queries, found) -> Kept:
     writer = CandidateWriter(tmp_path / "kept", "", len(queries), DEPTH, search.contents)
     writer.put(0, *found)
     writer.close()
-    save_array(tmp_path / "kept" / "queries.npy", queries)
-    save_array(tmp_path / "kept" / "searched.npy", search.searched)
+    save_npy(queries, tmp_path / "kept" / "queries.npy")
+    save_npy(search.searched, tmp_path / "kept" / "searched.npy")
     manifest = {"candidates": {"fingerprint": "f", "folder": "kept"}}
     assert Kept.load(tmp_path, manifest, "other") is None  # another model or search: nothing reused
     return Kept.load(tmp_path, manifest, "f")

@@ -88,9 +88,8 @@ class CandidateSearch:
                  kept: Optional[Kept]):
         self.searcher, self.contents, self.kept = searcher, contents, kept
         rows = np.arange(len(contents)) if allowed is None else np.flatnonzero(allowed)
-        self.searched = np.sort(contents[rows])
         by_content = np.argsort(contents[rows], kind="stable")
-        self._sorted, self._rows = contents[rows][by_content], rows[by_content]
+        self.searched, self._rows = contents[rows][by_content], rows[by_content]  # sorted digests, their rows
         self.counts = {"queries_searched_in_full": 0, "queries_updated": 0, "passages_new_to_search": 0}
         if kept is not None:
             fresh = ~np.isin(contents[rows], kept.searched)
@@ -100,17 +99,17 @@ class CandidateSearch:
 
     def _rows_of_contents(self, digests: np.ndarray) -> np.ndarray:
         """Current allowed row of each content digest, -1 where none has it (0: an empty slot, also -1)."""
-        if not len(self._sorted):
+        if not len(self.searched):
             return np.full(digests.shape, -1, np.int64)
-        at = np.clip(np.searchsorted(self._sorted, digests), 0, len(self._sorted) - 1)
-        return np.where((self._sorted[at] == digests) & (digests != 0), self._rows[at], -1).astype(np.int64)
+        at = np.clip(np.searchsorted(self.searched, digests), 0, len(self.searched) - 1)
+        return np.where((self.searched[at] == digests) & (digests != 0), self._rows[at], -1).astype(np.int64)
 
     def search(self, queries: np.ndarray, vectors: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores, rows) [queries, k'] best first, rows -1 past the end, as `Searcher.search`."""
-        scores, found = self.searcher.search(vectors, k) if self.kept is None else self._updated(queries, vectors, k)
-        if self.kept is None:
-            self.counts["queries_searched_in_full"] += len(queries)
-        return scores, found
+        if self.kept is not None:
+            return self._updated(queries, vectors, k)
+        self.counts["queries_searched_in_full"] += len(queries)
+        return self.searcher.search(vectors, k)
 
     def _updated(self, queries: np.ndarray, vectors: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         at = self.kept.rows_of(queries)
@@ -190,14 +189,6 @@ def join_parts(folder: Path, prefixes: list[str]) -> None:
         del arrays
         for p in prefixes:
             (Path(folder) / f"{p}{part}.npy").unlink()
-
-
-def save_array(path: Path, values: np.ndarray) -> None:
-    tmp = Path(path).parent / (Path(path).name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, values, allow_pickle=False)
-    os.replace(tmp, path)
-
 
 
 def folder_name(stage_key: str, previous: Optional[dict]) -> str:

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator, Optional
 import pyarrow as pa
 from tqdm import tqdm
 
-from embedtune.documents import Document, field_text
+from embedtune.documents import Document, field_text, record_document
 from embedtune.errors import EmbedtuneError
 from embedtune.folder_corpus import DOCUMENT_SUFFIXES, FileLedger, FolderReading, read_files, walk
 from embedtune.hf_dataset import hf_records
@@ -107,16 +107,9 @@ def record_documents(records: Callable[[Optional[Counter]], Iterator[tuple[str, 
 
     def docs() -> Iterator[tuple[str, Document]]:
         for n, (where, record) in enumerate(records(counts)):
-            text = field_text(record, text_field, where, required=True, separator=cfg.list_separator)
-            if text is None:  # a record without text: nothing to read, counted
-                if counts is not None:
-                    counts["null_text_skipped"] += 1
-                continue
-            title = field_text(record, title_field, where, required=False, separator=cfg.list_separator) if title_field else ""
-            doc_id = field_text(record, id_field, where, required=True) if id_field else str(n)
-            if doc_id is None:
-                raise EmbedtuneError(f"{where}: field '{id_field}' (the id) is null")
-            yield where, Document(doc_id=doc_id, title=title or "", text=text, source=source)
+            doc = record_document(record, where, fields, n, source, cfg.list_separator, counts)
+            if doc is not None:
+                yield where, doc
 
     def first_where(doc_id: str) -> str:
         return next(w for w, r in records(None) if field_text(r, id_field, w, required=True) == doc_id)

@@ -3,6 +3,7 @@ datasets, CSV and JSON rows)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Optional
 
@@ -37,3 +38,20 @@ def field_text(record: dict, name: str, where: str, required: bool, separator: O
         raise EmbedtuneError(f"{where}: field '{name}' is a list of {len(value)} strings, not a string; set "
                              "corpus.list_separator (e.g. \"\\n\") to join them")
     raise EmbedtuneError(f"{where}: field '{name}' is a {type(value).__name__}, not a string")
+
+
+def record_document(record: dict, where: str, fields: tuple, position: int, source: str,
+                    separator: Optional[str] = None, counts: Optional[Counter] = None) -> Optional[Document]:
+    """The document of one record, its (text, title, id) fields named by `fields` (a null title or id field: no
+    title, the record's `position` as id). None for a record whose text is null (counted as null_text_skipped)."""
+    text_field, title_field, id_field = fields
+    text = field_text(record, text_field, where, required=True, separator=separator)
+    if text is None:
+        if counts is not None:
+            counts["null_text_skipped"] += 1
+        return None
+    title = field_text(record, title_field, where, required=False, separator=separator) if title_field else ""
+    doc_id = field_text(record, id_field, where, required=True) if id_field else str(position)
+    if doc_id is None:
+        raise EmbedtuneError(f"{where}: field '{id_field}' (the id) is null")
+    return Document(doc_id=doc_id, title=title or "", text=text, source=source)

@@ -22,17 +22,10 @@ import torch
 from embedtune.distributed import barrier, group_rank, group_size, is_main
 from embedtune.encode import encode, encode_sharded
 from embedtune.errors import EmbedtuneError
-from embedtune.io import atomic_path
 from embedtune.precision import encoding_arithmetic
-from embedtune.store import TextLookup, hash64
+from embedtune.store import TextLookup, hash64, save_npy
 
 BLOCK_ROWS = 65_536  # corpus rows per encoding block, per shard written, and per search block
-
-
-def _save(array: np.ndarray, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array, allow_pickle=False)
 
 
 def _load(path: Path) -> np.ndarray:
@@ -117,8 +110,8 @@ class EmbeddingCache:
         vectors = np.ascontiguousarray(vectors, dtype=np.float16)
         name = hashlib.sha1(keys.tobytes()).hexdigest()[:16]
         if write:
-            _save(vectors, self.folder / f"vectors-{name}.npy")
-            _save(keys, self.folder / f"keys-{name}.npy")  # last: marks the shard complete
+            save_npy(vectors, self.folder / f"vectors-{name}.npy")
+            save_npy(keys, self.folder / f"keys-{name}.npy")  # last: marks the shard complete
         if name in self.names:
             return
         self.shards.append(vectors)
@@ -222,8 +215,8 @@ def forget(cache_root: Path, keys: np.ndarray) -> int:
         kept = np.ascontiguousarray(shard_keys[~gone])
         if len(kept):
             name = hashlib.sha1(kept.tobytes()).hexdigest()[:16]
-            _save(np.ascontiguousarray(_load(vectors_path)[~gone]), keys_path.parent / f"vectors-{name}.npy")
-            _save(kept, keys_path.parent / f"keys-{name}.npy")
+            save_npy(np.ascontiguousarray(_load(vectors_path)[~gone]), keys_path.parent / f"vectors-{name}.npy")
+            save_npy(kept, keys_path.parent / f"keys-{name}.npy")
         keys_path.unlink()  # first: without its keys file a shard is not read
         vectors_path.unlink(missing_ok=True)
         removed += int(gone.sum())

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
-from embedtune.documents import Document, field_text
+from embedtune.documents import Document, record_document
 from embedtune.errors import EmbedtuneError
 from embedtune.io import iter_jsonl
 
@@ -216,18 +216,16 @@ def _rows(path: Path, counts: Optional[Counter]) -> Iterator[tuple[str, dict]]:
 def row_documents(path: Path, rel: str, settings: FolderReading, counts: Optional[Counter]) -> list[Document]:
     """The rows of a .csv/.tsv/.json/.jsonl file as documents `<file>#<id or row number>`."""
     docs, ids = [], set()
+    fields = (settings.text_field, settings.title_field, settings.id_field)
     for n, (where, record) in enumerate(_rows(path, counts), 1):
-        text = field_text(record, settings.text_field, where, required=True, separator=settings.list_separator)
-        if text is None:
-            if counts is not None:
-                counts["null_text_skipped"] += 1
+        doc = record_document(record, where, fields, n, rel, settings.list_separator, counts)
+        if doc is None:
             continue
-        title = field_text(record, settings.title_field, where, False, settings.list_separator) if settings.title_field else ""
-        key = field_text(record, settings.id_field, where, required=True) if settings.id_field else str(n)
-        if key in ids:
-            raise EmbedtuneError(f"{where}: id '{key}' ({settings.id_field}) repeats an earlier row of the file")
-        ids.add(key)
-        docs.append(Document(doc_id=f"{rel}#{key}", title=title or "", text=text, source=rel))
+        if doc.doc_id in ids:
+            raise EmbedtuneError(f"{where}: id '{doc.doc_id}' ({settings.id_field}) repeats an earlier row of the file")
+        ids.add(doc.doc_id)
+        doc.doc_id = f"{rel}#{doc.doc_id}"
+        docs.append(doc)
     return docs
 
 

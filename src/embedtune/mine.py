@@ -23,14 +23,14 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from embedtune.candidates import CandidateSearch, CandidateWriter, join_parts, query_digests, save_array
+from embedtune.candidates import CandidateSearch, CandidateWriter, join_parts, query_digests
 from embedtune.corpus import doc_key
 from embedtune.distributed import all_reduce_sum, barrier, collective_device, group_rank, group_size
 from embedtune.errors import EmbedtuneError
 from embedtune.io import atomic_path
 from embedtune.manifest import not_in_key
 from embedtune.search import IndexConfig, Searcher, Vectors, take_vectors
-from embedtune.store import MappedTable, hash64
+from embedtune.store import MappedTable, hash64, save_npy
 
 
 @dataclass
@@ -202,8 +202,8 @@ def write_negatives(pairs: MappedTable, query_vectors: Vectors, passages: Passag
             part.unlink()
     lengths = pc.list_value_length(pq.read_table(out, columns=["negative_ids"]).column("negative_ids"))
     lengths = np.asarray(lengths.to_numpy(zero_copy_only=False), dtype=np.int64) if len(lengths) else np.empty(0, np.int64)
-    save_array(kept_folder / "queries.npy", query_digests(pairs))
-    save_array(kept_folder / "searched.npy", search.searched)
+    save_npy(query_digests(pairs), kept_folder / "queries.npy")
+    save_npy(search.searched, kept_folder / "searched.npy")
     return {"queries": int(len(lengths)), "negatives": int(lengths.sum()), **(search.counts if world == 1 else counts),
             "queries_without_negatives": int((lengths == 0).sum()),
             "queries_with_fewer_negatives": int((lengths < cfg.num_negatives).sum())}

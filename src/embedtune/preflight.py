@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from embedtune.assets import BUILTIN
 from embedtune.beir import read_beir
+from embedtune.corpus import read_records
 from embedtune.errors import EmbedtuneError
 
 if TYPE_CHECKING:
@@ -60,8 +61,6 @@ def corpus_problems(corpus) -> list[str]:
     files = [path] if path.is_file() else sorted(p for p in path.rglob(f"*.{corpus.format}") if p.is_file())
     if not files:
         return [f"corpus.path={corpus.path}: no .{corpus.format} file in it"]
-    from embedtune.corpus import read_records
-
     try:  # the first records name a missing field or a wrong type, as prepare would
         list(itertools.islice(read_records(files[0], corpus, beir=False), 100))
     except EmbedtuneError as e:

@@ -73,7 +73,8 @@ class DigestSet:
         return new
 
 
-def _save_npy(array: np.ndarray, path: Path) -> None:
+def save_npy(array: np.ndarray, path: Path) -> None:
+    """`array` as a .npy file, written under a temporary name and renamed (no pickle)."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, array, allow_pickle=False)
@@ -174,10 +175,10 @@ class MappedTable:
             shutil.rmtree(folder, ignore_errors=True)
             raise EmbedtuneError(f"{', '.join(str(s) for s in sources)}: id '{table.column(id_column)[int(first)]}' "
                                  f"({id_column}) is not unique (or two ids share a 64-bit hash)")
-        _save_npy(sorted_ids, folder / "ids.npy")
-        _save_npy(order.astype(np.int64), folder / "order.npy")
+        save_npy(sorted_ids, folder / "ids.npy")
+        save_npy(order.astype(np.int64), folder / "order.npy")
         for name, parts in extra_parts.items():
-            _save_npy(np.concatenate(parts) if parts else np.empty(0, np.uint64), folder / f"{name}.npy")
+            save_npy(np.concatenate(parts) if parts else np.empty(0, np.uint64), folder / f"{name}.npy")
         write_json({"id_column": id_column, "rows": int(len(ids)), "signature": signature}, folder / cls.DONE)
 
     def __len__(self) -> int:
