@@ -9,11 +9,12 @@ learning rate, and the same batches: for each data seed both sides read the pair
 seeded epoch order puts them). Every measurement runs in its own process (peak RSS is per run); the two
 sides alternate, once per data seed, so drift on a shared machine hits both. pairs/s counts the `--steps`
 steps after a first (warm-up) step and includes data preparation, forward, backward and the optimizer
-step. Tables give the median over seeds and the min-max range.
+step. Tables give the median over seeds and the min-max range. The header names the CPU: bf16 rows are
+measured only where bf16 is native (AVX512-BF16/AMX); an AVX2-only CPU emulates it, so it is timed in fp32.
 
 Tables:
   1. batch 64: embedtune (length-grouped chunks of 32, graph kept) vs SentenceTransformerTrainer +
-     MultipleNegativesRankingLoss, at fp32 and at bf16 autocast.
+     MultipleNegativesRankingLoss, at fp32 and (native bf16 only) at bf16 autocast.
   2. batch 1024, chunk 32: embedtune gradient caching vs CachedMultipleNegativesRankingLoss
      (mini_batch_size=32).
   3. memory of embedtune with gradient caching, chunk 32, at global batch 64 / 256 / 1024 / 4096: RSS
@@ -139,6 +140,20 @@ def run(impl: str, **kw) -> dict:
     return result
 
 
+def cpu_kind() -> tuple[str, bool]:
+    """What the timings ran on, and whether bf16 is native (AVX512-BF16/AMX) or emulated (then fp32 is the fair
+    precision: an AVX2-only CPU runs bf16 autocast slower than fp32)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown CPU", False
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "CPU")
+    native = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    kind = ", ".join(native) if native else ("AVX-512, no bf16" if "avx512f" in flags else "AVX2 only, no bf16")
+    return f"{model} ({kind})", bool(native)
+
+
 def median(xs):
     xs = sorted(xs)
     return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
@@ -164,26 +179,36 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2", help="data seeds: one alternating repeat each")
     ap.add_argument("--out", default=None, help="folder for train.md and train.png")
     ap.add_argument("--parts", default="small,big,rss", help="which tables: small (batch 64), big (1024), rss")
+    ap.add_argument("--precisions", default=None,
+                    help="batch-64 precisions (default: fp32,bf16 where the CPU has native bf16, else fp32)")
+    ap.add_argument("--big-precision", default=None,
+                    help="precision of the batch-1024 and memory runs (default: bf16 if native, else fp32)")
     a = ap.parse_args()
     if a.mode == "child":
         print(json.dumps(child_ours(a) if a.impl == "ours" else child_st(a)))
         return
 
+    import datetime
+
     import torch
     seeds = [int(x) for x in a.seeds.split(",")]
-    lines = [f"MiniLM-L6, HPO pairs, max length {MAX_LENGTH}, {torch.get_num_threads()} threads; both sides train on the "
-             f"same batches; median (min-max) over {len(seeds)} data seeds, sides alternating\n"]
+    cpu, native_bf16 = cpu_kind()
+    precisions = (a.precisions or ("fp32,bf16" if native_bf16 else "fp32")).split(",")
+    big_precision = a.big_precision or ("bf16" if native_bf16 else "fp32")
+    lines = [f"`python bench/train.py {' '.join(sys.argv[1:])}`, {datetime.date.today()}, on {cpu}: MiniLM-L6, HPO "
+             f"pairs, max length {MAX_LENGTH}, {torch.get_num_threads()} threads; both sides train on the same batches; "
+             f"median (min-max) over {len(seeds)} data seeds, sides alternating\n"]
     parts = a.parts.split(",")
     small, big, rss = {}, {}, {}
     if "small" in parts:
-        for precision in ("fp32", "bf16"):
+        for precision in precisions:
             for seed in seeds:
                 for impl in ("ours", "st"):
                     small.setdefault((precision, impl), []).append(
                         run(impl, batch=64, chunk=32, steps=a.steps + 1, precision=precision, seed=seed)["pairs_per_s"])
         lines += [f"| batch 64, {a.steps} timed steps | embedtune pairs/s | sentence-transformers MNRL pairs/s | speed-up |",
                   "| --- | ---: | ---: | ---: |"]
-        for precision in ("fp32", "bf16"):
+        for precision in precisions:
             ours, st = small[(precision, "ours")], small[(precision, "st")]
             ratios = [o / t for o, t in zip(ours, st)]
             lines.append(f"| {precision} | {spread(ours)} | {spread(st)} | {median(ratios):.2f}x "
@@ -191,21 +216,21 @@ def main() -> None:
     if "big" in parts:
         for seed in seeds:
             for impl in ("ours", "st"):
-                big.setdefault(impl, []).append(run(impl, batch=1024, chunk=32, steps=a.big_steps + 1, precision="bf16",
+                big.setdefault(impl, []).append(run(impl, batch=1024, chunk=32, steps=a.big_steps + 1, precision=big_precision,
                                                     cache=True, seed=seed)["pairs_per_s"])
         ratios = [o / t for o, t in zip(big["ours"], big["st"])]
-        lines += ["", f"| batch 1024, chunk 32, bf16, {a.big_steps} timed steps | embedtune grad cache pairs/s | "
+        lines += ["", f"| batch 1024, chunk 32, {big_precision}, {a.big_steps} timed steps | embedtune grad cache pairs/s | "
                       "CachedMNRL pairs/s | speed-up |", "| --- | ---: | ---: | ---: |",
                   f"| | {spread(big['ours'])} | {spread(big['st'])} | {median(ratios):.2f}x "
                   f"({min(ratios):.2f}-{max(ratios):.2f}) |"]
     memory = []
     if "rss" in parts:
         # the same 4,096 pairs at every batch size (peak memory follows the longest chunk a run meets)
-        rss = {(b, True): run("ours", batch=b, chunk=32, steps=4096 // b, precision="bf16", cache=True)
+        rss = {(b, True): run("ours", batch=b, chunk=32, steps=4096 // b, precision=big_precision, cache=True)
                for b in (64, 256, 1024, 4096)}
-        rss[(1024, False)] = run("ours", batch=1024, chunk=32, steps=4, precision="bf16")
+        rss[(1024, False)] = run("ours", batch=1024, chunk=32, steps=4, precision=big_precision)
         base = rss[(64, True)]["peak_rss_mb"] - rss[(64, True)]["rss_before_mb"]
-        memory += ["| global batch (chunk 32, bf16; same 4,096 pairs) | gradient caching | RSS before the first "
+        memory += [f"| global batch (chunk 32, {big_precision}; same 4,096 pairs) | gradient caching | RSS before the first "
                    "step MB | peak RSS MB | training's share (peak - before) | vs batch 64 |",
                    "| ---: | --- | ---: | ---: | ---: | ---: |"]
         for (b, cached), m in rss.items():
@@ -219,12 +244,12 @@ def main() -> None:
         if small or big:
             (out / "train.md").write_text("\n".join(lines) + "\n")
         if small and big:
-            plot_throughput(small, big, out / "train.png")
+            plot_throughput(small, big, precisions, big_precision, out / "train.png")
         if rss:
-            header = (f"MiniLM-L6, HPO pairs, max length {MAX_LENGTH}, {torch.get_num_threads()} threads; one run "
+            header = (f"{datetime.date.today()}, on {cpu}: MiniLM-L6, HPO pairs, max length {MAX_LENGTH}, {torch.get_num_threads()} threads; one run "
                       "per row (data seed 0), each in its own process\n")
             (out / "train_memory.md").write_text("\n".join([header] + memory) + "\n")
-            plot_memory(rss, out / "train_memory.png")
+            plot_memory(rss, big_precision, out / "train_memory.png")
 
 
 def _pyplot():
@@ -234,12 +259,12 @@ def _pyplot():
     return plt
 
 
-def plot_throughput(small, big, path: Path) -> None:
+def plot_throughput(small, big, precisions, big_precision, path: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    labels = ["b64 fp32", "b64 bf16", "b1024 cached"]
-    ours = [median(small[("fp32", "ours")]), median(small[("bf16", "ours")]), median(big["ours"])]
-    st = [median(small[("fp32", "st")]), median(small[("bf16", "st")]), median(big["st"])]
+    labels = [f"b64 {p}" for p in precisions] + [f"b1024 cached {big_precision}"]
+    ours = [median(small[(p, "ours")]) for p in precisions] + [median(big["ours"])]
+    st = [median(small[(p, "st")]) for p in precisions] + [median(big["st"])]
     x = range(len(labels))
     ax.bar([i - 0.2 for i in x], ours, 0.4, label="embedtune")
     ax.bar([i + 0.2 for i in x], st, 0.4, label="sentence-transformers")
@@ -250,7 +275,7 @@ def plot_throughput(small, big, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def plot_memory(rss, path: Path) -> None:
+def plot_memory(rss, precision: str, path: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     cached = {b: m["peak_rss_mb"] - m["rss_before_mb"] for (b, c), m in rss.items() if c}
@@ -259,7 +284,7 @@ def plot_memory(rss, path: Path) -> None:
     ax.plot(list(uncached), list(uncached.values()), marker="x", linestyle="none", markersize=10, label="no caching")
     ax.legend(loc="upper left")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("global batch (chunk 32, bf16)")
+    ax.set_xlabel(f"global batch (chunk 32, {precision})")
     ax.set_ylabel("peak RSS - RSS before the first step (MB)")
     ax.set_ylim(0, max([*cached.values(), *uncached.values()]) * 1.2)
     fig.tight_layout()
