@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,41 +15,38 @@ from embedtune.errors import EmbedtuneError
 from embedtune.io import atomic_path, write_parquet_parts
 from embedtune.store import texts_of
 
-if TYPE_CHECKING:
-    from embedtune.corpus import CorpusConfig
-
 FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv", ".arrow": "arrow"}
 
 
-def _open(cfg: "CorpusConfig"):
-    """The configured split as a Dataset (memory-mapped Arrow) or, with corpus.streaming, an IterableDataset."""
+def _open(path: str, subset: Optional[str], split: str, streaming: bool):
+    """The split as a Dataset (memory-mapped Arrow) or, with corpus.streaming, an IterableDataset."""
     import datasets
 
-    local = Path(cfg.path).expanduser()
+    local = Path(path).expanduser()
     if local.is_dir() and ((local / "state.json").exists() or (local / "dataset_dict.json").exists()):
         data = datasets.load_from_disk(str(local))  # save_to_disk output
         if isinstance(data, datasets.DatasetDict):
-            if cfg.split not in data:
-                raise EmbedtuneError(f"corpus.path {local}: no split '{cfg.split}' (splits: {', '.join(data)}); "
+            if split not in data:
+                raise EmbedtuneError(f"corpus.path {local}: no split '{split}' (splits: {', '.join(data)}); "
                                      "set corpus.split")
-            data = data[cfg.split]
-        return data.to_iterable_dataset() if cfg.streaming else data
+            data = data[split]
+        return data.to_iterable_dataset() if streaming else data
     builder = FILE_BUILDERS.get(local.suffix.lower()) if not local.is_dir() else None
     if builder:  # a file, or a glob of files
-        return datasets.load_dataset(builder, data_files=str(local), split=cfg.split, streaming=cfg.streaming)
-    return datasets.load_dataset(cfg.path, cfg.subset, split=cfg.split, streaming=cfg.streaming)
+        return datasets.load_dataset(builder, data_files=str(local), split=split, streaming=streaming)
+    return datasets.load_dataset(path, subset, split=split, streaming=streaming)
 
 
-def hf_records(cfg: "CorpusConfig") -> Iterator[tuple[str, dict]]:
-    """(where, record) of every row of the configured dataset split; a dataset that cannot be opened is one
-    error naming corpus.path and what datasets said."""
+def hf_records(path: str, subset: Optional[str], split: str, streaming: bool) -> Iterator[tuple[str, dict]]:
+    """(where, record) of every row of a dataset split (corpus.path, corpus.subset, corpus.split,
+    corpus.streaming); a dataset that cannot be opened is one error naming corpus.path and what datasets said."""
     try:
-        data = _open(cfg)
+        data = _open(path, subset, split, streaming)
     except EmbedtuneError:
         raise
     except Exception as e:  # datasets raises many types: not found, offline hub, bad files, unknown split
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EmbedtuneError(f"corpus.path {cfg.path}: datasets could not open it ({type(e).__name__}: {message}); "
+        raise EmbedtuneError(f"corpus.path {path}: datasets could not open it ({type(e).__name__}: {message}); "
                              "give a local dataset folder, save_to_disk output, Parquet/JSON files or a hub id "
                              "(with corpus.subset / corpus.split)") from e
     n, rows = 0, iter(data)
@@ -59,10 +56,10 @@ def hf_records(cfg: "CorpusConfig") -> Iterator[tuple[str, dict]]:
         except StopIteration:
             return
         except Exception as e:  # a damaged file met while streaming
-            raise EmbedtuneError(f"{cfg.path} ({cfg.split}): after row {n}: cannot read on "
+            raise EmbedtuneError(f"{path} ({split}): after row {n}: cannot read on "
                                  f"({type(e).__name__}: {e})") from e
         n += 1
-        yield f"{cfg.path} ({cfg.split}): row {n}", record
+        yield f"{path} ({split}): row {n}", record
 
 
 DATASET_ROWS_PER_FILE = 100_000
