@@ -15,13 +15,13 @@ from embedtune.generate.backends import BackendConfig, NoRepeatInAnswer, StopAtN
 from embedtune.generate.prompts import PromptConfig, builtin_types, cut, render
 from embedtune.generate.runner import (
     GeneratorConfig,
+    check_generator,
     query_types,
     read_queries,
     run_generate,
     select_passages,
     shard_passages,
 )
-from embedtune.validate import check_generator
 
 
 def test_render_shows_each_types_examples_as_earlier_turns_and_as_a_completion():

@@ -3,15 +3,11 @@ together: all of them named at once, before any stage reads, loads or writes any
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from embedtune.backbone import ATTENTIONS, ATTN_IMPLEMENTATIONS, DTYPES
 from embedtune.baselines import RESERVED
-from embedtune.errors import EmbedtuneError
-from embedtune.generate.languages import LANGUAGES
-
-if TYPE_CHECKING:  # config.py imports generate/, which imports this module
-    from embedtune.config import Config
+from embedtune.config import Config
+from embedtune.errors import raise_if_invalid
+from embedtune.generate.runner import generator_problems
 
 
 def problems(cfg: Config) -> list[str]:
@@ -118,32 +114,6 @@ def _fraction(value) -> bool:
         return False
 
 
-def generator_problems(gen) -> list[str]:
-    """The query-type mix and per-passage count (also checked by `generate` when called as a library)."""
-    found = []
-    if gen.prompt.language not in LANGUAGES:
-        found.append(f"generator.prompt.language (corpus.language)={gen.prompt.language} has no built-in prompts; one of "
-                     f"{', '.join(LANGUAGES)} (or write the types yourself under generator.prompt.types)")
-    unknown = sorted(set(gen.prompt.mix) - set(gen.prompt.types))
-    if unknown:
-        found.append(f"generator.prompt.mix names unknown query types {unknown} (known: {', '.join(gen.prompt.types)}; "
-                     "add one under generator.prompt.types)")
-    if any(w < 0 for w in gen.prompt.mix.values()) or not any(w > 0 for w in gen.prompt.mix.values()):
-        found.append(f"generator.prompt.mix={dict(gen.prompt.mix)} needs weights >= 0, at least one > 0")
-    active = sum(1 for w in gen.prompt.mix.values() if w > 0)
-    if not 1 <= gen.queries_per_passage <= max(active, 1):
-        found.append(f"generator.queries_per_passage={gen.queries_per_passage} must be in [1, {active}]: each query "
-                     f"of a passage has its own type, and the mix has {active}")
-    for name, qtype in gen.prompt.types.items():
-        if not qtype.instruction.strip():
-            found.append(f"generator.prompt.types.{name}.instruction is empty")
-        if qtype.max_new_tokens < 1:
-            found.append(f"generator.prompt.types.{name}.max_new_tokens={qtype.max_new_tokens} must be >= 1")
-    if gen.max_new_tokens < 1:
-        found.append(f"generator.max_new_tokens={gen.max_new_tokens} must be >= 1")
-    return found
-
-
 def baseline_problems(baselines) -> list[str]:
     found, names = [], [b.name for b in baselines]
     for i, b in enumerate(baselines):
@@ -183,14 +153,5 @@ def serve_problems(serve) -> list[str]:
     return found
 
 
-def check_generator(gen) -> None:
-    _raise(generator_problems(gen))
-
-
 def check_config(cfg: Config) -> None:
-    _raise(problems(cfg))
-
-
-def _raise(found: list[str]) -> None:
-    if found:
-        raise EmbedtuneError("invalid settings (nothing was run):\n  - " + "\n  - ".join(found))
+    raise_if_invalid(problems(cfg))

@@ -20,29 +20,59 @@ from typing import Iterable, Optional
 import pyarrow.parquet as pq
 
 from embedtune.distributed import ShardConfig, shard_of_worker
-from embedtune.errors import EmbedtuneError
+from embedtune.errors import EmbedtuneError, raise_if_invalid
 from embedtune.generate.backends import BackendConfig, make_backend
 from embedtune.generate.cache import GenerationCache, prompt_key
 from embedtune.generate.extract import extract_query
+from embedtune.generate.languages import LANGUAGES
 from embedtune.generate.prompts import PromptConfig, passage_for_prompt, render
 from embedtune.io import atomic_path, read_json, read_parquet, read_stage_table, write_parquet
 from embedtune.manifest import Stage, not_in_key
 from embedtune.precision import generator_dtype
-from embedtune.validate import check_generator
 
 QUERY_COLUMNS = ["query_id", "passage_id", "text", "raw", "finished", "reason", "chatter", "generator", "prompt"]
 
 
 @dataclass
 class GeneratorConfig(BackendConfig):
-    prompt: PromptConfig = field(default_factory=PromptConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)  # query types, their mix and few-shot examples
     queries_per_passage: int = 1         # queries per passage, each of another type drawn from prompt.mix
     max_passages: Optional[int] = 2000   # deterministic sample of the corpus to write queries for (null: all); after a
                                          # corpus change, passages sampled before stay in the sample beside it
     seed: int = 0                        # sample choice, type draw and sampling seed
     save_every: int = not_in_key(256)    # answers are kept (generate/cache.py) every this many prompts: a killed
                                          # shard loses at most these, and its rerun asks only for the rest
-    shard: ShardConfig = not_in_key(ShardConfig)
+    shard: ShardConfig = not_in_key(ShardConfig)  # this worker's shard (default: from rank or SLURM array)
+
+
+def generator_problems(gen: GeneratorConfig) -> list[str]:
+    """The query-type mix and per-passage count (also checked by `generate` when called as a library)."""
+    found = []
+    if gen.prompt.language not in LANGUAGES:
+        found.append(f"generator.prompt.language (corpus.language)={gen.prompt.language} has no built-in prompts; one of "
+                     f"{', '.join(LANGUAGES)} (or write the types yourself under generator.prompt.types)")
+    unknown = sorted(set(gen.prompt.mix) - set(gen.prompt.types))
+    if unknown:
+        found.append(f"generator.prompt.mix names unknown query types {unknown} (known: {', '.join(gen.prompt.types)}; "
+                     "add one under generator.prompt.types)")
+    if any(w < 0 for w in gen.prompt.mix.values()) or not any(w > 0 for w in gen.prompt.mix.values()):
+        found.append(f"generator.prompt.mix={dict(gen.prompt.mix)} needs weights >= 0, at least one > 0")
+    active = sum(1 for w in gen.prompt.mix.values() if w > 0)
+    if not 1 <= gen.queries_per_passage <= max(active, 1):
+        found.append(f"generator.queries_per_passage={gen.queries_per_passage} must be in [1, {active}]: each query "
+                     f"of a passage has its own type, and the mix has {active}")
+    for name, qtype in gen.prompt.types.items():
+        if not qtype.instruction.strip():
+            found.append(f"generator.prompt.types.{name}.instruction is empty")
+        if qtype.max_new_tokens < 1:
+            found.append(f"generator.prompt.types.{name}.max_new_tokens={qtype.max_new_tokens} must be >= 1")
+    if gen.max_new_tokens < 1:
+        found.append(f"generator.max_new_tokens={gen.max_new_tokens} must be >= 1")
+    return found
+
+
+def check_generator(gen: GeneratorConfig) -> None:
+    raise_if_invalid(generator_problems(gen))
 
 
 def _h(text: str) -> int:
