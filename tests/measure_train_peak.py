@@ -27,7 +27,8 @@ def main() -> None:
     import torch
     from helpers import compose_config
 
-    from embedtune.train import TrainData, TrainJob, run_training
+    from embedtune.pipeline import train_job
+    from embedtune.train import TrainData, run_training
 
     torch.set_num_threads(1)
     cfg = compose_config(*overrides)
@@ -40,7 +41,7 @@ def main() -> None:
     layer = torch.nn.Linear(64, 64)
     layer(torch.randn(8, 64)).sum().backward()  # autograd and the matmul kernels loaded before the baseline
     baseline = rss()
-    run_training(TrainJob.of(cfg), data, out)
+    run_training(train_job(cfg), data, out)
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     print(json.dumps({"baseline": baseline, "peak": int(max(m["train/memory_mb"] for m in logged) * 2 ** 20)}))
 

@@ -8,10 +8,11 @@ import json
 
 import pytest
 import torch
-
 from helpers import compose_config, memorisable_data
+
 from embedtune.model import Encoder
-from embedtune.train import TrainJob, run_training
+from embedtune.pipeline import train_job
+from embedtune.train import run_training
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -48,7 +49,7 @@ def test_llm8b_experiment_cpu_form_trains_a_tiny_qwen3(tiny_qwen3_dir, tmp_path)
                          "train.chunk_size=3", "train.max_steps=12", "train.mixed_precision=no", "train.lr=3e-3",
                          "train.hard_negatives=0", "train.save_every=null", "train.log_every=1",
                          "train.warmup_ratio=0.1", "logger=none")
-    job = TrainJob.of(cfg)
+    job = train_job(cfg)
     data = memorisable_data(**dataclasses.asdict(cfg.train))
     result = run_training(job, data, tmp_path / "ckpt")
     assert result.steps == 12 and not result.halted

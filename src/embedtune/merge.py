@@ -11,21 +11,18 @@ import json
 import random
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from embedtune.beir import RetrievalSet
+from embedtune.config import Config
 from embedtune.embedding_cache import NoCache
 from embedtune.errors import EmbedtuneError
 from embedtune.io import atomic_path
 from embedtune.manifest import fingerprint, load_manifest
 from embedtune.model import Encoder, on_device, passage_text
+from embedtune.runs import RunFolder
 from embedtune.store import TextLookup
-
-if TYPE_CHECKING:
-    from embedtune.config import Config
-    from embedtune.runs import RunFolder
 
 GRID = (0.25, 0.5, 0.75, 1.0)
 GRID_PASSAGES = 2000  # passages besides the dev positives that the auto grid retrieves from

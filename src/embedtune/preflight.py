@@ -8,15 +8,12 @@ from __future__ import annotations
 import importlib.util
 import itertools
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from embedtune.assets import BUILTIN
 from embedtune.beir import read_beir
+from embedtune.config import Config
 from embedtune.corpus import read_records
 from embedtune.errors import EmbedtuneError
-
-if TYPE_CHECKING:
-    from embedtune.config import Config
 
 # which stages read what (run reads everything)
 READS = {"corpus": ("prepare",), "generator": ("generate",), "teacher": ("score",), "eval": ("eval",)}

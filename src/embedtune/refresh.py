@@ -10,17 +10,15 @@ from __future__ import annotations
 import random
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
+from embedtune.config import Config
 from embedtune.errors import EmbedtuneError
 from embedtune.manifest import load_manifest
+from embedtune.runs import RunFolder
 from embedtune.store import MappedTable
+from embedtune.train import TrainJob
 from embedtune.versions import fresh_passages, version_folder
-
-if TYPE_CHECKING:
-    from embedtune.config import Config
-    from embedtune.runs import RunFolder
-    from embedtune.train import TrainJob
 
 
 def training_rows(run: RunFolder, cfg: Config, job: TrainJob) -> tuple[MappedTable | list[dict], Optional[dict]]:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 from accelerate.utils import set_seed
@@ -35,9 +35,6 @@ from embedtune.model import Encoder, ModelConfig, PeftConfig
 from embedtune.preemption import StopRequests
 from embedtune.store import MappedTable, texts_of
 from embedtune.tracking import LoggerConfig, Tracker
-
-if TYPE_CHECKING:  # the root config imports this module's TrainConfig
-    from embedtune.config import Config
 
 
 @dataclass
@@ -194,10 +191,6 @@ class TrainJob:
     run_name: str = "embedtune"   # names the W&B run
     init_from: Optional[str] = None  # a saved encoder folder to start from (a refresh); None: the base model
 
-    @classmethod
-    def of(cls, cfg: Config) -> "TrainJob":
-        return cls(cfg.model, cfg.peft, cfg.loss, cfg.train, cfg.logger, cfg.run_name)
-
 
 @dataclass
 class TrainResult:
@@ -224,6 +217,15 @@ class TrainResult:
                "pairs_per_s": self.pairs_per_s, "processes": self.processes,
                "pairs_dropped_per_epoch": self.pairs_dropped_per_epoch}
         return {**out, "halted": True, "stop_reason": self.stop_reason} if self.halted else out
+
+    def line(self) -> str:
+        """What train prints at its end."""
+        if self.halted:
+            why = "halted" if self.stop_reason == "halt_at_step" else f"stopped by {self.stop_reason}"
+            return f"train: {why}; saved {self.final} of {self.steps} steps; the same command resumes it"
+        return (f"train: {self.steps} steps, {self.pairs:,} pairs in {self.seconds:.0f}s ({self.pairs_per_s:.1f} "
+                f"pairs/s, {self.processes} process(es)); {self.pairs_dropped_per_epoch} pair(s) per epoch left out "
+                "to give every process as many")
 
 
 class MetricsWindow:

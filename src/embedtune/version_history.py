@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from embedtune.assets import model_id
 from embedtune.evaluate import SYNTHETIC
 from embedtune.manifest import MANIFEST, load_manifest
 from embedtune.plots import pyplot, save_png
+from embedtune.runs import RunFolder
 from embedtune.versions import plan_line, record_version, reembed_plan
-
-if TYPE_CHECKING:
-    from embedtune.runs import RunFolder
 
 
 def gate_drops(compared: list[dict], set_names: list[str], row: str) -> list[str]:
