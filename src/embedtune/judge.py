@@ -37,3 +37,10 @@ def judge_queries(queries: list[dict], passages: dict[str, str], cfg: JudgeConfi
         prompts.append(Prompt([{"role": "user", "content": text}], f"{text}\n\nScore:", cfg.max_new_tokens,
                               group="judge"))
     return [parse_score(answer.text) for answer in backend.generate(prompts)]
+
+
+def judge_filter(queries: list[dict], passages: dict[str, str], cfg: JudgeConfig) -> tuple[list[dict], list[dict]]:
+    """(kept, dropped): each query with its `judge_score`, kept where it is at least cfg.min_score."""
+    judged = [{**q, "judge_score": s} for q, s in zip(queries, judge_queries(queries, passages, cfg))]
+    return ([q for q in judged if q["judge_score"] >= cfg.min_score],
+            [q for q in judged if q["judge_score"] < cfg.min_score])

@@ -12,8 +12,10 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Optional
 
 from embedtune import __version__
+from embedtune.errors import EmbedtuneError
 from embedtune.io import read_json, write_json
 
 MANIFEST = "manifest.json"
@@ -50,6 +52,14 @@ def fingerprint(*parts) -> str:
 def load_manifest(folder: Path) -> dict:
     """The manifest of a finished stage; a clear error if that stage has not run."""
     return read_json(Path(folder) / MANIFEST)
+
+
+def read_manifest(folder: Path) -> Optional[dict]:
+    """The folder's manifest, or None where there is none or it cannot be read (a stage that never finished)."""
+    try:
+        return load_manifest(folder)
+    except (EmbedtuneError, OSError, ValueError):
+        return None
 
 
 class Stage:

@@ -207,3 +207,18 @@ def write_negatives(pairs: MappedTable, query_vectors: Vectors, passages: Passag
     return {"queries": int(len(lengths)), "negatives": int(lengths.sum()), **(search.counts if world == 1 else counts),
             "queries_without_negatives": int((lengths == 0).sum()),
             "queries_with_fewer_negatives": int((lengths < cfg.num_negatives).sum())}
+
+
+def mining_summary(counts: dict, searched_by: str, num_negatives: int, reused: bool, recall: Optional[dict]) -> str:
+    """mine's printed lines: negatives found, what the kept candidate lists saved, the index's recall."""
+    lines = [f"mine: {counts['negatives']:,} hard negatives for {counts['queries']:,} queries by {searched_by}; "
+             f"{counts['queries_with_fewer_negatives']:,} got fewer than {num_negatives} "
+             f"({counts['queries_without_negatives']:,} none)"]
+    if reused:
+        lines.append(f"mine: {counts['queries_updated']:,} queries answered from the last mining plus a search of "
+                     f"{counts['passages_new_to_search']:,} new or changed passages; "
+                     f"{counts['queries_searched_in_full']:,} searched in full (new, or a kept candidate is gone)")
+    if recall:
+        lines.append(f"mine: {recall['index']}: recall@{recall['k']} {recall['recall']:.3f} against exact search on "
+                     f"{recall['sample']:,} sampled queries")
+    return "\n".join(lines)

@@ -99,3 +99,23 @@ def reason_counts(dropped: dict[str, dict[str, list[dict]]]) -> dict[str, int]:
         for reason, rows in reasons.items():
             total[reason] += len(rows)
     return dict(total)
+
+
+def extraction_reasons(outputs: list[dict]) -> dict[str, list[dict]]:
+    """The outputs extraction dropped, by reason (the generator's answer held no usable query)."""
+    found: dict[str, list[dict]] = {}
+    for q in outputs:
+        if q["reason"]:
+            found.setdefault(q["reason"], []).append(q)
+    return dict(sorted(found.items()))
+
+
+def filter_summary(outputs: list[dict], kept: list[dict], splits: dict[str, list], dropped: dict[str, int],
+                   measured: dict, report: Path) -> str:
+    """filter's two printed lines: what was kept and dropped, then the chatter and copy rates."""
+    return (f"filter: kept {len(kept):,} of {len(outputs):,} outputs ({len(kept) / max(1, len(outputs)):.0%}); dropped "
+            + ", ".join(f"{k} {v:,}" for k, v in dropped.items() if v) + "; "
+            + ", ".join(f"{s} {len(r):,}" for s, r in splits.items())
+            + f"\nfilter: chatter in {measured['chatter_in_outputs']:.1%} of outputs, {measured['chatter_in_kept']:.1%} "
+            f"of kept training queries; passage copies {measured['copies_in_outputs']:.1%} and "
+            f"{measured['copies_in_kept']:.1%}; samples in {report}")

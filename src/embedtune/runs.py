@@ -60,6 +60,17 @@ class RunFolder:
         return self.table("passages", self.passages, files, ["id", "doc_id", "title", "text", "source"], "id",
                           {"doc": lambda b: map(doc_key, b.column("source").to_pylist(), b.column("doc_id").to_pylist())})
 
+    def passages_named(self, ids: set[str], table: MappedTable) -> list[dict]:
+        """The passages of `ids` (id, title, text, source, doc_id); an error if a generated query names one that
+        prepare no longer has."""
+        named = sorted(ids)
+        rows = table.rows_of(named, missing_ok=True)
+        if (rows < 0).any():
+            unknown = [pid for pid, r in zip(named, rows) if r < 0]
+            raise EmbedtuneError(f"{len(unknown)} queries name passages that are not in passages/ (e.g. {unknown[0]}): "
+                                 "rerun generate after prepare (force=true)")
+        return table.take(rows, ["id", "title", "text", "source", "doc_id"]).to_pylist()
+
     def passage_texts(self, table: MappedTable | None = None) -> TextLookup:
         """id -> what the encoder reads for that passage (title and text), without a dict of every text."""
         return TextLookup(table or self.passage_table(), lambda r: passage_text(r["title"], r["text"]),
@@ -200,3 +211,18 @@ def status_lines(cfg: Config) -> list[str]:
                      + (f"; {scores}" if scores else "") + (" (model/)" if v["weights"] == current else "")
                      + ("" if v.get("promoted", True) else " (not promoted: held back by the gate)"))
     return lines
+
+
+def run_summary(run: RunFolder, times: dict[str, float]) -> list[str]:
+    """What `embedtune run` prints at its end: the queries kept and their quality, stage times, where things are,
+    and last (where nobody misses them) any set on which tuned is significantly worse than base."""
+    pairs = load_manifest(run.pairs)
+    measured, counts = pairs.get("rates", {}), pairs["counts"]
+    return [f"\nqueries: kept {counts['kept']:,} of {counts['generated']:,} outputs "
+            f"({counts['kept'] / max(1, counts['generated']):.0%}); of the kept training queries "
+            f"{measured.get('chatter_in_kept', 0):.1%} chatter, {measured.get('copies_in_kept', 0):.1%} passage copies "
+            f"(samples: {run.queries / 'report.md'})",
+            "stage wall times: " + ", ".join(f"{n} {t:.0f}s" for n, t in times.items())
+            + f" (total {sum(times.values()) / 60:.1f} min)",
+            f"report: {run.eval / 'report.md'}   model: {run.model}"] + [
+        f"embedtune run: warning: {line}" for line in load_manifest(run.eval).get("regressions", [])]
