@@ -32,19 +32,19 @@ class Config:
     run_name: str = "demo"            # the run folder is ${paths.runs}/${run_name}
     force: bool = False               # rerun the stage even when its manifest matches
     point: str = ""                   # a sweep point: its own folder ${paths.runs}/${run_name}/points/<point> (set per point in -m)
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
-    filter: FilterConfig = field(default_factory=FilterConfig)
-    mining: MiningConfig = field(default_factory=MiningConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)  # where run folders live
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)  # `prepare`: what to read, how to clean and chunk it
+    model: ModelConfig = field(default_factory=ModelConfig)  # the embedder trained (base model, pooling, lengths, prompts)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)  # `generate`: the model writing queries
+    filter: FilterConfig = field(default_factory=FilterConfig)  # `filter`: which queries are kept; the splits
+    mining: MiningConfig = field(default_factory=MiningConfig)  # `mine`: hard negatives from the base model
     teacher: TeacherConfig = field(default_factory=TeacherConfig)  # `embedtune score` (off with kind=none)
-    loss: LossConfig = field(default_factory=LossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    peft: PeftConfig = field(default_factory=PeftConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)  # the contrastive loss and distillation terms
+    train: TrainConfig = field(default_factory=TrainConfig)  # `train`: the loop, batches, precision, checkpoints
+    peft: PeftConfig = field(default_factory=PeftConfig)  # LoRA (kind=lora) or every weight (kind=none)
+    eval: EvalConfig = field(default_factory=EvalConfig)  # `eval`: sets, metrics, baselines, the version gate
+    export: ExportConfig = field(default_factory=ExportConfig)  # `export`: the model folder, ONNX, promotion
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # Weights & Biases (offline by default) or none
     plan: PlanConfig = field(default_factory=PlanConfig)  # `embedtune plan` only
     serve: ServeConfig = field(default_factory=ServeConfig)  # `embedtune serve` only
 

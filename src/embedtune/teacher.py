@@ -46,7 +46,7 @@ class TeacherConfig:
     passage_max_chars: int = 1000     # llm: passages are cut to this length in the prompt
     clean_negatives: bool = False     # drop mined negatives the teacher scores at or above their positive
     batch_size: int = not_in_key(32)  # pairs per forward pass
-    shard: ShardConfig = not_in_key(ShardConfig)
+    shard: ShardConfig = not_in_key(ShardConfig)  # this worker's shard of the pairs (default: rank or SLURM array)
 
     @property
     def enabled(self) -> bool:
