@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import compose_config
 
+import embedtune.passages as passages
 import embedtune.pipeline as pipeline
 from embedtune.corpus import CorpusConfig, chunk_documents, clean_documents, read_documents
 from embedtune.errors import EmbedtuneError
@@ -36,7 +37,7 @@ def prepare(tmp_path: Path, corpus: Path, *extra: str) -> dict:
 
 
 def test_prepare_streams_into_parts_equal_to_chunking_everything_at_once(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "PASSAGE_FILE_ROWS", 7)
+    monkeypatch.setattr(passages, "PASSAGE_FILE_ROWS", 7)
     corpus = write_jsonl(tmp_path / "docs.jsonl", RECORDS)
     manifest = prepare(tmp_path, corpus)
     folder = tmp_path / "runs" / "r" / "passages"
@@ -57,7 +58,7 @@ def test_prepare_streams_into_parts_equal_to_chunking_everything_at_once(tmp_pat
 
 
 def test_a_failed_rerun_leaves_the_previous_passages_whole_and_a_good_one_removes_them(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "PASSAGE_FILE_ROWS", 7)
+    monkeypatch.setattr(passages, "PASSAGE_FILE_ROWS", 7)
     corpus = write_jsonl(tmp_path / "docs.jsonl", RECORDS)
     first = prepare(tmp_path, corpus)
     folder = tmp_path / "runs" / "r" / "passages"
