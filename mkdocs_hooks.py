@@ -10,6 +10,8 @@ from pathlib import Path
 
 from mkdocs.structure.files import File
 
+from embedtune.config_reference import markdown
+
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "bench" / "results"
 TITLES = {  # bench/results/<stem>.md -> section title (others: the stem)
@@ -21,13 +23,13 @@ TITLES = {  # bench/results/<stem>.md -> section title (others: the stem)
 
 
 def benchmarks_page() -> str:
-    out = ["# Benchmarks", "", "Every table below is the file its script wrote under `bench/results/` (regenerate with the",
-           "command in its header; CPU kind and date are part of each). Timings depend on the machine: compare rows of",
-           "one table, not tables of different machines.", ""]
+    out = ["# Benchmarks", "", "Every table below is the file its script wrote under `bench/results/` (each names the",
+           "command that regenerates it, and the machine and date where timings are involved). Timings depend on the",
+           "machine: compare rows of one table, not tables of different machines.", ""]
     for path in sorted(RESULTS.glob("*.md"), key=lambda p: (list(TITLES).index(p.stem) if p.stem in TITLES else 99,
                                                            p.stem)):
         text = path.read_text(encoding="utf-8")
-        text = re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + 2) + " ", text, flags=re.M)  # below the section
+        text = demote_headings(text)
         text = re.sub(r"\]\(([\w.-]+\.png)\)", lambda m: f"](benchmarks/{m.group(1)})"
                       if (RESULTS / m.group(1)).exists() else m.group(0), text)  # its own plots, where the site has them
         out += [f"## {TITLES.get(path.stem, path.stem)}", "", f"`bench/results/{path.name}`", "", text.strip(), ""]
@@ -36,9 +38,16 @@ def benchmarks_page() -> str:
     return "\n".join(out)
 
 
-def on_files(files, config):
-    from embedtune.config_reference import markdown
+def demote_headings(text: str) -> str:
+    """Markdown headings two levels down (below the page's section), leaving lines inside code fences alone."""
+    lines, fenced = [], False
+    for line in text.splitlines():
+        fenced ^= line.startswith("```")
+        lines.append(re.sub(r"^(#+) ", r"##\1 ", line) if not fenced and not line.startswith("```") else line)
+    return "\n".join(lines)
 
+
+def on_files(files, config):
     files.append(File.generated(config, "reference/configuration.md", content=markdown()))
     files.append(File.generated(config, "benchmarks.md", content=benchmarks_page()))
     for png in sorted(RESULTS.glob("*.png")):

@@ -10,9 +10,10 @@ import io
 import tokenize
 from dataclasses import dataclass
 
+from embedtune.config import Config
 
-# which stages' keys each section enters (runs.stage_of builds the keys; tests/test_config_reference.py checks
-# this against it); sections not named here (logger, plan, serve, paths) and the run's own fields enter none
+# which stages' keys each section enters (runs.stage_of builds the keys; tests/test_docs.py checks this against
+# it); sections not named here (logger, plan, serve, paths) and the run's own fields enter none
 SECTION_STAGES = {
     "corpus": "prepare", "model": "prepare (model.name), filter, mine, train, eval", "generator": "generate",
     "filter": "filter", "mining": "mine", "teacher": "score", "loss": "train", "train": "train", "peft": "train",
@@ -26,9 +27,9 @@ class FieldDoc:
     type: str        # as annotated
     default: str     # repr of the default ("" for a section)
     comment: str     # the comment beside the field in the source (continued on following comment-only lines)
-    in_key: bool     # False for fields made with not_in_key(...)
-    section: bool    # a nested dataclass (its fields follow)
-    owner: str       # module.Class that declares it
+    in_key: bool     # False for fields made with not_in_key(...) and for every field of a section no stage key holds
+    section: str     # for a nested dataclass (its fields follow), its module.Class; "" for a plain field
+    owner: str       # module.Class that declares the field (a base class for inherited fields)
 
 
 def field_comments(cls: type) -> dict[str, str]:
@@ -95,11 +96,12 @@ def reference(cls: type, prefix: str = "") -> list[FieldDoc]:
     rows = []
     for f in dataclasses.fields(cls):
         shown, value = _default(f)
-        section = dataclasses.is_dataclass(value) and not isinstance(value, type)
+        nested = dataclasses.is_dataclass(value) and not isinstance(value, type)
+        section = f"{type(value).__module__}.{type(value).__qualname__}" if nested else ""
         comment, owner = comments.get(f.name, ("", f"{cls.__module__}.{cls.__qualname__}"))
         in_key = f.metadata.get("key", True) and f"{prefix}{f.name}".split(".")[0] in SECTION_STAGES
         rows.append(FieldDoc(f"{prefix}{f.name}", str(f.type), shown, comment, in_key, section, owner))
-        if section:
+        if nested:
             rows += reference(type(value), f"{prefix}{f.name}.")
     return rows
 
@@ -108,11 +110,8 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def markdown(cls: type | None = None) -> str:
+def markdown(cls: type = Config) -> str:
     """The reference as Markdown: one table per top-level section."""
-    if cls is None:
-        from embedtune.config import Config
-        cls = Config
     rows = reference(cls)
     out = ["# Configuration reference", "",
            "Generated from the config dataclasses (`src/embedtune/config_reference.py`) each time the site is built.",
@@ -131,7 +130,7 @@ def markdown(cls: type | None = None) -> str:
         if head.comment:
             out += [head.comment, ""]
         stages = SECTION_STAGES.get(head.name, "none (read when the command runs, never part of a stage key)")
-        out += [f"Declared in `{rows_owner(rows, head.name)}`. Stage keys: {stages}.", "",
+        out += [f"Declared in `{head.section}`. Stage keys: {stages}.", "",
                 "| field | type | default | key | what it does |", "| --- | --- | --- | --- | --- |"]
         for r in rows:
             if r.name.startswith(head.name + "."):
@@ -142,13 +141,6 @@ def markdown(cls: type | None = None) -> str:
     return "\n".join(out)
 
 
-def rows_owner(rows: list[FieldDoc], section: str) -> str:
-    return next((r.owner for r in rows if r.name.startswith(section + ".")), "")
-
-
-def undocumented(cls: type | None = None) -> list[str]:
+def undocumented(cls: type = Config) -> list[str]:
     """Dotted names of fields without a comment beside them."""
-    if cls is None:
-        from embedtune.config import Config
-        cls = Config
     return [f"{r.name} ({r.owner})" for r in reference(cls) if not r.comment]

@@ -199,8 +199,8 @@ def read_documents(cfg: CorpusConfig, counts: Optional[Counter] = None,
                 raise EmbedtuneError(f"corpus.path {path} must be a folder for corpus.format=files")
             docs = read_files(path, folder_reading(cfg), counts, ledger)
         elif cfg.format == "hf":
-            docs = record_documents(lambda _: hf_records(cfg.path, cfg.subset, cfg.split, cfg.streaming), (cfg.text_field, cfg.title_field, cfg.id_field), cfg,
-                                    path.name, counts)
+            docs = record_documents(lambda _: hf_records(cfg.path, cfg.subset, cfg.split, cfg.streaming),
+                                    (cfg.text_field, cfg.title_field, cfg.id_field), cfg, path.name, counts)
         elif cfg.format in ("jsonl", "parquet", "beir"):
             if path.is_dir() and cfg.format == "beir":
                 path = path / "corpus.jsonl"

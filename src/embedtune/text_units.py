@@ -5,6 +5,7 @@ runs of word characters, so English, German or Russian count exactly as a split 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 _CJK = "\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # kana, CJK ideographs
 _UNIT = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+")
@@ -21,6 +22,11 @@ def word_spans(text: str) -> list[tuple[int, int]]:
     return [m.span() for m in _UNIT.finditer(text)]
 
 
+def is_cjk_char(word: str) -> bool:
+    """A single kana or CJK ideograph (what `words` yields one character at a time)."""
+    return len(word) == 1 and bool(_CJK_CHAR.match(word))
+
+
 def word_count(text: str) -> int:
     """Words as a reader counts them: space-separated tokens, with each CJK character of a token one word
     ("how-to guide" 2, "儿童发烧怎么办" 7, "iPhone手机" 3)."""
@@ -34,6 +40,4 @@ def word_count(text: str) -> int:
 def display_width(text: str) -> int:
     """Length as a reader sees it: wide (East Asian) characters count 2, as on a terminal; a 15-character
     Chinese sentence says about what 30 Latin letters do."""
-    import unicodedata
-
     return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from embedtune.text_units import word_spans, words
+from embedtune.text_units import is_cjk_char, word_spans, words
 
 # Reasons an answer holds no query (the keys of the `dropped` counts of the filter stage).
 EMPTY = "empty"                # nothing, or only punctuation
@@ -157,7 +157,7 @@ def _example_echo(query: str, passage: str, example_queries: list[str]) -> str |
 def _weight(span: list[str]) -> float:
     """Words in a span, a CJK character counting half (two-character words such as 怎么 are common to any two
     Chinese questions, so an echo needs four characters)."""
-    return sum(0.5 if len(w) == 1 and ord(w) >= 0x3040 else 1 for w in span)
+    return sum(0.5 if is_cjk_char(w) else 1 for w in span)
 
 
 def _nth_word_end(text: str, n: int) -> int:
