@@ -11,7 +11,8 @@ from helpers import write_passages
 
 from embedtune.errors import EmbedtuneError
 from embedtune.generate.answer import Answer, answer_of, first_line
-from embedtune.generate.backends import BackendConfig, NoRepeatInAnswer, StopAtNewline, shared_start
+from embedtune.generate.backends import BackendConfig, NoRepeatInAnswer, StopAtNewline
+from embedtune.generate.decoding import shared_start
 from embedtune.generate.prompts import PromptConfig, builtin_types, cut, render
 from embedtune.generate.runner import (
     GeneratorConfig,
@@ -217,7 +218,8 @@ def test_unknown_query_type_is_named_before_loading_the_model(passages_dir, tmp_
 def test_the_cached_few_shot_start_changes_no_answer(tiny_lm_dir):
     """Batches reuse the keys and values of the prompts' shared start, with padding between it and each
     passage: every answer equals the one generated for that prompt alone, without cache or padding."""
-    from embedtune.generate.backends import MIN_SHARED_TOKENS, TransformersBackend
+    from embedtune.generate.backends import TransformersBackend
+    from embedtune.generate.decoding import MIN_SHARED_TOKENS
 
     backend = TransformersBackend(BackendConfig(model=str(tiny_lm_dir), dtype="float32", batch_size=4))
     passages = [("the heart " * n + "and the blood").strip() for n in (1, 7, 3, 12, 5, 2)]

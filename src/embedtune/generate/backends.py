@@ -13,19 +13,21 @@ from tqdm import tqdm
 from embedtune.assets import resolve_model
 from embedtune.errors import EmbedtuneError
 from embedtune.generate.answer import Answer, answer_of
+from embedtune.generate.decoding import (MIN_SHARED_TOKENS, NO_REPEAT, banned_tokens, prompt_ids, prompt_text,
+                                        shared_start)
+from embedtune.generate.onnx_backend import OnnxBackend
 from embedtune.generate.openai_backend import OpenAIBackend
 from embedtune.generate.prompts import Prompt
 from embedtune.manifest import not_in_key
 from embedtune.precision import generator_dtype
 
-MIN_SHARED_TOKENS = 16  # a shared prompt start shorter than this is not worth a cache
-
 
 @dataclass
 class BackendConfig:
-    backend: str = "transformers"     # transformers (local, CPU or GPU) | vllm (GPU) | openai (HTTP endpoint)
+    backend: str = "transformers"     # transformers (local, CPU or GPU) | onnx (ONNX Runtime GenAI, CPU) | vllm (GPU) | openai (HTTP endpoint)
     model: str = "smollm2-135m"       # built-in alias, local folder, .gguf file or hub id
     gguf_file: Optional[str] = None   # GGUF file inside `model` (aliases set it themselves)
+    onnx_precision: str = "fp32"      # onnx: fp32 (the tokens transformers writes in fp32) | int8 | int4
     dtype: str = "auto"               # auto (bfloat16 where native: GPU, AVX512-BF16/AMX CPU; else float32) | bfloat16 | float32 | float16
     device: str = not_in_key("auto")  # auto (cuda when available) | cpu | cuda
     batch_size: int = not_in_key(32)  # prompts per forward pass (sorted by length to cut padding)
@@ -43,21 +45,14 @@ class BackendConfig:
 
 
 class NoRepeatInAnswer:
-    """Logits processor: no word-piece 3-gram twice within the answer (the prompt may repeat freely, so
-    passage terms can still be copied). Greedy decoding of small models otherwise loops ("blood blood ...")
-    until max_new_tokens."""
+    """Logits processor: the no-repeat rule (decoding.banned_tokens) over each row's answer."""
 
-    def __init__(self, prompt_length: int, n: int = 3):
+    def __init__(self, prompt_length: int, n: int = NO_REPEAT):
         self.prompt_length, self.n = prompt_length, n
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        answer = input_ids[:, self.prompt_length:].tolist()
-        for row, tokens in enumerate(answer):
-            if len(tokens) < self.n:
-                continue
-            tail = tuple(tokens[len(tokens) - self.n + 1:])
-            banned = [tokens[i + self.n - 1] for i in range(len(tokens) - self.n + 1)
-                      if tuple(tokens[i:i + self.n - 1]) == tail]
+        for row, tokens in enumerate(input_ids[:, self.prompt_length:].tolist()):
+            banned = banned_tokens(tokens, self.n)
             if banned:
                 scores[row, banned] = -float("inf")
         return scores
@@ -76,18 +71,6 @@ class StopAtNewline:
         new = input_ids[:, self.prompt_length:].cpu()
         started = self.text[new[:, :-1]].any(dim=1)
         return (self.newline[new[:, -1]] & started).to(input_ids.device)
-
-
-def shared_start(sequences: list[list[int]]) -> int:
-    """Length of the longest common start of token sequences, leaving every sequence at least one token."""
-    n = min(len(s) for s in sequences) - 1
-    first = sequences[0]
-    for s in sequences[1:]:
-        i = 0
-        while i < n and s[i] == first[i]:
-            i += 1
-        n = i
-    return max(n, 0)
 
 
 class TransformersBackend:
@@ -122,15 +105,10 @@ class TransformersBackend:
         self._stop: Optional[StopAtNewline] = None
 
     def text_of(self, prompt: Prompt) -> str:
-        if self.chat:
-            text = self.tokenizer.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
-        else:
-            text = prompt.completion
-        return text + prompt.prefill
+        return prompt_text(self.tokenizer, self.chat, prompt)
 
     def token_ids(self, prompts: list[Prompt]) -> list[list[int]]:
-        texts = [self.text_of(p) for p in prompts]
-        return self.tokenizer(texts, add_special_tokens=not self.chat)["input_ids"]
+        return prompt_ids(self.tokenizer, self.chat, prompts)
 
     @torch.inference_mode()
     def generate(self, prompts: list[Prompt], seed: int = 0) -> list[Answer]:
@@ -218,12 +196,15 @@ class VLLMBackend:
         self.cfg, self.name = cfg, cfg.model
 
     def generate(self, prompts: list[Prompt], seed: int = 0) -> list[Answer]:
-        texts = [TransformersBackend.text_of(self, p) for p in prompts]
+        texts = [prompt_text(self.tokenizer, self.chat, p) for p in prompts]
         params = [self.params(max_tokens=p.max_new_tokens, temperature=self.cfg.temperature, stop=["\n"],
                               top_p=self.cfg.top_p if self.cfg.temperature > 0 else 1.0, seed=seed + i)
                   for i, p in enumerate(prompts)]
         return [answer_of(out.outputs[0].text, out.outputs[0].finish_reason == "length")
                 for out in self.llm.generate(texts, params)]
+
+
+BACKENDS = ("transformers", "onnx", "vllm", "openai")
 
 
 def make_backend(cfg: BackendConfig):
@@ -233,4 +214,6 @@ def make_backend(cfg: BackendConfig):
         return VLLMBackend(cfg)
     if cfg.backend == "openai":
         return OpenAIBackend(cfg)
-    raise EmbedtuneError(f"generator.backend={cfg.backend} is not one of transformers, vllm, openai")
+    if cfg.backend == "onnx":
+        return OnnxBackend(cfg)
+    raise EmbedtuneError(f"generator.backend={cfg.backend} is not one of {', '.join(BACKENDS)}")

@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 
 from embedtune.distributed import ShardConfig, shard_of_worker
 from embedtune.errors import EmbedtuneError, raise_if_invalid
-from embedtune.generate.backends import BackendConfig, make_backend
+from embedtune.generate.backends import BACKENDS, BackendConfig, make_backend
+from embedtune.generate.onnx_backend import PRECISIONS as ONNX_PRECISIONS
 from embedtune.generate.cache import GenerationCache, prompt_key
 from embedtune.generate.extract import extract_query
 from embedtune.generate.languages import LANGUAGES
@@ -68,6 +69,10 @@ def generator_problems(gen: GeneratorConfig) -> list[str]:
             found.append(f"generator.prompt.types.{name}.max_new_tokens={qtype.max_new_tokens} must be >= 1")
     if gen.max_new_tokens < 1:
         found.append(f"generator.max_new_tokens={gen.max_new_tokens} must be >= 1")
+    if gen.backend not in BACKENDS:
+        found.append(f"generator.backend={gen.backend} is not one of {', '.join(BACKENDS)}")
+    if gen.backend == "onnx" and gen.onnx_precision not in ONNX_PRECISIONS:
+        found.append(f"generator.onnx_precision={gen.onnx_precision} is not one of {', '.join(ONNX_PRECISIONS)}")
     return found
 
 
