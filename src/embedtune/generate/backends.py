@@ -6,9 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.util
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -221,24 +219,15 @@ def resolved_backend(cfg: BackendConfig) -> str:
         return "transformers"
     if generator_dtype(cfg.dtype) != "float32" or importlib.util.find_spec("onnxruntime_genai") is None:
         return "transformers"
-    return "transformers" if encoder_decoder(cfg.model) else "onnx"
-
-
-def encoder_decoder(model: str) -> bool:
-    """Whether `model` is an encoder-decoder (T5-like): a folder's config.json says so; a GGUF file is taken as a
-    decoder (what llama.cpp's format holds; reading its metadata takes seconds); a hub id asks transformers."""
-    resolved = resolve_model(model)
-    if resolved.gguf_file:
-        return False
-    config = Path(resolved.path) / "config.json"
-    if config.is_file():
-        return bool(json.loads(config.read_text()).get("is_encoder_decoder", False))
     from transformers import AutoConfig
 
+    resolved = resolve_model(cfg.model)
     try:
-        return bool(AutoConfig.from_pretrained(resolved.path).is_encoder_decoder)
+        config = AutoConfig.from_pretrained(resolved.path, **({"gguf_file": resolved.gguf_file}
+                                                             if resolved.gguf_file else {}))
     except (OSError, ValueError) as e:
-        raise EmbedtuneError(f"cannot load generator '{model}': {e}") from e
+        raise EmbedtuneError(f"cannot load generator '{cfg.model}': {e}") from e
+    return "transformers" if config.is_encoder_decoder else "onnx"
 
 
 def make_backend(cfg: BackendConfig):
