@@ -9,7 +9,7 @@ import pytest
 from embedtune.errors import EmbedtuneError
 from embedtune.generate.backends import BackendConfig, TransformersBackend, make_backend
 from embedtune.generate.decoding import banned_tokens
-from embedtune.generate.onnx_backend import choose, conversion_target, converted_folder
+from embedtune.generate.onnx_backend import choose, converted_folder
 from embedtune.generate.prompts import PromptConfig, render
 from embedtune.generate.runner import GeneratorConfig, check_generator
 
@@ -54,7 +54,7 @@ def test_the_conversion_is_made_once_and_keyed_by_weights_and_precision(tiny_lm_
     monkeypatch.setattr("embedtune.generate.onnx_backend.subprocess.run", no_second_conversion)
     assert converted_folder(str(tiny_lm_dir), "fp32") == first
     monkeypatch.undo()
-    assert conversion_target(str(tiny_lm_dir), "int8") != first  # another precision, another folder
+    assert converted_folder(str(tiny_lm_dir), "int8") != first  # another precision, another folder
 
     import shutil
     from safetensors.torch import load_file, save_file
@@ -65,7 +65,7 @@ def test_the_conversion_is_made_once_and_keyed_by_weights_and_precision(tiny_lm_
     name = next(iter(weights))
     weights[name] = weights[name] + 1
     save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
-    assert conversion_target(str(other), "fp32") != first  # other weights, another folder
+    assert converted_folder(str(other), "fp32") != first  # other weights, another folder
     leftovers = [p.name for p in (model_cache / "models" / "onnx").iterdir() if p.name.startswith(".")]
     assert leftovers == []
 
@@ -109,25 +109,3 @@ def test_the_llm_teacher_reads_the_same_p_yes_through_onnx(tmp_path, model_cache
     by_onnx = make_teacher(TeacherConfig(kind="llm", llm=BackendConfig(backend="onnx", model=str(folder))))
     expected = by_torch.score(QUERIES, TEACHER_PASSAGES)
     assert by_onnx.score(QUERIES, TEACHER_PASSAGES) == pytest.approx(expected, abs=1e-4)
-
-
-def test_auto_is_onnx_only_where_transformers_would_decode_in_float32_on_the_cpu(tiny_lm_dir, tmp_path, monkeypatch):
-    from embedtune.generate.backends import resolved_backend
-    from embedtune.generate.runner import resolved_dtype
-
-    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
-    assert resolved_backend(BackendConfig(backend="auto", model=str(tiny_lm_dir), dtype="float32")) == "onnx"
-    assert resolved_backend(BackendConfig(backend="auto", model=str(tiny_lm_dir), dtype="bfloat16")) == "transformers"
-    assert resolved_backend(BackendConfig(backend="auto", model=str(tiny_lm_dir), dtype="float32",
-                                          device="cuda")) == "transformers"
-    assert resolved_backend(BackendConfig(backend="openai", model="any")) == "openai"
-    t5 = tmp_path / "t5"
-    t5.mkdir()
-    from transformers import T5Config
-
-    T5Config(vocab_size=16, d_model=8, d_kv=4, d_ff=8, num_layers=1, num_heads=2).save_pretrained(t5)
-    assert resolved_backend(BackendConfig(backend="auto", model=str(t5), dtype="float32")) == "transformers"
-    # the stage key and the answers' cache tell the resolved engines apart
-    assert resolved_dtype(GeneratorConfig(backend="auto", model=str(tiny_lm_dir), dtype="float32")) == "onnx fp32"
-    assert resolved_dtype(GeneratorConfig(backend="auto", model=str(tiny_lm_dir), dtype="bfloat16")) == \
-        "transformers bfloat16"

@@ -22,7 +22,7 @@ from embedtune.assets import resolve_model
 from embedtune.distributed import ShardConfig
 from embedtune.errors import EmbedtuneError
 from embedtune.generate.answer import yes_no_probability
-from embedtune.generate.backends import BackendConfig, make_backend, resolved_backend
+from embedtune.generate.backends import BackendConfig, make_backend
 from embedtune.generate.decoding import prompt_text
 from embedtune.generate.prompts import Prompt, cut
 from embedtune.manifest import not_in_key
@@ -122,7 +122,6 @@ class LLMTeacher:
     def __init__(self, cfg: TeacherConfig):
         self.cfg = cfg
         self.backend = make_backend(cfg.llm)
-        self.engine = resolved_backend(cfg.llm)
 
     def prompts(self, queries: list[str], passages: list[str]) -> list[Prompt]:
         out = []
@@ -133,13 +132,13 @@ class LLMTeacher:
 
     def score(self, queries: list[str], passages: list[str]) -> list[float]:
         prompts = self.prompts(queries, passages)
-        if self.engine == "transformers":
+        if self.cfg.llm.backend == "transformers":
             return self._local(prompts)
-        if self.engine == "openai":
+        if self.cfg.llm.backend == "openai":
             return self.backend.yes_no_probabilities(prompts)
-        if self.engine == "onnx":
+        if self.cfg.llm.backend == "onnx":
             return self._onnx(prompts)
-        if self.engine == "vllm":
+        if self.cfg.llm.backend == "vllm":
             return self._vllm(prompts)
         raise EmbedtuneError(f"teacher.llm.backend={self.cfg.llm.backend} is not one of transformers, onnx, vllm, "
                              "openai")

@@ -4,8 +4,6 @@ the first line break (an answer is one line; what a small model writes after it 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import importlib.util
 from dataclasses import dataclass
 from typing import Optional
 
@@ -26,7 +24,7 @@ from embedtune.precision import generator_dtype
 
 @dataclass
 class BackendConfig:
-    backend: str = "transformers"     # auto (onnx on a CPU without native bf16, else transformers) | transformers (CPU or GPU) | onnx (ONNX Runtime GenAI, CPU) | vllm (GPU) | openai (HTTP endpoint)
+    backend: str = "transformers"     # transformers (local, CPU or GPU) | onnx (ONNX Runtime GenAI, CPU) | vllm (GPU) | openai (HTTP endpoint)
     model: str = "smollm2-135m"       # built-in alias, local folder, .gguf file or hub id
     gguf_file: Optional[str] = None   # GGUF file inside `model` (aliases set it themselves)
     onnx_precision: str = "fp32"      # onnx: fp32 (the tokens transformers writes in fp32) | int8 | int4
@@ -206,34 +204,10 @@ class VLLMBackend:
                 for out in self.llm.generate(texts, params)]
 
 
-BACKENDS = ("auto", "transformers", "onnx", "vllm", "openai")
-
-
-def resolved_backend(cfg: BackendConfig) -> str:
-    """generator.backend=auto as it resolves here: onnx where the transformers backend would decode in float32 on
-    the CPU (no GPU, no native bf16: the two write the same answers there and onnx is the faster), a decoder model
-    and onnxruntime-genai installed; transformers otherwise."""
-    if cfg.backend != "auto":
-        return cfg.backend
-    if cfg.device not in ("auto", "cpu") or (cfg.device == "auto" and torch.cuda.is_available()):
-        return "transformers"
-    if generator_dtype(cfg.dtype) != "float32" or importlib.util.find_spec("onnxruntime_genai") is None:
-        return "transformers"
-    from transformers import AutoConfig
-
-    resolved = resolve_model(cfg.model)
-    try:
-        config = AutoConfig.from_pretrained(resolved.path, **({"gguf_file": resolved.gguf_file}
-                                                             if resolved.gguf_file else {}))
-    except (OSError, ValueError) as e:
-        raise EmbedtuneError(f"cannot load generator '{cfg.model}': {e}") from e
-    return "transformers" if config.is_encoder_decoder else "onnx"
+BACKENDS = ("transformers", "onnx", "vllm", "openai")
 
 
 def make_backend(cfg: BackendConfig):
-    backend = resolved_backend(cfg)
-    if backend != cfg.backend:
-        cfg = dataclasses.replace(cfg, backend=backend)
     if cfg.backend == "transformers":
         return TransformersBackend(cfg)
     if cfg.backend == "vllm":

@@ -73,25 +73,19 @@ def _dequantised(resolved: ResolvedModel, target: Path) -> None:
     tokenizer.save_pretrained(target)
 
 
-def conversion_target(model: str, precision: str) -> Path:
-    """Where the converted `model` at `precision` lives in the models cache: its name, precision and a key of the
-    weights' digest, the precision and the builder's version (other weights or another builder: another folder)."""
+def converted_folder(model: str, precision: str) -> Path:
+    """The ONNX Runtime GenAI folder of `model` at `precision`, built on first use (under a minute for a small
+    model) into the models cache; written under a temporary name and renamed, so a killed conversion leaves
+    nothing a later run would read."""
     if precision not in PRECISIONS:
         raise EmbedtuneError(f"generator.onnx_precision={precision} is not one of {', '.join(PRECISIONS)}")
     resolved = resolve_model(model)
-    key = hashlib.sha256(f"{weights_digest(model, resolved)}\0{precision}\0{builder_version()}".encode()).hexdigest()
+    version = builder_version()
+    key = hashlib.sha256(f"{weights_digest(model, resolved)}\0{precision}\0{version}".encode()).hexdigest()[:16]
     stem = Path(resolved.gguf_file or resolved.path.rstrip("/")).name.removesuffix(".gguf")
-    return models_cache() / "onnx" / f"{stem}-{precision}-{key[:16]}"
-
-
-def converted_folder(model: str, precision: str) -> Path:
-    """The ONNX Runtime GenAI folder of `model` at `precision`, built on first use (under a minute for a small
-    model) into conversion_target(); written under a temporary name and renamed, so a killed conversion leaves
-    nothing a later run would read."""
-    target = conversion_target(model, precision)
+    target = models_cache() / "onnx" / f"{stem}-{precision}-{key}"
     if (target / "genai_config.json").exists():
         return target
-    resolved = resolve_model(model)
     work = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

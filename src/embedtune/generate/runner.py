@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from embedtune.distributed import ShardConfig, shard_of_worker
 from embedtune.errors import EmbedtuneError, raise_if_invalid
-from embedtune.generate.backends import BACKENDS, BackendConfig, make_backend, resolved_backend
+from embedtune.generate.backends import BACKENDS, BackendConfig, make_backend
 from embedtune.generate.onnx_backend import PRECISIONS as ONNX_PRECISIONS
 from embedtune.generate.cache import GenerationCache, prompt_key
 from embedtune.generate.extract import extract_query
@@ -224,12 +224,8 @@ class Plan:
 
 
 def resolved_dtype(cfg: GeneratorConfig) -> str:
-    """dtype auto, as resolved on this machine: bf16 and fp32 greedy decoding write different queries (and for
-    backend=auto, the backend it resolved to with its precision)."""
-    backend = resolved_backend(cfg) if cfg.backend == "auto" else cfg.backend
-    if cfg.backend == "auto":
-        return f"onnx {cfg.onnx_precision}" if backend == "onnx" else f"{backend} {generator_dtype(cfg.dtype)}"
-    return generator_dtype(cfg.dtype) if backend == "transformers" else cfg.dtype
+    """dtype auto, as resolved on this machine: bf16 and fp32 greedy decoding write different queries."""
+    return generator_dtype(cfg.dtype) if cfg.backend == "transformers" else cfg.dtype
 
 
 def generate_stage(cfg: GeneratorConfig, out_dir: Path, passages_manifest: dict) -> Stage:
