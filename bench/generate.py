@@ -3,10 +3,12 @@
     python bench/generate.py [--model smollm2-135m] [--n 256] [--out bench/results]
 
 Each setting runs in a process of its own (its peak memory is its own): transformers at the CPU's dtype with the
-cached few-shot start at batch 32 (the default), then generator.backend=onnx at fp32, int8 and int4 (the conversion
-is made once before timing and cached). Prompts are the demo's: HPO passages, one query per passage of the
-default mix. Prints and writes generate.md (+ generate.png, generate.json): queries/s (model loading excluded),
-peak resident memory, the share of answers identical to transformers' and the share that ran out of tokens.
+cached few-shot start at batch 32 (the default), then generator.backend=onnx at fp32, int8 and int4 (the
+conversion is made once before timing and cached); `--settings transformers,llama.cpp` adds llama.cpp through
+xllamacpp (pip install xllamacpp; the GGUF as packaged, 8 parallel slots). Prompts are the demo's: HPO passages,
+one query per passage of the default mix. Prints and writes generate.md (+ generate.png, generate.json):
+queries/s (model loading excluded), peak resident memory, the share of answers identical to transformers' and
+the share that ran out of tokens.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from datetime import date
 from pathlib import Path
 
 SETTINGS = {"transformers": ["backend=transformers"], "onnx fp32": ["backend=onnx", "onnx_precision=fp32"],
-            "onnx int8": ["backend=onnx", "onnx_precision=int8"], "onnx int4": ["backend=onnx", "onnx_precision=int4"]}
+            "onnx int8": ["backend=onnx", "onnx_precision=int8"], "onnx int4": ["backend=onnx", "onnx_precision=int4"],
+            "llama.cpp": ["xllamacpp=8"]}  # optional (pip install xllamacpp): the GGUF as packaged, 8 parallel slots
+DEFAULT_SETTINGS = "transformers,onnx fp32,onnx int8,onnx int4"
 
 
 def prompts_for(n: int):
@@ -47,6 +51,14 @@ def one(model: str, n: int, overrides: list[str]) -> dict:
     for item in overrides:
         key, value = item.split("=", 1)
         setattr(cfg, key, value)
+    if overrides and overrides[0].startswith("xllamacpp="):
+        if n == 0:
+            return {"convert_s": 0.0}
+        prompts = prompts_for(n)
+        started = time.perf_counter()
+        rate, answers = xllamacpp_rate(model, prompts, int(overrides[0].split("=", 1)[1]))
+        return {"queries_per_s": rate, "seconds": time.perf_counter() - started,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "answers": answers}
     if n == 0:
         started = time.perf_counter()
         if cfg.backend == "onnx":
@@ -61,6 +73,33 @@ def one(model: str, n: int, overrides: list[str]) -> dict:
     return {"queries_per_s": n / seconds, "seconds": seconds,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "answers": [[a.text, a.finished] for a in answers]}
+
+
+def xllamacpp_rate(model: str, prompts, parallel: int) -> tuple[float, list]:
+    """llama.cpp's server in-process (xllamacpp), `parallel` slots, prompt caching per slot."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import xllamacpp
+
+    from embedtune.assets import resolve_model
+
+    resolved = resolve_model(model)
+    params = xllamacpp.CommonParams()
+    params.model.path = f"{resolved.path}/{resolved.gguf_file}"
+    params.n_parallel, params.n_ctx = parallel, 1024 * parallel
+    params.cpuparams.n_threads = params.cpuparams_batch.n_threads = 2
+    server = xllamacpp.Server(params)
+
+    def ask(p):
+        return server.handle_chat_completions({"messages": p.messages, "max_tokens": p.max_new_tokens,
+                                               "temperature": 0, "stop": ["\n"]})
+    ask(prompts[0])
+    started = time.perf_counter()
+    with ThreadPoolExecutor(parallel) as pool:
+        replies = list(pool.map(ask, prompts))
+    rate = len(prompts) / (time.perf_counter() - started)
+    return rate, [[r["choices"][0]["message"]["content"].strip(), r["choices"][0]["finish_reason"] != "length"]
+                  for r in replies]
 
 
 def child(model: str, n: int, overrides: list[str]) -> dict:
@@ -85,7 +124,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--n", type=int, default=256, help="prompts per setting")
-    ap.add_argument("--settings", default=",".join(SETTINGS))
+    ap.add_argument("--settings", default=DEFAULT_SETTINGS, help=f"of: {', '.join(SETTINGS)}")
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--one", nargs="*", help=argparse.SUPPRESS)  # internal: run one setting, print JSON
     args = ap.parse_args()

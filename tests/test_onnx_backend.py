@@ -109,3 +109,20 @@ def test_the_llm_teacher_reads_the_same_p_yes_through_onnx(tmp_path, model_cache
     by_onnx = make_teacher(TeacherConfig(kind="llm", llm=BackendConfig(backend="onnx", model=str(folder))))
     expected = by_torch.score(QUERIES, TEACHER_PASSAGES)
     assert by_onnx.score(QUERIES, TEACHER_PASSAGES) == pytest.approx(expected, abs=1e-4)
+
+
+def test_an_encoder_decoder_or_a_gpu_is_refused_before_any_conversion(tiny_model_dir, tmp_path, model_cache):
+    import shutil
+
+    from transformers import T5Config
+
+    t5 = tmp_path / "t5"
+    shutil.copytree(tiny_model_dir, t5)
+    T5Config(vocab_size=64, d_model=8, d_kv=4, d_ff=8, num_layers=1, num_heads=2).save_pretrained(t5)
+    before = sorted((model_cache / "models").rglob("*")) if (model_cache / "models").exists() else []
+    with pytest.raises(EmbedtuneError, match="encoder-decoder"):
+        make_backend(BackendConfig(backend="onnx", model=str(t5)))
+    with pytest.raises(EmbedtuneError, match="runs on the CPU"):
+        make_backend(BackendConfig(backend="onnx", model=str(t5), device="cuda"))
+    after = sorted((model_cache / "models").rglob("*")) if (model_cache / "models").exists() else []
+    assert after == before  # nothing converted

@@ -129,19 +129,20 @@ class OnnxBackend:
         import onnxruntime_genai as og
         from transformers import AutoConfig, AutoTokenizer
 
-        folder = converted_folder(cfg.model, cfg.onnx_precision)
         resolved = resolve_model(cfg.model)
         options = {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
         if cfg.device not in ("auto", "cpu"):
             raise EmbedtuneError(f"generator.backend=onnx runs on the CPU; generator.device={cfg.device} asks for "
                                  "another (use generator.backend=transformers or vllm on a GPU)")
         try:
-            if AutoConfig.from_pretrained(resolved.path, **options).is_encoder_decoder:
-                raise EmbedtuneError(f"generator.backend=onnx runs decoder models; '{cfg.model}' is an "
-                                     "encoder-decoder (use generator.backend=transformers)")
+            encoder_decoder = AutoConfig.from_pretrained(resolved.path, **options).is_encoder_decoder
             self.tokenizer = AutoTokenizer.from_pretrained(resolved.path, **options)
         except (OSError, ValueError) as e:
             raise EmbedtuneError(f"cannot load generator '{cfg.model}': {e}") from e
+        if encoder_decoder:
+            raise EmbedtuneError(f"generator.backend=onnx runs decoder models; '{cfg.model}' is an encoder-decoder "
+                                 "(use generator.backend=transformers)")
+        folder = converted_folder(cfg.model, cfg.onnx_precision)
         self.og, self.model = og, og.Model(str(folder))
         self.folder = folder
         self.cfg, self.name = cfg, cfg.model
