@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import resource
 import subprocess
 import sys
@@ -112,12 +112,9 @@ def child(model: str, n: int, overrides: list[str]) -> dict:
 
 
 def cpu_line() -> str:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")),
-                platform.processor())
-    native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    import os
-    return f"{name}, {os.cpu_count()} cores, {'native bf16 (' + ', '.join(native) + ')' if native else 'no native bf16'}"
+    from train import cpu_kind  # bench/train.py: the CPU and whether it has native bf16
+
+    return f"{cpu_kind()[0]}, {os.cpu_count()} cores"
 
 
 def main() -> None:
@@ -160,7 +157,7 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.bar(list(results), [r["queries_per_s"] for r in results.values()], color="#4c72b0")
     ax.set_ylabel("queries/s")
-    ax.set_title(f"generation on {cpu_line().split(',')[0]}", fontsize=9)
+    ax.set_title(f"generation on {cpu_line()}", fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "generate.png", dpi=110)
 

@@ -9,7 +9,7 @@ import pytest
 from embedtune.errors import EmbedtuneError
 from embedtune.generate.backends import BackendConfig, TransformersBackend, make_backend
 from embedtune.generate.decoding import banned_tokens
-from embedtune.generate.onnx_backend import choose, converted_folder
+from embedtune.generate.onnx_backend import choose, conversion_target, converted_folder
 from embedtune.generate.prompts import PromptConfig, render
 from embedtune.generate.runner import GeneratorConfig, check_generator
 
@@ -54,7 +54,7 @@ def test_the_conversion_is_made_once_and_keyed_by_weights_and_precision(tiny_lm_
     monkeypatch.setattr("embedtune.generate.onnx_backend.subprocess.run", no_second_conversion)
     assert converted_folder(str(tiny_lm_dir), "fp32") == first
     monkeypatch.undo()
-    assert converted_folder(str(tiny_lm_dir), "int8") != first  # another precision, another folder
+    assert conversion_target(str(tiny_lm_dir), "int8") != first  # another precision, another folder
 
     import shutil
     from safetensors.torch import load_file, save_file
@@ -65,7 +65,7 @@ def test_the_conversion_is_made_once_and_keyed_by_weights_and_precision(tiny_lm_
     name = next(iter(weights))
     weights[name] = weights[name] + 1
     save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
-    assert converted_folder(str(other), "fp32") != first  # other weights, another folder
+    assert conversion_target(str(other), "fp32") != first  # other weights, another folder
     leftovers = [p.name for p in (model_cache / "models" / "onnx").iterdir() if p.name.startswith(".")]
     assert leftovers == []
 

@@ -142,6 +142,27 @@ def resolve_model(name: str) -> ResolvedModel:
     return ResolvedModel(name)  # a hub id: transformers resolves it (and fails clearly when offline)
 
 
+def dequantise(resolved: ResolvedModel, target: Path, auto_class) -> None:
+    """The GGUF model `resolved` as float32 safetensors and its tokenizer in `target`, loaded by `auto_class`
+    (AutoModel for an encoder's backbone, AutoModelForCausalLM for a generator)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    try:
+        model = auto_class.from_pretrained(resolved.path, gguf_file=resolved.gguf_file, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(resolved.path, gguf_file=resolved.gguf_file)
+    except (OSError, ValueError) as e:
+        raise EmbedtuneError(f"cannot dequantise {resolved.gguf_file} from {resolved.path}: {e}") from e
+    # GGUF-loaded models refuse save_pretrained: the same architecture, unquantised, takes their weights
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = type(model)(config)
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
+
+
 def embedder_folder(resolved: ResolvedModel) -> str:
     """A folder an encoder can load: `resolved` itself, or for a GGUF model its weights dequantised to float32
     safetensors once into the user cache (the generator's SmolLM2 as a decoder embedder, say)."""
@@ -152,23 +173,11 @@ def embedder_folder(resolved: ResolvedModel) -> str:
     target = models_cache() / f"{Path(resolved.gguf_file).stem}-dequantised"
     if (target / "config.json").exists():
         return str(target)
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
-    try:
-        model = AutoModel.from_pretrained(resolved.path, gguf_file=resolved.gguf_file)
-        tokenizer = AutoTokenizer.from_pretrained(resolved.path, gguf_file=resolved.gguf_file)
-    except (OSError, ValueError) as e:
-        raise EmbedtuneError(f"cannot dequantise {resolved.gguf_file} from {resolved.path}: {e}") from e
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    # GGUF-loaded models refuse save_pretrained: the same architecture, unquantised, takes their weights
-    config = model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = type(model)(config)
-    plain.load_state_dict(model.state_dict())
-    plain.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
+    dequantise(resolved, tmp, AutoModel)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     return str(target)

@@ -13,8 +13,8 @@ from tqdm import tqdm
 from embedtune.assets import resolve_model
 from embedtune.errors import EmbedtuneError
 from embedtune.generate.answer import Answer, answer_of
-from embedtune.generate.decoding import (MIN_SHARED_TOKENS, NO_REPEAT, banned_tokens, prompt_ids, prompt_text,
-                                        shared_start)
+from embedtune.generate.decoding import (MIN_SHARED_TOKENS, NO_REPEAT, banned_tokens, line_break_tables,
+                                        prompt_groups, prompt_ids, prompt_text, shared_start)
 from embedtune.generate.onnx_backend import OnnxBackend
 from embedtune.generate.openai_backend import OpenAIBackend
 from embedtune.generate.prompts import Prompt
@@ -62,9 +62,8 @@ class StopAtNewline:
     """Stopping criterion: a row is done once it wrote a line break after some non-blank text."""
 
     def __init__(self, tokenizer, prompt_length: int):
-        pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-        self.newline = torch.tensor(["\n" in p for p in pieces])
-        self.text = torch.tensor([bool(p.strip()) for p in pieces])
+        newline, text = line_break_tables(tokenizer)
+        self.newline, self.text = torch.from_numpy(newline), torch.from_numpy(text)
         self.prompt_length = prompt_length
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
@@ -114,9 +113,7 @@ class TransformersBackend:
     def generate(self, prompts: list[Prompt], seed: int = 0) -> list[Answer]:
         ids = self.token_ids(prompts)
         out: list[Answer] = [Answer("", True)] * len(prompts)
-        groups: dict[tuple[str, int], list[int]] = {}
-        for i, p in enumerate(prompts):
-            groups.setdefault((p.group, p.max_new_tokens), []).append(i)
+        groups = prompt_groups(prompts)
         with tqdm(total=len(prompts), desc="generate", unit="query", mininterval=2.0) as bar:
             for (_, max_new_tokens), members in groups.items():
                 cacheable = self.cfg.prefix_cache and not self.seq2seq and len(members) > 1

@@ -3,6 +3,8 @@ tokenizer, the shared few-shot start of a group of prompts, and the no-repeat ru
 
 from __future__ import annotations
 
+import numpy as np
+
 from embedtune.generate.prompts import Prompt
 
 MIN_SHARED_TOKENS = 16  # a shared prompt start shorter than this is not worth a cache
@@ -42,3 +44,18 @@ def banned_tokens(answer: list[int], n: int = NO_REPEAT) -> list[int]:
         return []
     tail = answer[len(answer) - n + 1:]
     return [answer[i + n - 1] for i in range(len(answer) - n + 1) if answer[i:i + n - 1] == tail]
+
+
+def prompt_groups(prompts: list[Prompt]) -> dict[tuple[str, int], list[int]]:
+    """Indices of the prompts by (group, token budget): the prompts that share a few-shot start and a length."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault((p.group, p.max_new_tokens), []).append(i)
+    return groups
+
+
+def line_break_tables(tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """Per token id: whether its text holds a line break, and whether it holds any non-blank text (an answer
+    stops at its first line break after some text)."""
+    pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    return np.array(["\n" in p for p in pieces]), np.array([bool(p.strip()) for p in pieces])

@@ -25,10 +25,12 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from embedtune.assets import BUILTIN, ResolvedModel, folder_digest, models_cache, resolve_model, sha256_of
+from embedtune.assets import (BUILTIN, ResolvedModel, dequantise, folder_digest, models_cache, resolve_model,
+                              sha256_of)
 from embedtune.errors import EmbedtuneError
 from embedtune.generate.answer import Answer, answer_of
-from embedtune.generate.decoding import MIN_SHARED_TOKENS, banned_tokens, prompt_ids, shared_start
+from embedtune.generate.decoding import (MIN_SHARED_TOKENS, banned_tokens, line_break_tables, prompt_groups,
+                                        prompt_ids, shared_start)
 from embedtune.generate.prompts import Prompt
 
 PRECISIONS = ("fp32", "int8", "int4")
@@ -54,38 +56,25 @@ def builder_version() -> str:
     return onnxruntime_genai.__version__
 
 
-def _dequantised(resolved: ResolvedModel, target: Path) -> None:
-    """A GGUF generator as a float32 transformers folder (the model builder reads safetensors)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        model = AutoModelForCausalLM.from_pretrained(resolved.path, gguf_file=resolved.gguf_file, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(resolved.path, gguf_file=resolved.gguf_file)
-    except (OSError, ValueError) as e:
-        raise EmbedtuneError(f"cannot read {resolved.gguf_file} from {resolved.path}: {e}") from e
-    config = model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # GGUF-loaded models refuse save_pretrained; the plain one takes the weights
-    plain = type(model)(config)
-    plain.load_state_dict(model.state_dict())
-    plain.save_pretrained(target, safe_serialization=True)
-    tokenizer.save_pretrained(target)
+def conversion_target(model: str, precision: str) -> Path:
+    """Where the converted `model` at `precision` lives in the models cache: its name, precision and a key of the
+    weights' digest, the precision and the builder's version (other weights or another builder: another folder)."""
+    if precision not in PRECISIONS:
+        raise EmbedtuneError(f"generator.onnx_precision={precision} is not one of {', '.join(PRECISIONS)}")
+    resolved = resolve_model(model)
+    key = hashlib.sha256(f"{weights_digest(model, resolved)}\0{precision}\0{builder_version()}".encode()).hexdigest()
+    stem = Path(resolved.gguf_file or resolved.path.rstrip("/")).name.removesuffix(".gguf")
+    return models_cache() / "onnx" / f"{stem}-{precision}-{key[:16]}"
 
 
 def converted_folder(model: str, precision: str) -> Path:
     """The ONNX Runtime GenAI folder of `model` at `precision`, built on first use (under a minute for a small
-    model) into the models cache; written under a temporary name and renamed, so a killed conversion leaves
+    model) into conversion_target(); written under a temporary name and renamed, so a killed conversion leaves
     nothing a later run would read."""
-    if precision not in PRECISIONS:
-        raise EmbedtuneError(f"generator.onnx_precision={precision} is not one of {', '.join(PRECISIONS)}")
-    resolved = resolve_model(model)
-    version = builder_version()
-    key = hashlib.sha256(f"{weights_digest(model, resolved)}\0{precision}\0{version}".encode()).hexdigest()[:16]
-    stem = Path(resolved.gguf_file or resolved.path.rstrip("/")).name.removesuffix(".gguf")
-    target = models_cache() / "onnx" / f"{stem}-{precision}-{key}"
+    target = conversion_target(model, precision)
     if (target / "genai_config.json").exists():
         return target
+    resolved = resolve_model(model)
     work = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -93,7 +82,9 @@ def converted_folder(model: str, precision: str) -> Path:
         source = resolved.path
         if resolved.gguf_file:
             source = str(work / "hf")
-            _dequantised(resolved, Path(source))
+            from transformers import AutoModelForCausalLM
+
+            dequantise(resolved, Path(source), AutoModelForCausalLM)
         command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", resolved.path, "-o",
                    str(work / "out"), "-p", precision, "-e", "cpu", "-c", str(work / "cache")]
         if Path(source).is_dir():
@@ -147,12 +138,9 @@ class OnnxBackend:
         self.folder = folder
         self.cfg, self.name = cfg, cfg.model
         self.chat = getattr(self.tokenizer, "chat_template", None) is not None
-        pieces = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
-        self.newline = np.array(["\n" in p for p in pieces])
-        self.text = np.array([bool(p.strip()) for p in pieces])
+        self.newline, self.text = line_break_tables(self.tokenizer)
         eos = json.loads((folder / "genai_config.json").read_text())["model"].get("eos_token_id", [])
         self.eos = set(eos if isinstance(eos, list) else [eos]) | ({self.tokenizer.eos_token_id} - {None})
-        self.pieces = pieces
 
     def token_ids(self, prompts: list[Prompt]) -> list[list[int]]:
         return prompt_ids(self.tokenizer, self.chat, prompts)
@@ -181,9 +169,7 @@ class OnnxBackend:
     def generate(self, prompts: list[Prompt], seed: int = 0) -> list[Answer]:
         ids = self.token_ids(prompts)
         out: list[Answer] = [Answer("", False)] * len(prompts)
-        groups: dict[tuple[str, int], list[int]] = {}
-        for i, p in enumerate(prompts):
-            groups.setdefault((p.group, p.max_new_tokens), []).append(i)
+        groups = prompt_groups(prompts)
         with tqdm(total=len(prompts), desc="generate", unit="query", mininterval=2.0) as bar:
             for (_, max_new_tokens), members in groups.items():
                 shared = shared_start([ids[i] for i in members]) if len(members) > 1 else 0
