@@ -44,7 +44,7 @@ def run(label: str, runs: Path, overrides: list[str]) -> dict:
         raise SystemExit(f"embedtune run failed:\n{done.stderr[-3000:]}")
     line = next(x for x in done.stdout.splitlines() if x.startswith("stage wall times: "))
     times = {m.group(1): float(m.group(2)) for m in re.finditer(r"(\w+) (\d+)s", line.split(": ", 1)[1])}
-    kept = next((x for x in done.stdout.splitlines() if x.startswith("queries: kept")), "")
+    kept = next((x for x in done.stdout.splitlines() if x.startswith("filter: kept")), "")
     report = json.loads((runs / name / "eval" / "report.json").read_text())
     scores = {s: {m: r[m]["nDCG@10"] for m in ("base", "tuned") if m in r}
               for s, r in report.items() if s not in ("comparisons", "summary")}
