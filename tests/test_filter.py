@@ -15,6 +15,7 @@ from embedtune.filter import (
     filter_queries,
     is_copy,
     longest_shared_run,
+    passes_roundtrip,
     split_pairs,
     write_splits,
 )
@@ -180,3 +181,23 @@ def test_copy_filter_drops_passage_excerpts_but_keeps_term_names_and_paraphrases
     assert is_copy(queries[3]["text"], passage, FilterConfig(copy_max_share=0.8))
     kept, dropped = filter_queries(queries, FilterConfig(copy_max_share=None), passages)
     assert dropped["copy"] == [] and len(kept) == 4
+
+
+def test_the_round_trip_rule_keeps_a_top_k_rank_or_with_a_margin_a_near_tie_with_the_best():
+    rank_only = FilterConfig(roundtrip_top_k=10)
+    assert passes_roundtrip(10, 0.3, rank_only) and not passes_roundtrip(11, 0.001, rank_only)
+    tolerant = FilterConfig(roundtrip_top_k=10, roundtrip_margin=0.05)
+    assert passes_roundtrip(40, 0.05, tolerant) and passes_roundtrip(3, 0.4, tolerant)
+    assert not passes_roundtrip(11, 0.0501, tolerant)
+
+
+@pytest.mark.parametrize("settings, needle", [
+    ({"roundtrip_margin": -0.1}, "filter.roundtrip_margin=-0.1"),
+    ({"roundtrip_twin_cosine": 0.0}, "filter.roundtrip_twin_cosine=0.0"),
+    ({"roundtrip_twin_cosine": 1.5}, "filter.roundtrip_twin_cosine=1.5"),
+    ({"roundtrip_top_k": None, "roundtrip_margin": 0.05}, "set filter.roundtrip_top_k too"),
+])
+def test_round_trip_settings_outside_their_range_are_refused(settings, needle):
+    found = problems(Config(filter=FilterConfig(**settings)))
+    assert any(needle in p for p in found), found
+    assert not problems(Config(filter=FilterConfig(roundtrip_margin=0.05, roundtrip_twin_cosine=0.95)))

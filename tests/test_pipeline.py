@@ -199,6 +199,15 @@ def test_roundtrip_filter_keeps_queries_whose_passage_ranks_high(demo_run):
     assert unfiltered.returncode == 0, unfiltered.stderr[-2000:]
     test_without = pq.read_table(run / "pairs" / "test.parquet").column("query_id").to_pylist()
     assert len(test_without) == len(ranks["test"]) > 0
+    # a margin as wide as cosines go lets every query through the top-1 round trip: the setting reaches the stage
+    everything = json.loads((run / "pairs" / "manifest.json").read_text())["counts"]["kept"]
+    wide = embedtune("filter", *demo_run.stage_args, "filter.roundtrip_top_k=1", "filter.roundtrip_margin=2.0",
+                     cwd=run.parent)
+    assert wide.returncode == 0, wide.stderr[-2000:]
+    counts = json.loads((run / "pairs" / "manifest.json").read_text())["counts"]
+    assert counts["kept"] == everything > manifest["counts"]["kept"] and counts["dropped"]["roundtrip"] == 0
+    ranks_kept = pq.read_table(run / "pairs" / "train.parquet").column("roundtrip_rank").to_pylist()
+    assert max(ranks_kept) > 1  # ranked below the top 1, kept by the margin
 
 
 def test_train_stage_under_accelerate_launch_with_two_processes(demo_run, tmp_path):

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import embedtune.search as search
-from embedtune.search import IndexConfig, Searcher, exact_topk, index_kind, rank_of_rows, recall_against_exact
+from embedtune.search import (IndexConfig, Searcher, exact_topk, index_kind, rank_of_rows, recall_against_exact,
+                              standing_of_rows)
 
 
 def clustered(n: int, queries: int, dim: int = 16, seed: int = 0):
@@ -56,6 +57,32 @@ def test_rank_of_rows_counts_rows_scoring_above_the_own_one(small_blocks):
     assert max(expected) > 1 and min(expected) == 1  # not vacuous
     by_hand = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.9, 0.1, 0.0, 0.0], [0.0, 0.2, 0.5, 0.9]])
     assert rank_of_rows(by_hand, torch.eye(4), torch.tensor([0, 1, 2])) == [1, 2, 2]
+
+
+def test_standing_gives_the_gap_to_the_best_other_row_and_can_leave_out_near_duplicates(small_blocks):
+    passages, queries = clustered(150, 20)
+    scores = queries @ passages.T
+    own = torch.randint(0, 150, (20,), generator=torch.Generator().manual_seed(2))
+    own[:10] = scores[:10].argmax(1)  # half the queries with their best row as the own one
+    own_scores = scores.gather(1, own[:, None]).squeeze(1)
+    ranks, gaps = standing_of_rows(queries, passages, own)
+    others = scores.clone()
+    others[torch.arange(20), own] = -1e9
+    assert ranks == rank_of_rows(queries, passages, own)
+    assert torch.allclose(torch.tensor(gaps), others.max(1).values - own_scores, atol=1e-5)
+    assert min(gaps) < 0 < max(gaps)  # some own rows first, some beaten
+    twins = (passages[own] @ passages.T) >= 0.5  # each own row's near-duplicates (itself included)
+    expected = ((scores > own_scores[:, None] + 1e-6) & ~twins).sum(1) + 1
+    apart = scores.masked_fill(twins, -1e9).max(1).values - own_scores
+    ranks_apart, gaps_apart = standing_of_rows(queries, passages, own, twin_cosine=0.5)
+    assert ranks_apart == expected.tolist() and torch.allclose(torch.tensor(gaps_apart), apart, atol=1e-5)
+    assert sum(ranks_apart) < sum(ranks)  # not vacuous: some twins outscored their own row
+    # by hand: row 1 is a near-copy of row 0 (cosine 0.995) and scores higher; as a twin it no longer counts
+    rows = F.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.995, 0.0998, 0.0], [0.0, 0.0, 1.0]]), dim=-1)
+    query = torch.tensor([[0.6, 0.8, 0.0]])
+    rank, gap = standing_of_rows(query, rows, torch.tensor([0]))
+    assert rank == [2] and gap[0] == pytest.approx(float(query @ rows[1]) - 0.6, abs=1e-5)
+    assert standing_of_rows(query, rows, torch.tensor([0]), twin_cosine=0.99) == ([1], [pytest.approx(-0.6, abs=1e-5)])
 
 
 def test_auto_picks_exact_below_the_threshold_and_ivf_from_it():

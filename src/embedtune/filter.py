@@ -19,7 +19,7 @@ from embedtune.io import write_parquet
 from embedtune.judge import JudgeConfig
 from embedtune.model import Encoder, ModelConfig, on_device
 from embedtune.precision import autocast
-from embedtune.search import rank_of_rows
+from embedtune.search import standing_of_rows
 from embedtune.store import MappedTable, TextLookup
 from embedtune.text_units import word_count, words
 
@@ -35,7 +35,12 @@ class FilterConfig:
     copy_min_words: int = 6      # ... counting only queries at least this long (short term names stay)
     dedup: bool = True           # drop a query whose normalised text was already kept
     near_dedup: bool = True      # drop a query with the same set of words as a kept one ("heart, enlarged")
-    roundtrip_top_k: Optional[int] = 10  # keep only queries whose passage the base model ranks in the top k
+    roundtrip_top_k: Optional[int] = 50  # keep only queries whose passage the base model ranks in the top k
+                                 # (50: chosen on HPO and faqdev dev, docs/defaults.md; null: no round trip)
+    roundtrip_margin: Optional[float] = None  # ... or scores within this (cosine) of the best-scoring passage:
+                                 # passages that answer alike score alike (manuals, FAQs); null: rank only
+    roundtrip_twin_cosine: Optional[float] = None  # passages at least this similar to the query's own (base
+                                 # model cosine) do not count above it (copies, versions); null: all count
     judge: JudgeConfig = field(default_factory=JudgeConfig)  # optional LLM judge (judge.enabled=true)
     dev_fraction: float = 0.05   # share of documents held out for model selection
     test_fraction: float = 0.1   # share of documents held out for the synthetic test set
@@ -107,20 +112,29 @@ def counts(dropped: dict[str, list[dict]]) -> dict[str, int]:
 
 
 def roundtrip_filter(queries: list[dict], passages: MappedTable, texts: TextLookup, exempt: set[str],
-                     model_cfg: ModelConfig, top_k: int, cache: EmbeddingCache, precision: str,
+                     model_cfg: ModelConfig, cfg: FilterConfig, cache: EmbeddingCache, precision: str,
                      batch_size: int) -> tuple[list[dict], list[dict]]:
-    """(kept, dropped): a query is kept when the base model ranks its own passage in the top `top_k` of the
-    whole corpus, or when its id is in `exempt`; each row gets its `roundtrip_rank`. The corpus embeddings
-    land in `cache`, where mine and eval find them."""
+    """(kept, dropped): a query is kept when the base model ranks its own passage in the top
+    `cfg.roundtrip_top_k` of the whole corpus (near-duplicates of it not counted, with roundtrip_twin_cosine),
+    or scores it within `cfg.roundtrip_margin` of the best passage, or when its id is in `exempt`; each row gets
+    its `roundtrip_rank` and `roundtrip_gap`. The corpus embeddings land in `cache`, where mine and eval find
+    them."""
     encoder = on_device(Encoder.load(model_cfg, precision=precision))
     with autocast(precision):
         vectors = cache.encode_corpus(encoder, texts, "passage", batch_size, desc="filter: passages")
         query_emb = cache.encode(encoder, [q["text"] for q in queries], "query", batch_size, desc="filter: queries")
     positives = torch.from_numpy(passages.rows_of([q["passage_id"] for q in queries]))
-    ranks = rank_of_rows(query_emb, vectors, positives) if queries else []
-    ranked = [{**q, "roundtrip_rank": r} for q, r in zip(queries, ranks)]
-    keep = [r["roundtrip_rank"] <= top_k or r["query_id"] in exempt for r in ranked]
+    ranks, gaps = (standing_of_rows(query_emb, vectors, positives, cfg.roundtrip_twin_cosine)
+                   if queries else ([], []))
+    ranked = [{**q, "roundtrip_rank": r, "roundtrip_gap": round(g, 4)} for q, r, g in zip(queries, ranks, gaps)]
+    keep = [passes_roundtrip(r["roundtrip_rank"], r["roundtrip_gap"], cfg) or r["query_id"] in exempt
+            for r in ranked]
     return [r for r, k in zip(ranked, keep) if k], [r for r, k in zip(ranked, keep) if not k]
+
+
+def passes_roundtrip(rank: int, gap: float, cfg: FilterConfig) -> bool:
+    """The round trip's rule: the own passage in the top k, or (with a margin) within the margin of the best."""
+    return rank <= cfg.roundtrip_top_k or (cfg.roundtrip_margin is not None and gap <= cfg.roundtrip_margin)
 
 
 def split_of(doc_key: str, cfg: FilterConfig) -> str:

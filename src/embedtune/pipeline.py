@@ -73,7 +73,7 @@ def filter_and_split(cfg: Config) -> dict:
         held_out = {q["query_id"] for q in kept if split_of(doc_of[q["passage_id"]], cfg.filter) == "test"}
         cache = embedding_cache(run.cache, base_fingerprint(cfg.model), cfg.eval.precision)
         kept, dropped["roundtrip"] = roundtrip_filter(kept, table, run.passage_texts(table), held_out, cfg.model,
-                                                      cfg.filter.roundtrip_top_k, cache, cfg.eval.precision,
+                                                      cfg.filter, cache, cfg.eval.precision,
                                                       cfg.mining.batch_size)
     if cfg.filter.judge.enabled:
         kept, dropped["judge"] = judge_filter(kept, texts, cfg.filter.judge)

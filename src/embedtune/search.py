@@ -100,17 +100,37 @@ def exact_topk(queries: torch.Tensor | np.ndarray, vectors: Vectors, k: int,
 
 def rank_of_rows(queries: torch.Tensor, vectors: Vectors, rows: torch.Tensor) -> list[int]:
     """Rank (1 = best) of row rows[i] among all corpus rows for query i: 1 + rows scoring strictly higher."""
+    return standing_of_rows(queries, vectors, rows)[0]
+
+
+def standing_of_rows(queries: torch.Tensor, vectors: Vectors, rows: torch.Tensor,
+                     twin_cosine: Optional[float] = None) -> tuple[list[int], list[float]]:
+    """For query i and its own row rows[i]: (rank, gap). rank = 1 + the rows scoring strictly higher; gap = the
+    best score of any other row minus the own row's (<= 0: nothing beats it). With `twin_cosine`, rows whose
+    vector has at least this cosine with the own row's (near-duplicates of it) count for neither."""
     device = _device()
     queries = _as_tensor(queries).float().to(device)
-    own = (queries * _as_tensor(take_vectors(vectors, rows.numpy())).float().to(device)).sum(-1, keepdim=True)
+    rows = rows.to(device)
+    own_vectors = _as_tensor(take_vectors(vectors, rows.cpu().numpy())).float().to(device)
+    own = (queries * own_vectors).sum(-1, keepdim=True)
     above = torch.zeros(len(queries), dtype=torch.long, device=device)
-    for _, block in _blocks(vectors, SEARCH_BLOCK):
+    best = torch.full((len(queries),), -math.inf, device=device)
+    for start, block in _blocks(vectors, SEARCH_BLOCK):
         block = _as_tensor(block).to(device).float()
         for q in range(0, len(queries), QUERY_BLOCK):
+            part = slice(q, q + QUERY_BLOCK)
+            scores = queries[part] @ block.T
+            others = torch.ones_like(scores, dtype=torch.bool)
+            local = rows[part] - start
+            inside = ((local >= 0) & (local < len(block))).nonzero().squeeze(1)
+            others[inside, local[inside]] = False
+            if twin_cosine is not None:
+                others &= (own_vectors[part] @ block.T) < twin_cosine
             # 1e-6: the own row's matmul score may differ from `own` in the last bits; it must not outrank itself
-            scores = queries[q:q + QUERY_BLOCK] @ block.T
-            above[q:q + QUERY_BLOCK] += (scores > own[q:q + QUERY_BLOCK] + 1e-6).sum(1)
-    return (above + 1).cpu().tolist()
+            above[part] += ((scores > own[part] + 1e-6) & others).sum(1)
+            best[part] = torch.maximum(best[part], scores.masked_fill(~others, -math.inf).max(1).values)
+    gap = (best - own.squeeze(1)).clamp(min=-2.0)  # -2: no other row counted (cosines lie in [-1, 1])
+    return (above + 1).cpu().tolist(), gap.cpu().tolist()
 
 
 def take_vectors(vectors: Vectors, rows: np.ndarray) -> np.ndarray | torch.Tensor:

@@ -61,6 +61,12 @@ def problems(cfg: Config) -> list[str]:
     need(0 <= filt.dev_fraction < 1 and 0 <= filt.test_fraction < 1 and filt.dev_fraction + filt.test_fraction < 1,
          f"filter.dev_fraction={filt.dev_fraction} + filter.test_fraction={filt.test_fraction} must be below 1 "
          "(each in [0, 1)): training needs documents too")
+    need(filt.roundtrip_margin is None or filt.roundtrip_margin >= 0,
+         f"filter.roundtrip_margin={filt.roundtrip_margin} must be >= 0 (a cosine gap to the best passage) or null")
+    need(filt.roundtrip_twin_cosine is None or 0 < filt.roundtrip_twin_cosine <= 1,
+         f"filter.roundtrip_twin_cosine={filt.roundtrip_twin_cosine} must be in (0, 1] or null")
+    need((filt.roundtrip_margin is None and filt.roundtrip_twin_cosine is None) or bool(filt.roundtrip_top_k),
+         "filter.roundtrip_margin and filter.roundtrip_twin_cosine refine the round trip: set filter.roundtrip_top_k too")
     need(corpus.format in ("hpo", "files", "jsonl", "parquet", "beir", "hf"),
          f"corpus.format={corpus.format} is not one of hpo, files, jsonl, parquet, beir, hf")
     need(corpus.format == "hpo" or bool(corpus.path), f"corpus.format={corpus.format} needs corpus.path")
