@@ -4,7 +4,8 @@
   python bench/roundtrip.py --name faqdev --out bench/results -- run_name=faq corpus=beir corpus.path=...
 
 Reads the run's generated outputs, applies the filters before the round trip (as `embedtune filter` does),
-ranks each query's own passage once per near-duplicate setting (the base model's cached vectors) and counts,
+ranks each query's own passage once per near-duplicate setting (filter.roundtrip_filter, the base model's
+cached vectors) and counts,
 per rule, the share of all outputs the filter stage would keep: rank in the top k, or a score within a margin of
 the best passage, with passages at least `twin` cosine-similar to the own one not counted. Writes
 roundtrip_<name>.md and .json. Keep shares only: what a rule does to quality is measured by a full run
@@ -17,20 +18,17 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from embedtune.config import register
 from embedtune.corpus import doc_key
 from embedtune.embedding_cache import embedding_cache
-from embedtune.filter import FilterConfig, filter_queries, passes_roundtrip, split_of
+from embedtune.filter import FilterConfig, filter_queries, passes_roundtrip, roundtrip_filter, split_of
 from embedtune.generate.runner import read_queries
 from embedtune.io import write_json
-from embedtune.model import Encoder, base_fingerprint, on_device, passage_text
-from embedtune.precision import autocast
+from embedtune.model import base_fingerprint, passage_text
 from embedtune.runs import RunFolder
-from embedtune.search import standing_of_rows
 
 TOP_K = (10, 20, 50)
 MARGINS = (None, 0.05, 0.1)
@@ -54,19 +52,17 @@ def main() -> None:
     before, _ = filter_queries([q for q in outputs if not q["reason"]], cfg.filter, texts)
     held_out = {q["query_id"] for q in before if split_of(doc_of[q["passage_id"]], cfg.filter) == "test"}
     cache = embedding_cache(run.cache, base_fingerprint(cfg.model), cfg.eval.precision)
-    encoder = on_device(Encoder.load(cfg.model, precision=cfg.eval.precision))
-    with autocast(cfg.eval.precision):
-        vectors = cache.encode_corpus(encoder, run.passage_texts(table), "passage", cfg.mining.batch_size)
-        queries = cache.encode(encoder, [q["text"] for q in before], "query", cfg.mining.batch_size)
-    own = torch.from_numpy(table.rows_of([q["passage_id"] for q in before]))
     rows = []
     for twin in TWINS:
-        ranks, gaps = standing_of_rows(queries, vectors, own, twin)
+        # every row through, each with its rank and gap: the rules below are applied to them here
+        everything = FilterConfig(roundtrip_top_k=len(table), roundtrip_twin_cosine=twin)
+        ranked, _ = roundtrip_filter(before, table, run.passage_texts(table), set(), cfg.model, everything, cache,
+                                     cfg.eval.precision, cfg.mining.batch_size)
         for top_k in TOP_K:
             for margin in MARGINS:
                 rule = FilterConfig(roundtrip_top_k=top_k, roundtrip_margin=margin, roundtrip_twin_cosine=twin)
-                kept = sum(passes_roundtrip(r, g, rule) or q["query_id"] in held_out
-                           for q, r, g in zip(before, ranks, gaps))
+                kept = sum(passes_roundtrip(q["roundtrip_rank"], q["roundtrip_gap"], rule) or q["query_id"] in held_out
+                           for q in ranked)
                 rows.append({"top_k": top_k, "margin": margin, "twin_cosine": twin, "kept": kept,
                              "share_of_outputs": kept / len(outputs), "share_of_roundtrip_input": kept / len(before)})
     rows.append({"top_k": None, "margin": None, "twin_cosine": None, "kept": len(before),

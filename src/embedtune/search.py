@@ -98,11 +98,6 @@ def exact_topk(queries: torch.Tensor | np.ndarray, vectors: Vectors, k: int,
     return best_s.cpu(), best_i.cpu()
 
 
-def rank_of_rows(queries: torch.Tensor, vectors: Vectors, rows: torch.Tensor) -> list[int]:
-    """Rank (1 = best) of row rows[i] among all corpus rows for query i: 1 + rows scoring strictly higher."""
-    return standing_of_rows(queries, vectors, rows)[0]
-
-
 def standing_of_rows(queries: torch.Tensor, vectors: Vectors, rows: torch.Tensor,
                      twin_cosine: Optional[float] = None) -> tuple[list[int], list[float]]:
     """For query i and its own row rows[i]: (rank, gap). rank = 1 + the rows scoring strictly higher; gap = the
